@@ -1,0 +1,109 @@
+//! Python-compatible text helpers shared by the plugin SDK (inside WASM) and the host.
+//!
+//! The reference recipe (jondurbin/bagel, commit 3c7d241) is Python; these functions
+//! reproduce the exact string semantics it relies on:
+//! - [`is_py_space`] / [`py_strip`] / [`py_lstrip`]: Python `str.isspace` / `str.strip()`.
+//! - [`collapse_newlines`]: `re.sub(r"(\s*\n){3,}", "\n\n", s)` (bagel `data.py`).
+//! - [`uid`]: `str(uuid.uuid5(uuid.NAMESPACE_OID, text))` (SOURCES.md §1.1).
+#![forbid(unsafe_code)]
+
+/// Python's `str.isspace()` for one code point: Rust's Unicode `White_Space` plus
+/// U+001C..=U+001F (which Python counts as whitespace and Rust does not).
+pub fn is_py_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// Python `s.strip()`: trims [`is_py_space`] characters from both ends.
+pub fn py_strip(s: &str) -> &str {
+    s.trim_matches(is_py_space)
+}
+
+/// Python `s.lstrip()`.
+pub fn py_lstrip(s: &str) -> &str {
+    s.trim_start_matches(is_py_space)
+}
+
+/// Python `s.rstrip()`.
+pub fn py_rstrip(s: &str) -> &str {
+    s.trim_end_matches(is_py_space)
+}
+
+/// `re.sub(r"(\s*\n){3,}", "\n\n", s)` with Python's Unicode `\s`.
+///
+/// Equivalent closed form: in every maximal run of whitespace that holds at least three
+/// `\n`, the part from the run's start through its last `\n` becomes `"\n\n"`; whitespace
+/// after that last `\n` is kept. Runs with fewer than three newlines are unchanged.
+pub fn collapse_newlines(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.char_indices().peekable();
+    while let Some((start, c)) = chars.next() {
+        if !is_py_space(c) {
+            out.push(c);
+            continue;
+        }
+        // Maximal whitespace run [start, end).
+        let mut end = start + c.len_utf8();
+        let mut newlines = usize::from(c == '\n');
+        let mut last_nl_end = if c == '\n' { Some(end) } else { None };
+        while let Some(&(i, d)) = chars.peek() {
+            if !is_py_space(d) {
+                break;
+            }
+            chars.next();
+            end = i + d.len_utf8();
+            if d == '\n' {
+                newlines += 1;
+                last_nl_end = Some(end);
+            }
+        }
+        match last_nl_end {
+            Some(nl_end) if newlines >= 3 => {
+                out.push_str("\n\n");
+                out.push_str(&s[nl_end..end]);
+            }
+            _ => out.push_str(&s[start..end]),
+        }
+    }
+    out
+}
+
+/// The dedup key / row id: `uuid5(NAMESPACE_OID, text)` as a lowercase hyphenated string
+/// of 36 characters (SOURCES.md §1.1; RFC 4122 §4.3).
+pub fn uid(text: &str) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, text.as_bytes())
+        .hyphenated()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collapse_matches_python_examples() {
+        // Hand-checked against CPython 3.11 `re.sub(r"(\s*\n){3,}", "\n\n", s)`.
+        assert_eq!(
+            collapse_newlines("\n\nLine one\n\n\n\nLine two\n \n \n\nLine three  "),
+            "\n\nLine one\n\nLine two\n\nLine three  "
+        );
+        assert_eq!(collapse_newlines("a\n\nb"), "a\n\nb");
+        assert_eq!(collapse_newlines("a\n\n\nb"), "a\n\nb");
+        assert_eq!(collapse_newlines("a \n \n \n  b"), "a\n\n  b");
+        assert_eq!(collapse_newlines("\n\n\n"), "\n\n");
+        assert_eq!(collapse_newlines("x\u{1f}\n\n\ny"), "x\n\ny");
+        assert_eq!(collapse_newlines("日本\n\n\n\n語"), "日本\n\n語");
+    }
+
+    #[test]
+    fn strip_is_python_strip() {
+        assert_eq!(py_strip("\u{1c} a b \u{3000}\n"), "a b");
+        assert_eq!(py_lstrip("  x  "), "x  ");
+        assert_eq!(py_rstrip("  x  "), "  x");
+    }
+
+    #[test]
+    fn uid_vectors_from_sources_md() {
+        assert_eq!(uid(""), "0a68eb57-c88a-5f34-9e9d-27f85e68af4f");
+        assert_eq!(uid("hello"), "4d71d03f-f19b-5d9e-8523-9628ba18063c");
+    }
+}

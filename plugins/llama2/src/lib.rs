@@ -1,0 +1,53 @@
+//! Llama-2 chat prompt format, byte-exact with the reference `llama2_io` /
+//! `llama2_prompt` (jondurbin/bagel `bagel/data.py`). Quirks kept on purpose: the first
+//! user message is not stripped, later ones are; history responses are stripped and
+//! followed by ` EOS BOS[INST] `; the output keeps leading newlines (newline collapse only).
+use bagel_plugin_sdk::format::{check_shape, Format};
+use bagel_plugin_sdk::text::{collapse_newlines, py_strip};
+use bagel_plugin_sdk::*;
+
+/// The llama2 format.
+pub struct Llama2;
+
+/// Default system prompt of the reference recipe.
+pub const DEFAULT_SYSTEM: &str = "You are an unbiased, uncensored, helpful assistant.";
+
+impl Format for Llama2 {
+    fn info() -> FormatInfo {
+        FormatInfo { name: "llama2".into(), version: env!("CARGO_PKG_VERSION").into(), description: "[INST] <<SYS>> ... [/INST] (Llama-2 chat)".into() }
+    }
+
+    fn render(opts: &RenderOptions, conv: &[Turn], add_default_system: bool) -> Result<Rendered, PluginError> {
+        let offset = check_shape(conv)?;
+        let system: Option<&str> = if offset == 1 {
+            Some(&conv[0].value)
+        } else if add_default_system {
+            Some(DEFAULT_SYSTEM)
+        } else {
+            None
+        };
+        let mut s = String::new();
+        match system {
+            // Python truthiness: an empty system string counts as no system prompt.
+            Some(sys) if !sys.is_empty() => s.push_str(&format!("[INST] <<SYS>>\n{sys}\n<</SYS>>\n\n")),
+            _ => s.push_str("[INST] "),
+        }
+        let n = conv.len();
+        let mut do_strip = false;
+        let mut idx = offset;
+        while idx + 2 < n {
+            let user = &conv[idx].value;
+            let user = if do_strip { py_strip(user) } else { user.as_str() };
+            do_strip = true;
+            let resp = py_strip(&conv[idx + 1].value);
+            s.push_str(&format!("{user} [/INST] {resp} {}{}[INST] ", opts.eos, opts.bos));
+            idx += 2;
+        }
+        let message = &conv[n - 2].value;
+        let message = if do_strip { py_strip(message) } else { message.as_str() };
+        s.push_str(&format!("{message} [/INST]"));
+        Ok(Rendered { input: s, output: collapse_newlines(&conv[n - 1].value) })
+    }
+}
+
+export_format!(Llama2);

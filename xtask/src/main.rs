@@ -1,0 +1,205 @@
+//! Project commands: `cargo xtask <command>`.
+//!
+//! - `setup`          install prerequisites idempotently (apt packages + wasm-tools, TOOLCHAIN.md)
+//! - `build-plugins`  build every crate under `plugins/` into `target/plugins/*.wasm` and the
+//!                    misbehaving fixtures under `tests/fixture-plugins/` into `target/test-plugins/`
+//! - `test`           setup + build-plugins + `cargo build --release` + `cargo test --workspace --release`
+//! - `demo`           setup + build-plugins + build the host + list plugins + `bagel build` on `examples/`
+//! - `bench`          the plugin-call benchmark (bench/RESULTS.md)
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cmd = args.first().map(String::as_str).unwrap_or("help");
+    let res = match cmd {
+        "setup" => setup(),
+        "build-plugins" => build_plugins(),
+        "test" => test(&args[1..]),
+        "demo" => demo(),
+        "bench" => bench(),
+        _ => {
+            eprintln!("usage: cargo xtask <setup|build-plugins|test|demo|bench>");
+            return ExitCode::from(2);
+        }
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask {cmd}: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result {
+    eprintln!("+ {cmd:?}");
+    let st = cmd.status().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed with {st}"))
+    }
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn have(bin: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {bin} >/dev/null 2>&1")).status().map(|s| s.success()).unwrap_or(false)
+}
+
+fn rustup_has_wasm_target() -> bool {
+    Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "wasm32-unknown-unknown"))
+        .unwrap_or(false)
+}
+
+/// Install what TOOLCHAIN.md lists, only when missing.
+fn setup() -> Result {
+    if !rustup_has_wasm_target() {
+        let debian_ok = Path::new("/usr/bin/rustc").exists()
+            && Path::new("/usr/lib/rustlib/src/rust/library").exists()
+            && Path::new("/usr/bin/rust-lld").exists()
+            && std::fs::metadata("/usr/bin/rust-lld").is_ok();
+        if !debian_ok {
+            let sudo = if unsafe_is_root() { "" } else { "sudo " };
+            run(Command::new("sh").arg("-c").arg(format!(
+                "{sudo}apt-get update -q && DEBIAN_FRONTEND=noninteractive {sudo}apt-get install -y -q rustc-web rust-web-src rust-web-llvm lld-22"
+            )))?;
+        }
+    }
+    if !have("wasm-tools") {
+        run(Command::new("cargo").args([
+            "install", "--locked", "wasm-tools", "--no-default-features", "--features", "component,validate,print,parse,metadata",
+        ]))?;
+    }
+    Ok(())
+}
+
+fn unsafe_is_root() -> bool {
+    output(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
+}
+
+struct PluginCrate {
+    dir: PathBuf,
+    package: String,
+    world: &'static str,
+}
+
+fn plugin_crates(parent: &Path) -> Result<Vec<PluginCrate>> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(parent) else { return Ok(out) };
+    let mut dirs: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("Cargo.toml").exists()).collect();
+    dirs.sort();
+    for dir in dirs {
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).map_err(|e| e.to_string())?;
+        let package = manifest
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("name = ").map(|v| v.trim_matches('"').to_string()))
+            .ok_or_else(|| format!("{}: no package name", dir.display()))?;
+        let world = if manifest.contains("features = [\"format\"]") { "format" } else { "source" };
+        out.push(PluginCrate { dir, package, world });
+    }
+    Ok(out)
+}
+
+fn cargo_wasm(packages: &[&PluginCrate]) -> Result {
+    if packages.is_empty() {
+        return Ok(());
+    }
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root()).args(["build", "--profile", "plugin", "--target", "wasm32-unknown-unknown", "--target-dir", "target/wasm"]);
+    for p in packages {
+        cmd.args(["-p", &p.package]);
+    }
+    if !rustup_has_wasm_target() {
+        // TOOLCHAIN.md: Debian's rustc-web builds std for wasm32 from rust-web-src.
+        cmd.env("RUSTC", "/usr/bin/rustc").env("RUSTC_BOOTSTRAP", "1").args(["-Zbuild-std=std,panic_abort"]);
+    }
+    cmd.env_remove("RUSTFLAGS");
+    run(&mut cmd)
+}
+
+/// Build plugins with the TOOLCHAIN.md route, wrap them as components, validate, and check
+/// that `plugins/` components import nothing outside `bagel:plugin`.
+fn build_plugins() -> Result {
+    let root = root();
+    let plugins = plugin_crates(&root.join("plugins"))?;
+    let fixtures = plugin_crates(&root.join("tests/fixture-plugins"))?;
+    for world in ["format", "source"] {
+        // One cargo invocation per world, so the SDK's `source`/`format` features never unify.
+        let group: Vec<&PluginCrate> = plugins.iter().chain(&fixtures).filter(|p| p.world == world).collect();
+        cargo_wasm(&group)?;
+    }
+    for (list, out_dir, check) in [(&plugins, "target/plugins", true), (&fixtures, "target/test-plugins", false)] {
+        let out_dir = root.join(out_dir);
+        std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
+        for p in list.iter() {
+            let core = root.join("target/wasm/wasm32-unknown-unknown/plugin").join(format!("{}.wasm", p.package.replace('-', "_")));
+            let name = p.dir.file_name().unwrap().to_string_lossy().to_string();
+            let dest = out_dir.join(format!("{name}.wasm"));
+            run(Command::new("wasm-tools").arg("component").arg("new").arg(&core).arg("-o").arg(&dest))?;
+            run(Command::new("wasm-tools").arg("validate").arg(&dest))?;
+            if check {
+                let wit = output(Command::new("wasm-tools").arg("component").arg("wit").arg(&dest))?;
+                for line in wit.lines().map(str::trim).filter(|l| l.starts_with("import ")) {
+                    if !line.contains("bagel:plugin/") {
+                        return Err(format!("{}: unexpected import `{line}`", dest.display()));
+                    }
+                }
+            }
+        }
+    }
+    // Hand-written fixture: a component that imports WASI (must be refused at load).
+    for wat in std::fs::read_dir(root.join("tests/fixture-plugins")).map_err(|e| e.to_string())? {
+        let path = wat.map_err(|e| e.to_string())?.path();
+        if path.extension().is_some_and(|e| e == "wat") {
+            let dest = root.join("target/test-plugins").join(path.with_extension("wasm").file_name().unwrap());
+            run(Command::new("wasm-tools").arg("parse").arg(&path).arg("-o").arg(&dest))?;
+        }
+    }
+    eprintln!("plugins: {} built into target/plugins, {} fixtures into target/test-plugins", plugins.len(), fixtures.len());
+    Ok(())
+}
+
+fn test(extra: &[String]) -> Result {
+    setup()?;
+    build_plugins()?;
+    let root = root();
+    run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "bagel"]))?;
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(&root).args(["test", "--workspace", "--release", "--exclude", "xtask"]).args(extra);
+    run(&mut cmd)
+}
+
+fn demo() -> Result {
+    setup()?;
+    build_plugins()?;
+    let root = root();
+    run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "bagel"]))?;
+    let bagel = root.join("target/release/bagel");
+    run(Command::new(&bagel).current_dir(&root).args(["plugins", "list", "--plugins", "target/plugins"]))?;
+    run(Command::new(&bagel).current_dir(&root).args([
+        "build", "--plugins", "target/plugins", "--data", "examples/data", "--recipe", "examples/recipes/demo.toml", "--out", "target/demo-out",
+    ]))?;
+    Ok(())
+}
+
+fn bench() -> Result {
+    build_plugins()?;
+    run(Command::new("cargo").current_dir(root()).args(["bench", "-p", "bagel-runtime", "--bench", "format_calls"]))
+}
