@@ -97,7 +97,6 @@ fn unsafe_is_root() -> bool {
 struct PluginCrate {
     dir: PathBuf,
     package: String,
-    world: &'static str,
 }
 
 fn plugin_crates(parent: &Path) -> Result<Vec<PluginCrate>> {
@@ -111,21 +110,18 @@ fn plugin_crates(parent: &Path) -> Result<Vec<PluginCrate>> {
             .lines()
             .find_map(|l| l.trim().strip_prefix("name = ").map(|v| v.trim_matches('"').to_string()))
             .ok_or_else(|| format!("{}: no package name", dir.display()))?;
-        let world = if manifest.contains("features = [\"format\"]") { "format" } else { "source" };
-        out.push(PluginCrate { dir, package, world });
+        out.push(PluginCrate { dir, package });
     }
     Ok(out)
 }
 
-fn cargo_wasm(packages: &[&PluginCrate]) -> Result {
-    if packages.is_empty() {
-        return Ok(());
-    }
+/// `cargo rustc --crate-type cdylib` for one plugin: plugin crates are plain rlibs (so the
+/// native workspace build never links a cdylib with component export names), and only
+/// the WASM build makes the cdylib. One package per invocation, so the SDK's
+/// `source`/`format` features never unify.
+fn cargo_wasm(p: &PluginCrate) -> Result {
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(root()).args(["build", "--profile", "plugin", "--target", "wasm32-unknown-unknown", "--target-dir", "target/wasm"]);
-    for p in packages {
-        cmd.args(["-p", &p.package]);
-    }
+    cmd.current_dir(root()).args(["rustc", "--lib", "--crate-type", "cdylib", "--profile", "plugin", "--target", "wasm32-unknown-unknown", "--target-dir", "target/wasm", "-p", &p.package]);
     if !rustup_has_wasm_target() {
         // TOOLCHAIN.md: Debian's rustc-web builds std for wasm32 from rust-web-src.
         cmd.env("RUSTC", "/usr/bin/rustc").env("RUSTC_BOOTSTRAP", "1").args(["-Zbuild-std=std,panic_abort"]);
@@ -140,10 +136,8 @@ fn build_plugins() -> Result {
     let root = root();
     let plugins = plugin_crates(&root.join("plugins"))?;
     let fixtures = plugin_crates(&root.join("tests/fixture-plugins"))?;
-    for world in ["format", "source"] {
-        // One cargo invocation per world, so the SDK's `source`/`format` features never unify.
-        let group: Vec<&PluginCrate> = plugins.iter().chain(&fixtures).filter(|p| p.world == world).collect();
-        cargo_wasm(&group)?;
+    for p in plugins.iter().chain(&fixtures) {
+        cargo_wasm(p)?;
     }
     for (list, out_dir, check) in [(&plugins, "target/plugins", true), (&fixtures, "target/test-plugins", false)] {
         let out_dir = root.join(out_dir);

@@ -1,0 +1,285 @@
+//! Engine, plugin discovery, compilation (cached) and validation.
+use crate::bindings::{format as fb, source as sb};
+use crate::host::{HostState, MemLimiter};
+use crate::{cache, Limits, RuntimeError};
+use bagel_core::refusal::{RefusalFilter, RefusalMode};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, Store};
+
+/// Epoch tick period; [`Limits::call_timeout`] is measured in these ticks.
+pub(crate) const TICK: Duration = Duration::from_millis(10);
+
+/// Record kinds a source declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// Conversations.
+    Sft,
+    /// DPO pairs.
+    Dpo,
+    /// Plain text.
+    Text,
+}
+
+/// File-format hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFormat {
+    /// By extension.
+    Auto,
+    /// JSON array.
+    Json,
+    /// JSON lines.
+    Jsonl,
+    /// CSV with header.
+    Csv,
+    /// TSV with header.
+    Tsv,
+    /// Parquet.
+    Parquet,
+}
+
+/// One declared input.
+#[derive(Debug, Clone)]
+pub struct InputSpec {
+    /// Input name.
+    pub name: String,
+    /// HF dataset id.
+    pub dataset: String,
+    /// Globs relative to the dataset dir; `{param}` is replaced by parameter values.
+    pub patterns: Vec<String>,
+    /// Format hint.
+    pub format: InputFormat,
+}
+
+/// One declared parameter (`default` is JSON text).
+#[derive(Debug, Clone)]
+pub struct ParamSpec {
+    /// Name.
+    pub name: String,
+    /// Default, JSON text.
+    pub default: String,
+    /// Description.
+    pub description: String,
+}
+
+/// A source plugin's self-description.
+#[derive(Debug, Clone)]
+pub struct SourceInfo {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Priority (higher first).
+    pub priority: i32,
+    /// Emitted kinds.
+    pub kinds: Vec<RecordKind>,
+    /// Inputs.
+    pub inputs: Vec<InputSpec>,
+    /// Parameters.
+    pub params: Vec<ParamSpec>,
+    /// Description.
+    pub description: String,
+}
+
+/// A format plugin's self-description.
+#[derive(Debug, Clone)]
+pub struct FormatInfo {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Description.
+    pub description: String,
+}
+
+/// Which world a plugin implements, with its info.
+#[derive(Debug, Clone)]
+pub enum PluginKind {
+    /// `source-plugin`.
+    Source(SourceInfo),
+    /// `format-plugin`.
+    Format(FormatInfo),
+}
+
+pub(crate) enum Pre {
+    Source(sb::SourcePluginPre<HostState>),
+    Format(fb::FormatPluginPre<HostState>),
+}
+
+/// A loaded, validated plugin, ready to start jobs.
+pub struct Plugin {
+    /// Name from its info.
+    pub name: String,
+    /// File it was loaded from.
+    pub file: PathBuf,
+    /// sha256 of the component bytes, hex.
+    pub sha256: String,
+    /// World and info.
+    pub kind: PluginKind,
+    /// Whether compiled code came from the cache.
+    pub from_cache: bool,
+    pub(crate) pre: Pre,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("name", &self.name).field("file", &self.file).field("sha256", &self.sha256).field("kind", &self.kind).finish()
+    }
+}
+
+struct Ticker {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The plugin runtime: one engine, linkers for both worlds, limits and the cache.
+pub struct Runtime {
+    pub(crate) engine: Engine,
+    pub(crate) limits: Limits,
+    pub(crate) refusal: Arc<RefusalFilter>,
+    cache_dir: Option<PathBuf>,
+    source_linker: Linker<HostState>,
+    format_linker: Linker<HostState>,
+    _ticker: Ticker,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
+    move |source| RuntimeError::Io { path: path.to_path_buf(), source }
+}
+
+impl Runtime {
+    /// Create a runtime. `cache_dir = None` disables the compiled-code cache.
+    ///
+    /// Errors: [`RuntimeError::Compile`] if the engine cannot be configured.
+    pub fn new(limits: Limits, refusal: RefusalMode, cache_dir: Option<PathBuf>) -> Result<Runtime, RuntimeError> {
+        let mut config = Config::new();
+        config.wasm_component_model(true).epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|e| RuntimeError::Compile { plugin: "<engine>".into(), message: e.to_string() })?;
+        let mut source_linker = Linker::new(&engine);
+        sb::SourcePlugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut source_linker, |s: &mut HostState| s)
+            .map_err(|e| RuntimeError::Compile { plugin: "<linker>".into(), message: e.to_string() })?;
+        let mut format_linker = Linker::new(&engine);
+        fb::FormatPlugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut format_linker, |s: &mut HostState| s)
+            .map_err(|e| RuntimeError::Compile { plugin: "<linker>".into(), message: e.to_string() })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let stop = stop.clone();
+            let engine = engine.clone();
+            std::thread::Builder::new()
+                .name("bagel-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .expect("spawn epoch ticker");
+        }
+        Ok(Runtime { engine, limits, refusal: Arc::new(RefusalFilter::new(refusal)), cache_dir, source_linker, format_linker, _ticker: Ticker { stop } })
+    }
+
+    /// The limits every call runs under.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Paths of every `*.wasm` file directly under `dir`, sorted.
+    pub fn discover(dir: &Path) -> Result<Vec<PathBuf>, RuntimeError> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io(dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
+    /// Load every plugin under `dir`; one result per file, in file-name order.
+    pub fn load_dir(&self, dir: &Path) -> Result<Vec<Result<Plugin, RuntimeError>>, RuntimeError> {
+        Ok(Self::discover(dir)?.iter().map(|p| self.load_file(p)).collect())
+    }
+
+    /// Load, validate and describe one component file.
+    pub fn load_file(&self, path: &Path) -> Result<Plugin, RuntimeError> {
+        let file_name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let bytes = std::fs::read(path).map_err(io(path))?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let (component, from_cache) = self.compile_cached(&file_name, &bytes, &sha256)?;
+
+        // Imports: only bagel:plugin interfaces.
+        let ty = component.component_type();
+        for (name, _) in ty.imports(&self.engine) {
+            if !name.starts_with("bagel:plugin/") || !name.ends_with("@0.1.0") {
+                return Err(RuntimeError::ForbiddenImport { plugin: file_name, import: name.to_string() });
+            }
+        }
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        let inst_err = |e: wasmtime::Error| RuntimeError::Instantiate { plugin: file_name.clone(), message: format!("{e:#}") };
+        let (kind, pre) = if exports.iter().any(|e| e == "bagel:plugin/source@0.1.0") {
+            let pre = sb::SourcePluginPre::new(self.source_linker.instantiate_pre(&component).map_err(inst_err)?).map_err(inst_err)?;
+            let mut store = self.store(&file_name, 0);
+            let inst = pre.instantiate(&mut store).map_err(inst_err)?;
+            let info = crate::job::guard(&mut store, &file_name, "info", self.limits, |s| inst.bagel_plugin_source().call_info(s))?;
+            (PluginKind::Source(crate::job::conv_source_info(info)), Pre::Source(pre))
+        } else if exports.iter().any(|e| e == "bagel:plugin/format@0.1.0") {
+            let pre = fb::FormatPluginPre::new(self.format_linker.instantiate_pre(&component).map_err(inst_err)?).map_err(inst_err)?;
+            let mut store = self.store(&file_name, 0);
+            let inst = pre.instantiate(&mut store).map_err(inst_err)?;
+            let info = crate::job::guard(&mut store, &file_name, "info", self.limits, |s| inst.bagel_plugin_format().call_info(s))?;
+            (PluginKind::Format(FormatInfo { name: info.name, version: info.version, description: info.description }), Pre::Format(pre))
+        } else {
+            return Err(RuntimeError::UnknownWorld { plugin: file_name });
+        };
+        let name = match &kind {
+            PluginKind::Source(i) => i.name.clone(),
+            PluginKind::Format(i) => i.name.clone(),
+        };
+        Ok(Plugin { name, file: path.to_path_buf(), sha256, kind, from_cache, pre })
+    }
+
+    fn compile_cached(&self, plugin: &str, bytes: &[u8], sha256: &str) -> Result<(Component, bool), RuntimeError> {
+        let compile_err = |e: wasmtime::Error| RuntimeError::Compile { plugin: plugin.to_string(), message: format!("{e:#}") };
+        if let Some(dir) = &self.cache_dir {
+            let key = cache::key(&self.engine, sha256);
+            let file = cache::path(dir, &key);
+            if file.exists() {
+                // SAFETY: the file was produced by `Component::serialize` of this very
+                // engine configuration (the key includes the engine's compatibility
+                // hash) and is only ever written by us via rename, never in place.
+                match unsafe { Component::deserialize_file(&self.engine, &file) } {
+                    Ok(c) => return Ok((c, true)),
+                    Err(e) => tracing::warn!("ignoring unreadable cache entry {}: {e}", file.display()),
+                }
+            }
+            let component = Component::new(&self.engine, bytes).map_err(compile_err)?;
+            if let Ok(serialized) = component.serialize() {
+                let _ = std::fs::create_dir_all(dir);
+                let tmp = dir.join(format!(".{key}.{}.tmp", std::process::id()));
+                if std::fs::write(&tmp, &serialized).is_ok() {
+                    let _ = std::fs::rename(&tmp, &file);
+                }
+            }
+            return Ok((component, false));
+        }
+        Ok((Component::new(&self.engine, bytes).map_err(compile_err)?, false))
+    }
+
+    pub(crate) fn store(&self, plugin: &str, seed: u64) -> Store<HostState> {
+        let mut store = Store::new(
+            &self.engine,
+            HostState { plugin: plugin.to_string(), seed, refusal: self.refusal.clone(), limiter: MemLimiter { cap: self.limits.memory_bytes, tripped: false } },
+        );
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store
+    }
+}

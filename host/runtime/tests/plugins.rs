@@ -1,0 +1,121 @@
+//! The shipped plugins through the runtime: format vectors byte-exact, ai2_arc golden ids.
+mod common;
+use bagel_core::refusal::RefusalMode;
+use bagel_core::{uid, Payload, Role, Turn};
+use bagel_runtime::{FormatJob, Limits, PluginKind, RenderItem, Runtime, SourceJob};
+use serde_json::Value;
+
+fn runtime() -> Runtime {
+    Runtime::new(Limits::default(), RefusalMode::Intended, None).unwrap()
+}
+
+fn turns(v: &Value) -> Vec<Turn> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let from = match t["from"].as_str().unwrap() {
+                "system" => Role::System,
+                "human" => Role::Human,
+                _ => Role::Gpt,
+            };
+            Turn::new(from, t["value"].as_str().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn lists_four_formats_and_ai2_arc() {
+    let rt = runtime();
+    let plugins: Vec<_> = rt.load_dir(&common::plugins_dir()).unwrap().into_iter().map(Result::unwrap).collect();
+    let mut formats: Vec<&str> = plugins.iter().filter(|p| matches!(p.kind, PluginKind::Format(_))).map(|p| p.name.as_str()).collect();
+    formats.sort();
+    assert_eq!(formats, ["alpaca", "chatml", "llama2", "vicuna"]);
+    let arc = plugins.iter().find(|p| p.name == "ai2_arc").expect("ai2_arc installed");
+    match &arc.kind {
+        PluginKind::Source(i) => {
+            assert_eq!(i.priority, 3);
+            assert_eq!(i.inputs[0].dataset, "allenai/ai2_arc");
+        }
+        _ => panic!("ai2_arc is a source"),
+    }
+    assert_eq!(arc.sha256.len(), 64);
+}
+
+#[test]
+fn all_56_format_vectors_are_byte_exact() {
+    let rt = runtime();
+    let dir = common::plugins_dir();
+    let cases: Value = serde_json::from_str(&std::fs::read_to_string(common::workspace().join("tests/vectors/format_vectors.json")).unwrap()).unwrap();
+    let cases = cases.as_array().unwrap();
+    assert_eq!(cases.len(), 56);
+    let mut checked = 0;
+    for name in ["alpaca", "vicuna", "chatml", "llama2"] {
+        let plugin = rt.load_file(&dir.join(format!("{name}.wasm"))).unwrap();
+        let mut job = FormatJob::start(&rt, &plugin, 0).unwrap();
+        for case in cases.iter().filter(|c| c["format"] == name) {
+            let conv = turns(&case["conversations"]);
+            let coin = case["coin"] == "default_system";
+            let out = job.render(case["bos"].as_str().unwrap(), case["eos"].as_str().unwrap(), &[RenderItem { conversation: &conv, add_default_system: coin }]).unwrap();
+            let r = out.into_iter().next().unwrap().unwrap();
+            let label = format!("{}: {} / {}", name, case["case"], case["coin"]);
+            assert_eq!(r.input, case["input"].as_str().unwrap(), "input of {label}");
+            assert_eq!(r.output, case["output"].as_str().unwrap(), "output of {label}");
+            assert_eq!(format!("demo_{}", plugin.name), case["source"].as_str().unwrap());
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 56);
+}
+
+#[test]
+fn format_rejects_bad_role_order_as_plugin_error() {
+    let rt = runtime();
+    let plugin = rt.load_file(&common::plugins_dir().join("chatml.wasm")).unwrap();
+    let mut job = FormatJob::start(&rt, &plugin, 0).unwrap();
+    let conv = vec![Turn::new(Role::Gpt, "a"), Turn::new(Role::Human, "b")];
+    let out = job.render("<s>", "</s>", &[RenderItem { conversation: &conv, add_default_system: false }]).unwrap();
+    assert!(matches!(&out[0], Err(bagel_runtime::PluginError::BadInput(_))), "{out:?}");
+}
+
+fn arc_row0(coin_p: &str) -> (String, String, String) {
+    let rt = runtime();
+    let plugin = rt.load_file(&common::plugins_dir().join("ai2_arc.wasm")).unwrap();
+    let mut job = SourceJob::start(&rt, &plugin, 1234).unwrap();
+    job.configure(&[("config".into(), "\"ARC-Easy\"".into()), ("coin_p".into(), coin_p.into())]).unwrap();
+    let rows: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(common::workspace().join("examples/data/ai2_arc/ARC-Easy/train.json")).unwrap()).unwrap();
+    let text: Vec<String> = rows.iter().take(3).map(|r| r.to_string()).collect();
+    let out = job.push_rows("data", 0, &text).unwrap();
+    assert_eq!(out.records.len(), 3);
+    assert!(out.invalid.is_empty());
+    let r = &out.records[0];
+    assert_eq!(r.row, 0);
+    assert_eq!(r.label, "ai2_arc");
+    let Payload::Conversation(c) = &r.payload else { panic!("conversation expected") };
+    (uid(&r.key), c[0].value.clone(), c[1].value.clone())
+}
+
+#[test]
+fn ai2_arc_golden_row0_coin_true() {
+    let (id, instruction, answer) = arc_row0("1.0");
+    assert_eq!(id, "1f8386de-320c-538b-b252-2f5c16a9a5d1");
+    assert_eq!(instruction, "Which factor will most likely cause a person to develop a fever?\nA. a leg muscle relaxing after exercise\nB. a bacterial population in the bloodstream\nC. several viral particles on the skin\nD. carbohydrates being digested in the stomach\nOnly output the the letter of the correct answer.");
+    assert_eq!(answer, "B");
+}
+
+#[test]
+fn ai2_arc_golden_row0_coin_false() {
+    let (id, _, answer) = arc_row0("-1.0");
+    assert_eq!(id, "22239615-5abd-5bb3-91c8-99d334490e47");
+    assert_eq!(answer, "B a bacterial population in the bloodstream");
+}
+
+#[test]
+fn ai2_arc_rejects_unknown_parameter() {
+    let rt = runtime();
+    let plugin = rt.load_file(&common::plugins_dir().join("ai2_arc.wasm")).unwrap();
+    let mut job = SourceJob::start(&rt, &plugin, 0).unwrap();
+    let err = job.configure(&[("confg".into(), "\"ARC-Easy\"".into())]).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("ai2_arc") && msg.contains("unknown parameter `confg`"), "{msg}");
+}
