@@ -1,1 +1,39 @@
-fn main(){}
+//! `bagel` — thin binary over the library crates (one file per subcommand in `cmd/`).
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// Build a composite LLM fine-tuning dataset from sandboxed WASM plugins.
+#[derive(Parser)]
+#[command(name = "bagel", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect installed plugins.
+    Plugins(cmd::plugins::Args),
+    /// Build sft.parquet and dpo.parquet from a recipe.
+    Build(cmd::build::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BAGEL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Plugins(a) => cmd::plugins::run(a),
+        Command::Build(a) => cmd::build::run(a),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -280,6 +280,8 @@ impl Runtime {
         );
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
+        // Instantiation may run guest code too: it gets the same wall-clock budget.
+        store.set_epoch_deadline((self.limits.call_timeout.as_millis() / TICK.as_millis()).max(1) as u64);
         store
     }
 }

@@ -1,0 +1,194 @@
+//! The format stage, as the reference `format_io` (bagel `data.py`):
+//! 1. SFT instructions = expanded multi-turn conversations (> 3 turns) followed by the
+//!    single-turn ones (≤ 3 turns, kept only when they end human → gpt), then shuffled
+//!    with the seeded RNG (the reference shuffles with HF `shuffle(seed=42)`).
+//! 2. [`bagel_core::chunk::format_chunks`] assigns instructions to formats (every
+//!    instruction lands in k−1 of k formats); each format draws its own default-system
+//!    coin per item (p = 0.5, seeded by build seed + format name).
+//! 3. Plain-text records become (input "", output text, source `<label>_plain_text`).
+//! 4. DPO records are chunked the same way (in record order, unshuffled), their prompt
+//!    rendered by the format; `chosen` gets the newline collapse, `rejected` is kept.
+//! 5. SFT (formatted rows, then plain text) and DPO rows are shuffled (seeded).
+//!
+//! Ids: a single-turn row keeps its record id; the k-th example expanded from a
+//! multi-turn record gets `uuid5(record id + "/" + k)` (the reference used random
+//! uuid4s; ours are reproducible).
+use crate::error::Result;
+use crate::report::FormatReport;
+use bagel_core::chunk::format_chunks;
+use bagel_core::expand::expand;
+use bagel_core::rng::{derive_seed, Rng};
+use bagel_core::{uid, Payload, Record, Turn};
+use bagel_runtime::{FormatJob, Plugin, RenderItem, Runtime};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// Items per render call.
+pub const RENDER_BATCH: usize = 512;
+
+/// One SFT output row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SftRow {
+    /// Row id (uuid5).
+    pub id: String,
+    /// `<label>_<format>` or `<label>_plain_text`.
+    pub source: String,
+    /// Rendered input ("" for plain text).
+    pub input: String,
+    /// Rendered output.
+    pub output: String,
+}
+
+/// One DPO output row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpoRow {
+    /// Source label.
+    pub source: String,
+    /// Prompt rendered in a format.
+    pub prompt: String,
+    /// Chosen reply (newline-collapsed).
+    pub chosen: String,
+    /// Rejected reply (as emitted).
+    pub rejected: String,
+}
+
+/// Result of the format stage.
+#[derive(Debug, Default)]
+pub struct Formatted {
+    /// SFT rows in final (shuffled) order.
+    pub sft: Vec<SftRow>,
+    /// DPO rows in final (shuffled) order.
+    pub dpo: Vec<DpoRow>,
+    /// Per-format counts and times.
+    pub stats: Vec<FormatReport>,
+    /// Conversations dropped by expansion, per source label.
+    pub dropped_by_expansion: BTreeMap<String, u64>,
+    /// Examples produced by expanding multi-turn conversations.
+    pub expanded_examples: u64,
+    /// Instructions before chunking.
+    pub instructions: u64,
+}
+
+struct Instruction<'a> {
+    id: String,
+    source: &'a str,
+    conversation: std::borrow::Cow<'a, [Turn]>,
+}
+
+/// Run the format stage over deduplicated records (in load order).
+pub fn format_records(rt: &Runtime, formats: &[&Plugin], records: &[Record], bos: &str, eos: &str, seed: u64) -> Result<Formatted> {
+    let mut out = Formatted::default();
+    let mut multi: Vec<Instruction> = Vec::new();
+    let mut single: Vec<Instruction> = Vec::new();
+    for r in records {
+        let Some(conv) = r.conversation() else { continue };
+        if conv.len() > 3 {
+            let ex = expand(conv);
+            if ex.is_empty() {
+                *out.dropped_by_expansion.entry(r.source.clone()).or_default() += 1;
+            }
+            out.expanded_examples += ex.len() as u64;
+            for (k, c) in ex.into_iter().enumerate() {
+                multi.push(Instruction { id: uid(&format!("{}/{}", r.id, k)), source: &r.source, conversation: c.into() });
+            }
+        } else if expand(conv).is_empty() {
+            *out.dropped_by_expansion.entry(r.source.clone()).or_default() += 1;
+        } else {
+            single.push(Instruction { id: r.id.clone(), source: &r.source, conversation: conv.into() });
+        }
+    }
+    let mut instructions = multi;
+    instructions.append(&mut single);
+    Rng::new(derive_seed(seed, "sft-shuffle")).shuffle(&mut instructions);
+    out.instructions = instructions.len() as u64;
+
+    let dpo_records: Vec<&Record> = records.iter().filter(|r| matches!(r.payload, Payload::Dpo(_))).collect();
+    let k = formats.len();
+    let sft_chunks = format_chunks(instructions.len(), k);
+    let dpo_chunks = format_chunks(dpo_records.len(), k);
+
+    // Formats are independent: render them in parallel (one WASM instance each).
+    let results: Vec<Result<(Vec<SftRow>, Vec<DpoRow>, FormatReport)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = formats
+            .iter()
+            .enumerate()
+            .map(|(i, plugin)| {
+                let (instructions, dpo_records, sft_idx, dpo_idx) = (&instructions, &dpo_records, &sft_chunks[i], &dpo_chunks[i]);
+                s.spawn(move || render_one(rt, plugin, instructions, sft_idx, dpo_records, dpo_idx, bos, eos, seed))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("format thread panicked")).collect()
+    });
+    for r in results {
+        let (sft, dpo, stats) = r?;
+        out.sft.extend(sft);
+        out.dpo.extend(dpo);
+        out.stats.push(stats);
+    }
+    for r in records {
+        if let Payload::Text(t) = &r.payload {
+            out.sft.push(SftRow { id: r.id.clone(), source: format!("{}_plain_text", r.source), input: String::new(), output: t.clone() });
+        }
+    }
+    Rng::new(derive_seed(seed, "sft-final")).shuffle(&mut out.sft);
+    Rng::new(derive_seed(seed, "dpo-final")).shuffle(&mut out.dpo);
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn render_one(
+    rt: &Runtime,
+    plugin: &Plugin,
+    instructions: &[Instruction],
+    sft_idx: &[usize],
+    dpo_records: &[&Record],
+    dpo_idx: &[usize],
+    bos: &str,
+    eos: &str,
+    seed: u64,
+) -> Result<(Vec<SftRow>, Vec<DpoRow>, FormatReport)> {
+    let t0 = Instant::now();
+    let name = &plugin.name;
+    let mut job = FormatJob::start(rt, plugin, derive_seed(seed, name))?;
+    let mut coins = Rng::new(derive_seed(seed, &format!("coin:{name}")));
+    let mut stats = FormatReport { name: name.clone(), ..Default::default() };
+    let mut sft = Vec::with_capacity(sft_idx.len());
+    for chunk in sft_idx.chunks(RENDER_BATCH) {
+        let items: Vec<RenderItem> = chunk.iter().map(|&i| RenderItem { conversation: &instructions[i].conversation, add_default_system: coins.coin(0.5) }).collect();
+        let rendered = job.render(bos, eos, &items)?;
+        for (&i, r) in chunk.iter().zip(rendered) {
+            match r {
+                Ok(r) => sft.push(SftRow { id: instructions[i].id.clone(), source: format!("{}_{name}", instructions[i].source), input: r.input, output: r.output }),
+                Err(e) => {
+                    stats.errors += 1;
+                    tracing::warn!(format = %name, id = %instructions[i].id, "format refused an item: {e}");
+                }
+            }
+        }
+    }
+    let mut dpo = Vec::with_capacity(dpo_idx.len());
+    for chunk in dpo_idx.chunks(RENDER_BATCH) {
+        let pairs: Vec<&bagel_core::DpoPair> = chunk
+            .iter()
+            .map(|&i| match &dpo_records[i].payload {
+                Payload::Dpo(p) => p,
+                _ => unreachable!("filtered to DPO records"),
+            })
+            .collect();
+        let items: Vec<(&str, &str, bool)> = pairs.iter().map(|p| (p.prompt.as_str(), p.chosen.as_str(), coins.coin(0.5))).collect();
+        let rendered = job.render_dpo_prompt(bos, eos, &items)?;
+        for ((&i, p), r) in chunk.iter().zip(&pairs).zip(rendered) {
+            match r {
+                Ok(prompt) => dpo.push(DpoRow { source: dpo_records[i].source.clone(), prompt, chosen: bagel_text::collapse_newlines(&p.chosen), rejected: p.rejected.clone() }),
+                Err(e) => {
+                    stats.errors += 1;
+                    tracing::warn!(format = %name, id = %dpo_records[i].id, "format refused a DPO prompt: {e}");
+                }
+            }
+        }
+    }
+    stats.sft_rows = sft.len() as u64;
+    stats.dpo_rows = dpo.len() as u64;
+    stats.seconds = t0.elapsed().as_secs_f64();
+    Ok((sft, dpo, stats))
+}

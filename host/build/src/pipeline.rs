@@ -1,0 +1,452 @@
+//! The whole `bagel build`.
+use crate::error::{io, BuildError, Result};
+use crate::format::format_records;
+use crate::read::{read_file, RowResult};
+use crate::recipe::{dataset_globs, expand_globs, substitute, Recipe, SourceEntry};
+use crate::report::{BadRow, BuildReport, SourceReport};
+use crate::tokenizer::{special_tokens, SpecialTokens};
+use crate::write::{write_atomic, write_string_parquet};
+use bagel_core::dedup::KnownKeys;
+use bagel_core::refusal::RefusalMode;
+use bagel_core::rng::derive_seed;
+use bagel_core::{uid, Record};
+use bagel_runtime::{DropReason, Emitted, Limits, Plugin, PluginKind, Runtime, SourceInfo, SourceJob};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What to do with a malformed input row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum OnBadRow {
+    /// Count it in the report and go on (default).
+    #[default]
+    Skip,
+    /// Stop the build with [`BuildError::BadRow`].
+    Fail,
+}
+
+/// What to do when a plugin fails (trap, limit, plugin error, malformed output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnPluginError {
+    /// Stop the build (default).
+    #[default]
+    Fail,
+    /// Drop that source's records, record the error, and go on.
+    Skip,
+}
+
+/// Options of one build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Directory of plugin components.
+    pub plugins: PathBuf,
+    /// Data root.
+    pub data: PathBuf,
+    /// Recipe.
+    pub recipe: Recipe,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Seed (coins, shuffles, plugin seeds).
+    pub seed: u64,
+    /// Format names in order (empty: the recipe's, else alpaca,vicuna,chatml,llama2).
+    pub formats: Vec<String>,
+    /// Tokenizer dir for BOS/EOS (None: `<s>`/`</s>`).
+    pub tokenizer: Option<PathBuf>,
+    /// Bad-row policy.
+    pub on_bad_row: OnBadRow,
+    /// Plugin-failure policy.
+    pub on_plugin_error: OnPluginError,
+    /// Per-call plugin limits.
+    pub limits: Limits,
+    /// Refusal check mode.
+    pub refusal: RefusalMode,
+    /// Rows per `push-rows` call.
+    pub batch_size: usize,
+    /// Max sources converted at once.
+    pub jobs: usize,
+    /// Compiled-plugin cache dir (None disables).
+    pub wasm_cache: Option<PathBuf>,
+    /// Reuse the cached raw stage when its key matches.
+    pub use_stage_cache: bool,
+    /// Show progress bars.
+    pub progress: bool,
+}
+
+/// Default format order of the reference.
+pub const DEFAULT_FORMATS: [&str; 4] = ["alpaca", "vicuna", "chatml", "llama2"];
+
+struct Resolved<'a> {
+    plugin: &'a Plugin,
+    info: &'a SourceInfo,
+    params: Vec<(String, String)>,
+    inputs: Vec<(String, bagel_runtime::InputFormat, Vec<PathBuf>)>,
+}
+
+/// Output of one source job (before dedup).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SourceRun {
+    report: SourceReport,
+    records: Vec<(String, bagel_core::DedupMode, String, bagel_core::Payload)>,
+    bad_rows: Vec<BadRow>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RawStage {
+    key: String,
+    reports: Vec<SourceReport>,
+    records: Vec<Record>,
+    bad_rows: Vec<BadRow>,
+}
+
+/// Run a build; returns the report (also written to `out/build-report.json`).
+pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
+    let t_total = Instant::now();
+    let mut report = BuildReport { bagel_version: env!("CARGO_PKG_VERSION").into(), seed: opts.seed, ..Default::default() };
+    std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
+    let SpecialTokens { bos, eos } = match &opts.tokenizer {
+        Some(dir) => special_tokens(dir)?,
+        None => SpecialTokens::default(),
+    };
+    report.bos = bos.clone();
+    report.eos = eos.clone();
+
+    // Plugins.
+    let t = Instant::now();
+    let rt = Runtime::new(opts.limits, opts.refusal, opts.wasm_cache.clone())?;
+    let mut plugins = Vec::new();
+    for p in rt.load_dir(&opts.plugins)? {
+        match p {
+            Ok(p) => plugins.push(p),
+            Err(e) if opts.on_plugin_error == OnPluginError::Skip => tracing::error!("skipping plugin: {e}"),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    report.stages.load_plugins = t.elapsed().as_secs_f64();
+    let format_names: Vec<String> = if !opts.formats.is_empty() {
+        opts.formats.clone()
+    } else if let Some(f) = &opts.recipe.formats {
+        f.clone()
+    } else {
+        DEFAULT_FORMATS.iter().map(|s| s.to_string()).collect()
+    };
+    let installed = |want_format: bool| -> String {
+        plugins.iter().filter(|p| matches!(p.kind, PluginKind::Format(_)) == want_format).map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+    };
+    let mut formats = Vec::new();
+    for name in &format_names {
+        let p = plugins
+            .iter()
+            .find(|p| &p.name == name && matches!(p.kind, PluginKind::Format(_)))
+            .ok_or_else(|| BuildError::UnknownPlugin { kind: "format", name: name.clone(), installed: installed(true) })?;
+        formats.push(p);
+    }
+    report.formats = format_names.clone();
+
+    // Resolve sources: priority high → low, ties by name.
+    let mut resolved = Vec::new();
+    for entry in opts.recipe.sources.iter().filter(|e| e.enabled) {
+        let plugin = plugins
+            .iter()
+            .find(|p| p.name == entry.plugin && matches!(p.kind, PluginKind::Source(_)))
+            .ok_or_else(|| BuildError::UnknownPlugin { kind: "source", name: entry.plugin.clone(), installed: installed(false) })?;
+        let PluginKind::Source(info) = &plugin.kind else { unreachable!() };
+        resolved.push(resolve(opts, plugin, info, entry)?);
+    }
+    resolved.sort_by(|a, b| b.info.priority.cmp(&a.info.priority).then_with(|| a.info.name.cmp(&b.info.name)));
+
+    // Raw stage (sources + dedup), cached.
+    let key = stage_key(opts, &resolved)?;
+    let cache_dir = opts.out.join(".bagel-cache");
+    let cache_file = cache_dir.join(format!("raw-{key}.json"));
+    let raw: RawStage = match (opts.use_stage_cache, std::fs::read(&cache_file)) {
+        (true, Ok(bytes)) => match serde_json::from_slice::<RawStage>(&bytes) {
+            Ok(r) if r.key == key => {
+                report.raw_cache_hit = true;
+                r
+            }
+            _ => run_raw(opts, &rt, &resolved, key.clone(), &mut report)?,
+        },
+        _ => run_raw(opts, &rt, &resolved, key.clone(), &mut report)?,
+    };
+    if !report.raw_cache_hit {
+        std::fs::create_dir_all(&cache_dir).map_err(io(&cache_dir))?;
+        // Keep only the newest raw stage.
+        if let Ok(rd) = std::fs::read_dir(&cache_dir) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with("raw-") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let bytes = serde_json::to_vec(&raw).map_err(|e| BuildError::Io { path: cache_file.clone(), source: e.into() })?;
+        write_atomic(&cache_file, &bytes)?;
+    }
+    report.sources = raw.reports.clone();
+    report.bad_rows = raw.bad_rows.clone();
+
+    // Format stage.
+    let t = Instant::now();
+    let formatted = format_records(&rt, &formats, &raw.records, &bos, &eos, opts.seed)?;
+    report.stages.format = t.elapsed().as_secs_f64();
+    report.format_stats = formatted.stats;
+    report.dropped_by_expansion = formatted.dropped_by_expansion;
+    report.expanded_examples = formatted.expanded_examples;
+    report.instructions = formatted.instructions;
+
+    // Write.
+    let t = Instant::now();
+    let sft_path = opts.out.join("sft.parquet");
+    let dpo_path = opts.out.join("dpo.parquet");
+    let s = &formatted.sft;
+    write_string_parquet(
+        &sft_path,
+        &[
+            ("id", s.iter().map(|r| r.id.as_str()).collect()),
+            ("source", s.iter().map(|r| r.source.as_str()).collect()),
+            ("input", s.iter().map(|r| r.input.as_str()).collect()),
+            ("output", s.iter().map(|r| r.output.as_str()).collect()),
+        ],
+    )?;
+    let d = &formatted.dpo;
+    write_string_parquet(
+        &dpo_path,
+        &[
+            ("source", d.iter().map(|r| r.source.as_str()).collect()),
+            ("prompt", d.iter().map(|r| r.prompt.as_str()).collect()),
+            ("chosen", d.iter().map(|r| r.chosen.as_str()).collect()),
+            ("rejected", d.iter().map(|r| r.rejected.as_str()).collect()),
+        ],
+    )?;
+    report.sft_rows = s.len() as u64;
+    report.dpo_rows = d.len() as u64;
+    report.sft_sha256 = sha256_file(&sft_path)?;
+    report.dpo_sha256 = sha256_file(&dpo_path)?;
+    report.stages.write = t.elapsed().as_secs_f64();
+    report.stages.total = t_total.elapsed().as_secs_f64();
+    let json = serde_json::to_vec_pretty(&report).expect("report serialises");
+    write_atomic(&opts.out.join("build-report.json"), &json)?;
+    Ok(report)
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+fn resolve<'a>(opts: &BuildOptions, plugin: &'a Plugin, info: &'a SourceInfo, entry: &'a SourceEntry) -> Result<Resolved<'a>> {
+    let params = entry.params_json();
+    let mut merged: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for p in &info.params {
+        merged.insert(p.name.clone(), serde_json::from_str(&p.default).unwrap_or(serde_json::Value::Null));
+    }
+    for (k, v) in &params {
+        merged.insert(k.clone(), serde_json::from_str(v).unwrap_or(serde_json::Value::Null));
+    }
+    for name in entry.files.keys() {
+        if !info.inputs.iter().any(|i| &i.name == name) {
+            let known: Vec<&str> = info.inputs.iter().map(|i| i.name.as_str()).collect();
+            return Err(BuildError::Recipe { path: "<recipe>".into(), message: format!("source {}: unknown input `{name}` (inputs: {})", info.name, known.join(", ")) });
+        }
+    }
+    let mut inputs = Vec::new();
+    for input in &info.inputs {
+        let globs: Vec<String> = match entry.files.get(&input.name) {
+            Some(files) => files.clone(),
+            None => input.patterns.iter().flat_map(|p| dataset_globs(&input.dataset, &substitute(p, &merged))).collect(),
+        };
+        let files = expand_globs(&opts.data, &globs);
+        if files.is_empty() {
+            return Err(BuildError::MissingInput {
+                plugin: info.name.clone(),
+                input: input.name.clone(),
+                looked: globs.iter().map(|g| opts.data.join(g).display().to_string()).collect::<Vec<_>>().join(", "),
+            });
+        }
+        inputs.push((input.name.clone(), input.format, files));
+    }
+    Ok(Resolved { plugin, info, params, inputs })
+}
+
+fn stage_key(opts: &BuildOptions, resolved: &[Resolved]) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(format!("bagel {} seed {} refusal {:?} bad-row {:?} batch {}\n", env!("CARGO_PKG_VERSION"), opts.seed, opts.refusal, opts.on_bad_row, opts.batch_size));
+    for r in resolved {
+        h.update(format!("source {} {} {:?}\n", r.info.name, r.plugin.sha256, r.params));
+        for (name, _, files) in &r.inputs {
+            for f in files {
+                let m = std::fs::metadata(f).map_err(io(f))?;
+                let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+                h.update(format!("input {name} {} {} {mtime}\n", f.display(), m.len()));
+            }
+        }
+    }
+    Ok(hex::encode(&h.finalize()[..16]))
+}
+
+fn run_raw(opts: &BuildOptions, rt: &Runtime, resolved: &[Resolved], key: String, report: &mut BuildReport) -> Result<RawStage> {
+    let t = Instant::now();
+    let pb = progress(opts.progress, resolved.len() as u64, "sources");
+    // Convert in parallel (bounded by `jobs`), then dedup sequentially in load order:
+    // the result equals the sequential reference.
+    let jobs = opts.jobs.max(1);
+    let mut runs: Vec<Option<Result<SourceRun>>> = (0..resolved.len()).map(|_| None).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.min(resolved.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= resolved.len() {
+                    break;
+                }
+                let r = run_source(opts, rt, &resolved[i]);
+                pb.inc(1);
+                results.lock().unwrap().push((i, r));
+            });
+        }
+    });
+    pb.finish_and_clear();
+    for (i, r) in results.into_inner().unwrap() {
+        runs[i] = Some(r);
+    }
+    report.stages.sources = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let mut known = KnownKeys::new();
+    let mut records = Vec::new();
+    let mut reports = Vec::new();
+    let mut bad_rows = Vec::new();
+    for (i, run) in runs.into_iter().enumerate() {
+        let run = match run.expect("every source ran") {
+            Ok(run) => run,
+            Err(BuildError::Plugin(e)) if opts.on_plugin_error == OnPluginError::Skip => {
+                tracing::error!("skipping source {}: {e}", resolved[i].info.name);
+                let mut rep = SourceReport { name: resolved[i].info.name.clone(), priority: resolved[i].info.priority, ..Default::default() };
+                rep.filtered.insert(format!("plugin failed: {e}"), 0);
+                reports.push(rep);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut rep = run.report;
+        for (key_text, mode, label, payload) in run.records {
+            let id = uid(&key_text);
+            if known.admit(&id, mode) {
+                records.push(Record { id, source: label, payload });
+                rep.kept += 1;
+            } else {
+                rep.duplicate += 1;
+            }
+        }
+        bad_rows.extend(run.bad_rows);
+        reports.push(rep);
+    }
+    bad_rows.truncate(1000);
+    report.stages.dedup = t.elapsed().as_secs_f64();
+    Ok(RawStage { key, reports, records, bad_rows })
+}
+
+fn progress(show: bool, len: u64, what: &str) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {elapsed_precise}") {
+        pb.set_style(style);
+    }
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn run_source(opts: &BuildOptions, rt: &Runtime, r: &Resolved) -> Result<SourceRun> {
+    let name = &r.info.name;
+    let mut job = SourceJob::start(rt, r.plugin, derive_seed(opts.seed, name))?;
+    job.configure(&r.params)?;
+    let mut run = SourceRun::default();
+    run.report.name = name.clone();
+    run.report.priority = r.info.priority;
+    run.report.plugin_sha256 = r.plugin.sha256.clone();
+    run.report.params = r.params.iter().cloned().collect();
+    let mut plugin_secs = 0.0;
+    let t_all = Instant::now();
+    for (input, hint, files) in &r.inputs {
+        let mut input_row: u64 = 0;
+        for file in files {
+            run.report.files.push(file.display().to_string());
+            let file_start = input_row;
+            let mut on_batch = |first_in_file: u64, rows: Vec<RowResult>| -> Result<()> {
+                let first = file_start + first_in_file;
+                let mut good = Vec::with_capacity(rows.len());
+                let mut good_rows = Vec::with_capacity(rows.len());
+                for (k, row) in rows.into_iter().enumerate() {
+                    let row_in_file = first_in_file + k as u64 + 1;
+                    match row {
+                        Ok(text) => {
+                            good.push(text);
+                            good_rows.push(first + k as u64);
+                        }
+                        Err(message) => {
+                            run.report.invalid += 1;
+                            if opts.on_bad_row == OnBadRow::Fail {
+                                return Err(BuildError::BadRow { plugin: name.clone(), path: file.clone(), row: row_in_file, message });
+                            }
+                            run.bad_rows.push(BadRow { plugin: name.clone(), file: file.display().to_string(), row: row_in_file, message });
+                        }
+                    }
+                }
+                run.report.rows_read += good.len() as u64;
+                if good.is_empty() {
+                    return Ok(());
+                }
+                // Rows are renumbered contiguously for the plugin only when no row was bad;
+                // otherwise each contiguous run is pushed separately to keep row numbers true.
+                let t = Instant::now();
+                let mut start = 0;
+                while start < good.len() {
+                    let mut end = start + 1;
+                    while end < good.len() && good_rows[end] == good_rows[end - 1] + 1 {
+                        end += 1;
+                    }
+                    let out = job.push_rows(input, good_rows[start], &good[start..end])?;
+                    absorb(opts, name, file, file_start, out, &mut run)?;
+                    start = end;
+                }
+                plugin_secs += t.elapsed().as_secs_f64();
+                Ok(())
+            };
+            let n = read_file(file, *hint, opts.batch_size, &mut on_batch)?;
+            input_row += n;
+        }
+    }
+    let t = Instant::now();
+    let out = job.finish()?;
+    absorb(opts, name, Path::new("<finish>"), 0, out, &mut run)?;
+    plugin_secs += t.elapsed().as_secs_f64();
+    run.report.seconds_plugin = plugin_secs;
+    run.report.seconds_read = (t_all.elapsed().as_secs_f64() - plugin_secs).max(0.0);
+    Ok(run)
+}
+
+fn absorb(opts: &BuildOptions, name: &str, file: &Path, file_start: u64, out: bagel_runtime::BatchOutput, run: &mut SourceRun) -> Result<()> {
+    for inv in out.invalid {
+        run.report.invalid += 1;
+        let row = inv.row.saturating_sub(file_start) + 1;
+        if opts.on_bad_row == OnBadRow::Fail {
+            return Err(BuildError::BadRow { plugin: name.to_string(), path: file.to_path_buf(), row, message: inv.message });
+        }
+        run.bad_rows.push(BadRow { plugin: name.to_string(), file: file.display().to_string(), row, message: inv.message });
+    }
+    for (_, reason) in out.dropped {
+        match reason {
+            DropReason::Refusal => run.report.refused += 1,
+            DropReason::Filtered(why) => *run.report.filtered.entry(why).or_default() += 1,
+        }
+    }
+    run.report.emitted += out.records.len() as u64;
+    for Emitted { key, mode, label, payload, .. } in out.records {
+        run.records.push((key, mode, label, payload));
+    }
+    Ok(())
+}

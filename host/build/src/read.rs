@@ -1,0 +1,310 @@
+//! Streaming input readers: every format yields rows as JSON object text, in batches,
+//! so memory stays bounded by one batch (plus one parquet record batch).
+//!
+//! Supported: JSON array (`.json`), JSON lines (`.jsonl`, `.ndjson`), CSV (`.csv`), TSV
+//! (`.tsv`), parquet (`.parquet`); the first four optionally gzip-compressed (`.gz`).
+use crate::error::{io, BuildError, Result};
+use bagel_runtime::InputFormat;
+use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+
+/// A concrete file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// A JSON array of objects.
+    Json,
+    /// One JSON value per line.
+    Jsonl,
+    /// CSV with a header row.
+    Csv,
+    /// TSV with a header row.
+    Tsv,
+    /// Apache Parquet.
+    Parquet,
+}
+
+/// One row: JSON object text, or why it could not be read (the file stays usable).
+pub type RowResult = std::result::Result<String, String>;
+
+/// Decide the format from the hint or the file name; returns (format, gzip).
+pub fn detect(path: &Path, hint: InputFormat) -> Result<(FileFormat, bool)> {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let gz = name.ends_with(".gz");
+    let base = name.trim_end_matches(".gz");
+    let by_name = if base.ends_with(".jsonl") || base.ends_with(".ndjson") {
+        Some(FileFormat::Jsonl)
+    } else if base.ends_with(".json") {
+        Some(FileFormat::Json)
+    } else if base.ends_with(".csv") {
+        Some(FileFormat::Csv)
+    } else if base.ends_with(".tsv") {
+        Some(FileFormat::Tsv)
+    } else if base.ends_with(".parquet") {
+        Some(FileFormat::Parquet)
+    } else {
+        None
+    };
+    let fmt = match hint {
+        InputFormat::Auto => by_name.ok_or_else(|| BadFileAt::new(path, "byte 0", "cannot tell the format from the file name (use .json/.jsonl/.csv/.tsv/.parquet, optionally .gz)"))?,
+        InputFormat::Json => by_name.filter(|f| *f == FileFormat::Jsonl).unwrap_or(FileFormat::Json),
+        InputFormat::Jsonl => FileFormat::Jsonl,
+        InputFormat::Csv => FileFormat::Csv,
+        InputFormat::Tsv => FileFormat::Tsv,
+        InputFormat::Parquet => FileFormat::Parquet,
+    };
+    if fmt == FileFormat::Parquet && gz {
+        return Err(BadFileAt::new(path, "byte 0", "gzip-compressed parquet is not supported (parquet compresses internally)"));
+    }
+    Ok((fmt, gz))
+}
+
+struct BadFileAt;
+impl BadFileAt {
+    fn new(path: &Path, position: &str, message: &str) -> BuildError {
+        BuildError::BadFile { path: path.to_path_buf(), position: position.to_string(), message: message.to_string() }
+    }
+}
+
+fn open(path: &Path, gz: bool) -> Result<Box<dyn BufRead>> {
+    let mut file = File::open(path).map_err(io(path))?;
+    if !gz {
+        return Ok(Box::new(BufReader::with_capacity(1 << 20, file)));
+    }
+    let mut magic = [0u8; 2];
+    let n = file.read(&mut magic).map_err(io(path))?;
+    if n < 2 || magic != [0x1f, 0x8b] {
+        return Err(BadFileAt::new(path, "byte 0", &format!("named .gz but is not gzip (first bytes {:02x?})", &magic[..n])));
+    }
+    let file = File::open(path).map_err(io(path))?;
+    Ok(Box::new(BufReader::with_capacity(1 << 20, flate2::read::MultiGzDecoder::new(BufReader::new(file)))))
+}
+
+/// Stream `path` in batches of up to `batch_size` rows. `f(first_row, rows)` gets the
+/// 0-based index of the batch's first row within the file. Returns the number of rows.
+///
+/// Errors: [`BuildError::BadFile`] when the file as a whole is broken (not gzip,
+/// truncated JSON array, unreadable parquet), with the position; errors of `f` pass
+/// through. A malformed single row is an `Err` row, not an error.
+pub fn read_file(path: &Path, hint: InputFormat, batch_size: usize, mut f: impl FnMut(u64, Vec<RowResult>) -> Result<()>) -> Result<u64> {
+    let (fmt, gz) = detect(path, hint)?;
+    let mut batcher = Batcher { batch: Vec::with_capacity(batch_size), size: batch_size.max(1), first: 0, count: 0, f: &mut f };
+    match fmt {
+        FileFormat::Jsonl => read_jsonl(path, open(path, gz)?, &mut batcher)?,
+        FileFormat::Json => read_json_array(path, open(path, gz)?, &mut batcher)?,
+        FileFormat::Csv => read_csv(path, open(path, gz)?, b',', &mut batcher)?,
+        FileFormat::Tsv => read_csv(path, open(path, gz)?, b'\t', &mut batcher)?,
+        FileFormat::Parquet => read_parquet(path, batch_size, &mut batcher)?,
+    }
+    batcher.flush()?;
+    Ok(batcher.count)
+}
+
+struct Batcher<'a, F: FnMut(u64, Vec<RowResult>) -> Result<()>> {
+    batch: Vec<RowResult>,
+    size: usize,
+    first: u64,
+    count: u64,
+    f: &'a mut F,
+}
+
+impl<F: FnMut(u64, Vec<RowResult>) -> Result<()>> Batcher<'_, F> {
+    fn push(&mut self, row: RowResult) -> Result<()> {
+        self.batch.push(row);
+        self.count += 1;
+        if self.batch.len() >= self.size {
+            self.flush()?;
+        }
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::replace(&mut self.batch, Vec::with_capacity(self.size));
+        let first = self.first;
+        self.first += rows.len() as u64;
+        (self.f)(first, rows)
+    }
+}
+
+fn read_jsonl<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, mut r: Box<dyn BufRead>, b: &mut Batcher<'_, F>) -> Result<()> {
+    let mut line = String::new();
+    let mut lineno = 0u64;
+    loop {
+        line.clear();
+        let n = r.read_line(&mut line).map_err(|e| BadFileAt::new(path, &format!("line {}", lineno + 1), &format!("read failed: {e}")))?;
+        if n == 0 {
+            return Ok(());
+        }
+        lineno += 1;
+        let t = line.trim();
+        if t.is_empty() {
+            continue;
+        }
+        let row = match serde_json::from_str::<&RawValue>(t) {
+            Ok(_) if t.starts_with('{') => Ok(t.to_string()),
+            Ok(_) => Err(format!("line {lineno}: not a JSON object")),
+            Err(e) => Err(format!("line {lineno}: invalid JSON: {e}")),
+        };
+        b.push(row)?;
+    }
+}
+
+fn read_json_array<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, r: Box<dyn BufRead>, b: &mut Batcher<'_, F>) -> Result<()> {
+    struct Elements<'x, 'a, F: FnMut(u64, Vec<RowResult>) -> Result<()>> {
+        b: &'x mut Batcher<'a, F>,
+        err: &'x mut Option<BuildError>,
+    }
+    impl<'de, F: FnMut(u64, Vec<RowResult>) -> Result<()>> Visitor<'de> for Elements<'_, '_, F> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON array of objects")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+            while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
+                let t = raw.get();
+                let row = if t.starts_with('{') { Ok(t.to_string()) } else { Err(format!("element {} is not a JSON object", self.b.count + 1)) };
+                if let Err(e) = self.b.push(row) {
+                    *self.err = Some(e);
+                    return Err(de::Error::custom("aborted by consumer"));
+                }
+            }
+            Ok(())
+        }
+    }
+    impl<'de, F: FnMut(u64, Vec<RowResult>) -> Result<()>> DeserializeSeed<'de> for Elements<'_, '_, F> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    let mut err = None;
+    let mut de = serde_json::Deserializer::from_reader(r);
+    let res = Elements { b, err: &mut err }.deserialize(&mut de).and_then(|_| de.end());
+    if let Some(e) = err {
+        return Err(e);
+    }
+    res.map_err(|e| {
+        let what = if e.is_eof() { "truncated JSON array" } else { "invalid JSON array" };
+        BadFileAt::new(path, &format!("line {} column {}", e.line(), e.column()), &format!("{what}: {e}"))
+    })
+}
+
+fn read_csv<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, r: Box<dyn BufRead>, delim: u8, b: &mut Batcher<'_, F>) -> Result<()> {
+    let mut rd = csv::ReaderBuilder::new().delimiter(delim).has_headers(true).flexible(false).from_reader(r);
+    let headers = rd.headers().map_err(|e| BadFileAt::new(path, "line 1", &format!("cannot read the header row: {e}")))?.clone();
+    let mut rec = csv::StringRecord::new();
+    loop {
+        match rd.read_record(&mut rec) {
+            Ok(false) => return Ok(()),
+            Ok(true) => {
+                let obj: serde_json::Map<String, serde_json::Value> = headers.iter().zip(rec.iter()).map(|(h, v)| (h.to_string(), serde_json::Value::String(v.to_string()))).collect();
+                b.push(Ok(serde_json::Value::Object(obj).to_string()))?;
+            }
+            Err(e) => match e.kind() {
+                csv::ErrorKind::UnequalLengths { .. } | csv::ErrorKind::Utf8 { .. } => b.push(Err(format!("{e}")))?,
+                _ => {
+                    let pos = e.position().map(|p| format!("line {}", p.line())).unwrap_or_else(|| "unknown position".into());
+                    return Err(BadFileAt::new(path, &pos, &e.to_string()));
+                }
+            },
+        }
+    }
+}
+
+fn read_parquet<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, batch_size: usize, b: &mut Batcher<'_, F>) -> Result<()> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file = File::open(path).map_err(io(path))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| BadFileAt::new(path, "footer", &format!("not a readable parquet file: {e}")))?
+        .with_batch_size(batch_size.max(1))
+        .build()
+        .map_err(|e| BadFileAt::new(path, "footer", &e.to_string()))?;
+    for batch in reader {
+        let batch = batch.map_err(|e| BadFileAt::new(path, &format!("row {}", b.count + 1), &e.to_string()))?;
+        let mut buf = Vec::new();
+        {
+            let mut w = arrow_json::LineDelimitedWriter::new(&mut buf);
+            w.write(&batch).map_err(|e| BadFileAt::new(path, &format!("row {}", b.count + 1), &format!("cannot convert to JSON: {e}")))?;
+            w.finish().map_err(|e| BadFileAt::new(path, &format!("row {}", b.count + 1), &e.to_string()))?;
+        }
+        let text = String::from_utf8(buf).map_err(|e| BadFileAt::new(path, &format!("row {}", b.count + 1), &e.to_string()))?;
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            b.push(Ok(line.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn collect(path: &Path) -> Result<Vec<RowResult>> {
+        let mut all = Vec::new();
+        read_file(path, InputFormat::Auto, 2, |first, rows| {
+            assert_eq!(first as usize, all.len());
+            all.extend(rows);
+            Ok(())
+        })?;
+        Ok(all)
+    }
+
+    #[test]
+    fn jsonl_with_bad_line_keeps_going() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.jsonl");
+        std::fs::write(&p, "{\"a\":1}\n\n{oops\n[1]\n{\"b\":\"é\"}\n").unwrap();
+        let rows = collect(&p).unwrap();
+        assert_eq!(rows.len(), 4);
+        assert_eq!(rows[0].as_deref(), Ok("{\"a\":1}"));
+        assert!(rows[1].as_ref().unwrap_err().starts_with("line 3: invalid JSON"));
+        assert!(rows[2].as_ref().unwrap_err().contains("line 4: not a JSON object"));
+        assert_eq!(rows[3].as_deref(), Ok("{\"b\":\"é\"}"));
+    }
+
+    #[test]
+    fn json_array_streams_and_truncation_is_a_file_error() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.json");
+        std::fs::write(&p, "[{\"a\":1},\n {\"a\":2}, {\"a\":3}]").unwrap();
+        let rows = collect(&p).unwrap();
+        assert_eq!(rows, vec![Ok("{\"a\":1}".into()), Ok("{\"a\":2}".into()), Ok("{\"a\":3}".into())]);
+        std::fs::write(&p, "[{\"a\":1},\n {\"a\":2}, {\"a\"").unwrap();
+        let err = collect(&p).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("x.json") && msg.contains("truncated JSON array") && msg.contains("line 2 column"), "{msg}");
+    }
+
+    #[test]
+    fn gz_that_is_not_gzip_is_a_file_error() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.jsonl.gz");
+        std::fs::write(&p, "{\"a\":1}\n").unwrap();
+        let msg = collect(&p).unwrap_err().to_string();
+        assert!(msg.contains("x.jsonl.gz") && msg.contains("not gzip") && msg.contains("byte 0"), "{msg}");
+    }
+
+    #[test]
+    fn gzip_jsonl_and_csv_tsv() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.jsonl.gz");
+        let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&p).unwrap(), flate2::Compression::default());
+        enc.write_all(b"{\"q\":\"a\"}\n{\"q\":\"b\"}\n").unwrap();
+        enc.finish().unwrap();
+        assert_eq!(collect(&p).unwrap().len(), 2);
+        let c = d.path().join("x.csv");
+        std::fs::write(&c, "q,a\n\"x, y\",1\nbad\nz,2\n").unwrap();
+        let rows = collect(&c).unwrap();
+        assert_eq!(rows[0].as_deref(), Ok("{\"a\":\"1\",\"q\":\"x, y\"}"));
+        assert!(rows[1].is_err());
+        assert_eq!(rows.len(), 3);
+        let t = d.path().join("x.tsv");
+        std::fs::write(&t, "q\ta\nx, y\t1\n").unwrap();
+        assert_eq!(collect(&t).unwrap()[0].as_deref(), Ok("{\"a\":\"1\",\"q\":\"x, y\"}"));
+    }
+}
