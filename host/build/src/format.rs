@@ -2,7 +2,7 @@
 //! 1. SFT instructions = expanded multi-turn conversations (> 3 turns) followed by the
 //!    single-turn ones (≤ 3 turns, kept only when they end human → gpt), then shuffled
 //!    with the seeded RNG (the reference shuffles with HF `shuffle(seed=42)`).
-//! 2. [`bagel_core::chunk::format_chunks`] assigns instructions to formats (every
+//! 2. [`bagel_core::chunk::chunks`] (reference or balanced) assigns instructions to formats (every
 //!    instruction lands in k−1 of k formats); each format draws its own default-system
 //!    coin per item (p = 0.5, seeded by build seed + format name).
 //! 3. Plain-text records become (input "", output text, source `<label>_plain_text`).
@@ -15,7 +15,7 @@
 //! uuid4s; ours are reproducible).
 use crate::error::Result;
 use crate::report::FormatReport;
-use bagel_core::chunk::format_chunks;
+use bagel_core::chunk::{chunks, Chunking};
 use bagel_core::expand::expand;
 use bagel_core::rng::{derive_seed, Rng};
 use bagel_core::{uid, Payload, Record, Turn};
@@ -76,7 +76,7 @@ struct Instruction<'a> {
 }
 
 /// Run the format stage over deduplicated records (in load order).
-pub fn format_records(rt: &Runtime, formats: &[&Plugin], records: &[Record], bos: &str, eos: &str, seed: u64) -> Result<Formatted> {
+pub fn format_records(rt: &Runtime, formats: &[&Plugin], records: &[Record], bos: &str, eos: &str, seed: u64, chunking: Chunking) -> Result<Formatted> {
     let mut out = Formatted::default();
     let mut multi: Vec<Instruction> = Vec::new();
     let mut single: Vec<Instruction> = Vec::new();
@@ -104,8 +104,8 @@ pub fn format_records(rt: &Runtime, formats: &[&Plugin], records: &[Record], bos
 
     let dpo_records: Vec<&Record> = records.iter().filter(|r| matches!(r.payload, Payload::Dpo(_))).collect();
     let k = formats.len();
-    let sft_chunks = format_chunks(instructions.len(), k);
-    let dpo_chunks = format_chunks(dpo_records.len(), k);
+    let sft_chunks = chunks(instructions.len(), k, chunking);
+    let dpo_chunks = chunks(dpo_records.len(), k, chunking);
 
     // Formats are independent: render them in parallel (one WASM instance each).
     let results: Vec<Result<(Vec<SftRow>, Vec<DpoRow>, FormatReport)>> = std::thread::scope(|s| {

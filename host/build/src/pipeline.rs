@@ -70,6 +70,8 @@ pub struct BuildOptions {
     pub wasm_cache: Option<PathBuf>,
     /// Reuse the cached raw stage when its key matches.
     pub use_stage_cache: bool,
+    /// How instructions are spread over formats.
+    pub chunking: bagel_core::chunk::Chunking,
     /// Show progress bars.
     pub progress: bool,
 }
@@ -188,7 +190,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
 
     // Format stage.
     let t = Instant::now();
-    let formatted = format_records(&rt, &formats, &raw.records, &bos, &eos, opts.seed)?;
+    let formatted = format_records(&rt, &formats, &raw.records, &bos, &eos, opts.seed, opts.chunking)?;
     report.stages.format = t.elapsed().as_secs_f64();
     report.format_stats = formatted.stats;
     report.dropped_by_expansion = formatted.dropped_by_expansion;

@@ -43,10 +43,11 @@ fn jsonl(path: &Path) -> Vec<String> {
     } else {
         String::from_utf8(bytes).unwrap()
     };
-    text.lines().filter(|l| !l.trim().is_empty()).map(|l| {
-        serde_json::from_str::<Value>(l).unwrap();
-        l.to_string()
-    }).collect()
+    let rows: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+    for (i, r) in rows.iter().enumerate() {
+        assert!(serde_json::from_str::<Value>(r).is_ok(), "{}: line {} is not JSON", path.display(), i + 1);
+    }
+    rows
 }
 
 /// Rows of a JSON-array file, re-serialised as JSON text.

@@ -51,6 +51,10 @@ pub struct Args {
     /// Sources converted in parallel (default: available cores).
     #[arg(long)]
     jobs: Option<usize>,
+    /// Format chunking: reference (bagel's `_get_chunks`) or balanced (every instruction in
+    /// exactly k-1 of k formats for any count).
+    #[arg(long, value_enum, default_value = "reference")]
+    chunking: ChunkingArg,
     /// Ignore the cached raw stage.
     #[arg(long)]
     no_cache: bool,
@@ -66,6 +70,12 @@ enum BadRow {
 enum PluginFail {
     Fail,
     Skip,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ChunkingArg {
+    Reference,
+    Balanced,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -101,6 +111,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
         jobs: a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
         wasm_cache: bagel_runtime::cache::default_dir(),
         use_stage_cache: !a.no_cache,
+        chunking: match a.chunking {
+            ChunkingArg::Reference => bagel_core::chunk::Chunking::Reference,
+            ChunkingArg::Balanced => bagel_core::chunk::Chunking::Balanced,
+        },
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let report = build(&opts).with_context(|| format!("bagel build into {}", opts.out.display()))?;

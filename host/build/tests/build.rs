@@ -1,0 +1,267 @@
+//! End-to-end `bagel build` tests over the bundled samples (examples/data) and the
+//! shipped plugins (target/plugins; `cargo xtask build-plugins` builds them).
+use bagel_build::{build, BuildError, BuildOptions, OnBadRow, OnPluginError, Recipe};
+use bagel_core::chunk::Chunking;
+use bagel_core::refusal::RefusalMode;
+use bagel_core::uid;
+use bagel_runtime::Limits;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+fn ws() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn plugins() -> PathBuf {
+    let d = std::env::var_os("BAGEL_PLUGINS_DIR").map(PathBuf::from).unwrap_or_else(|| ws().join("target/plugins"));
+    assert!(d.is_dir(), "{} missing: run `cargo xtask build-plugins` first", d.display());
+    d
+}
+
+fn opts(data: &Path, recipe: Recipe, out: &Path, seed: u64) -> BuildOptions {
+    BuildOptions {
+        plugins: plugins(),
+        data: data.to_path_buf(),
+        recipe,
+        out: out.to_path_buf(),
+        seed,
+        formats: vec![],
+        tokenizer: None,
+        on_bad_row: OnBadRow::Skip,
+        on_plugin_error: OnPluginError::Fail,
+        limits: Limits::default(),
+        refusal: RefusalMode::Intended,
+        batch_size: 64,
+        jobs: 2,
+        wasm_cache: None,
+        use_stage_cache: true,
+        chunking: Chunking::Reference,
+        progress: false,
+    }
+}
+
+fn demo_recipe() -> Recipe {
+    Recipe::load(&ws().join("examples/recipes/demo.toml")).unwrap()
+}
+
+fn read_strings(path: &Path) -> Vec<HashMap<String, String>> {
+    let f = std::fs::File::open(path).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let schema = batch.schema();
+        for i in 0..batch.num_rows() {
+            let mut row = HashMap::new();
+            for (c, field) in schema.fields().iter().enumerate() {
+                let col = batch.column(c).as_any().downcast_ref::<arrow_array::StringArray>().expect("utf8 column");
+                row.insert(field.name().clone(), col.value(i).to_string());
+            }
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+#[test]
+fn same_seed_same_bytes_other_seed_differs() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let c = tempfile::tempdir().unwrap();
+    let data = ws().join("examples/data");
+    let ra = build(&opts(&data, demo_recipe(), a.path(), 42)).unwrap();
+    let rb = build(&opts(&data, demo_recipe(), b.path(), 42)).unwrap();
+    assert_eq!(ra.sft_sha256, rb.sft_sha256);
+    assert_eq!(ra.dpo_sha256, rb.dpo_sha256);
+    assert_eq!(std::fs::read(a.path().join("sft.parquet")).unwrap(), std::fs::read(b.path().join("sft.parquet")).unwrap());
+    let rc = build(&opts(&data, demo_recipe(), c.path(), 43)).unwrap();
+    assert_ne!(ra.sft_sha256, rc.sft_sha256);
+    // Warm rerun in the same directory reuses the raw stage and writes the same bytes.
+    let warm = build(&opts(&data, demo_recipe(), a.path(), 42)).unwrap();
+    assert!(warm.raw_cache_hit);
+    assert!(!ra.raw_cache_hit);
+    assert_eq!(warm.sft_sha256, ra.sft_sha256);
+}
+
+#[test]
+fn instructions_land_in_three_of_four_formats() {
+    let data = ws().join("examples/data");
+    for chunking in [Chunking::Reference, Chunking::Balanced] {
+        let out = tempfile::tempdir().unwrap();
+        let mut o = opts(&data, demo_recipe(), out.path(), 42);
+        o.chunking = chunking;
+        let report = build(&o).unwrap();
+        let rows = read_strings(&out.path().join("sft.parquet"));
+        assert_eq!(rows.len() as u64, report.sft_rows);
+        let mut per_id: HashMap<&str, Vec<&str>> = HashMap::new();
+        for r in rows.iter().filter(|r| !r["source"].ends_with("_plain_text")) {
+            per_id.entry(&r["id"]).or_default().push(r["source"].rsplit('_').next().unwrap());
+        }
+        assert_eq!(per_id.len() as u64, report.instructions);
+        let n = report.instructions as usize;
+        let exact = chunking == Chunking::Balanced || n % 4 == 0;
+        for (id, fmts) in &per_id {
+            let mut f = fmts.clone();
+            f.sort();
+            f.dedup();
+            assert_eq!(f.len(), fmts.len(), "{id} rendered twice in one format");
+            if exact {
+                assert_eq!(fmts.len(), 3, "{id} in {fmts:?} ({chunking:?}, n={n})");
+            } else {
+                assert!((2..=4).contains(&fmts.len()));
+            }
+        }
+        let expected: Vec<usize> = bagel_core::chunk::chunks(n, 4, chunking).iter().map(Vec::len).collect();
+        let got: Vec<u64> = report.format_stats.iter().map(|f| f.sft_rows).collect();
+        assert_eq!(got, expected.iter().map(|&x| x as u64).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn rows_are_re_derived_from_the_inputs() {
+    let data = ws().join("examples/data");
+    let out = tempfile::tempdir().unwrap();
+    let mut o = opts(&data, demo_recipe(), out.path(), 42);
+    o.chunking = Chunking::Balanced;
+    build(&o).unwrap();
+    let rows = read_strings(&out.path().join("sft.parquet"));
+    // ai2_arc: recompute both coin outcomes for every input row.
+    let arc: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(data.join("ai2_arc/ARC-Easy/train.json")).unwrap()).unwrap();
+    let mut expected: HashMap<String, (String, String)> = HashMap::new();
+    for r in &arc {
+        let labels: Vec<&str> = r["choices"]["label"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let texts: Vec<&str> = r["choices"]["text"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let key = r["answerKey"].as_str().unwrap();
+        let lines: Vec<String> = labels.iter().zip(&texts).map(|(l, t)| format!("{l}. {t}")).collect();
+        let base = format!("{}\n{}", r["question"].as_str().unwrap(), lines.join("\n"));
+        let with = format!("{base}\nOnly output the the letter of the correct answer.");
+        let idx = labels.iter().position(|l| *l == key).unwrap();
+        expected.insert(uid(&with), (with, key.to_string()));
+        expected.insert(uid(&base), (base, format!("{key} {}", texts[idx])));
+    }
+    let arc_rows: Vec<_> = rows.iter().filter(|r| r["source"].starts_with("ai2_arc_")).collect();
+    assert_eq!(arc_rows.len(), 150 * 4, "200 rows, each in 3 of 4 formats");
+    for r in arc_rows {
+        let (instruction, answer) = expected.get(&r["id"]).unwrap_or_else(|| panic!("id {} not derivable from the input", r["id"]));
+        let out = if r["source"] == "ai2_arc_chatml" { format!("{answer}<|im_end|>") } else { answer.clone() };
+        assert_eq!(&r["output"], &out);
+        match r["source"].as_str() {
+            "ai2_arc_alpaca" => assert!(r["input"].contains(&format!("### Instruction: \n{instruction}\n\n### Response:"))),
+            "ai2_arc_vicuna" => assert!(r["input"].ends_with(&format!("USER: {instruction}\nASSISTANT: "))),
+            "ai2_arc_chatml" => assert!(r["input"].ends_with(&format!("<s>user\n{instruction}</s>\n<s>assistant\n"))),
+            "ai2_arc_llama2" => assert!(r["input"].ends_with(&format!("{instruction} [/INST]"))),
+            other => panic!("unexpected source {other}"),
+        }
+    }
+}
+
+fn single_source_recipe(plugin: &str, file: &str) -> Recipe {
+    toml::from_str(&format!("[[source]]\nplugin = \"{plugin}\"\nfiles = {{ data = [\"{file}\"] }}\n")).unwrap()
+}
+
+fn assert_no_outputs(out: &Path) {
+    let names: Vec<String> = std::fs::read_dir(out).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect()).unwrap_or_default();
+    for n in &names {
+        assert!(!n.ends_with(".parquet") && !n.contains(".tmp-") && n != "build-report.json", "partial output left: {n} in {names:?}");
+    }
+}
+
+#[test]
+fn truncated_json_array_fails_with_position_and_no_output() {
+    let data = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("arc.json"), "[{\"id\": \"x\", \"question\": \"q\",\n \"choices\": {\"text\": [\"a\"], \"label\": [\"A\"]}, \"answerKey\": \"A\"},\n {\"id\": \"y\", \"quest").unwrap();
+    let err = build(&opts(data.path(), single_source_recipe("ai2_arc", "arc.json"), out.path(), 1)).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, BuildError::BadFile { .. }), "{msg}");
+    assert!(msg.contains("arc.json") && msg.contains("truncated JSON array") && msg.contains("line 3"), "{msg}");
+    assert_no_outputs(out.path());
+}
+
+#[test]
+fn gz_that_is_not_gzip_fails_and_leaves_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("train.jsonl.gz"), "{\"question\": \"1+1?\", \"answer\": \"2\\n#### 2\"}\n").unwrap();
+    let err = build(&opts(data.path(), single_source_recipe("gsm8k", "train.jsonl.gz"), out.path(), 1)).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("train.jsonl.gz") && msg.contains("not gzip"), "{msg}");
+    assert_no_outputs(out.path());
+}
+
+#[test]
+fn bad_rows_are_skipped_and_counted_or_fail_with_row_number() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(
+        data.path().join("train.jsonl"),
+        "{\"question\": \"1+1?\", \"answer\": \"2\\n#### 2\"}\n{\"question\": \"broken\n{\"question\": 5, \"answer\": \"x\"}\n{\"question\": \"2+2?\", \"answer\": \"<<2+2=4>>4\\n#### 4\"}\n",
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let report = build(&opts(data.path(), single_source_recipe("gsm8k", "train.jsonl"), out.path(), 1)).unwrap();
+    let s = &report.sources[0];
+    assert_eq!((s.rows_read, s.invalid, s.kept), (3, 2, 2), "{s:?}");
+    assert_eq!(report.bad_rows[0].row, 2);
+    assert!(report.bad_rows[0].message.contains("line 2"));
+    assert_eq!(report.bad_rows[1].row, 3, "{:?}", report.bad_rows);
+    let out2 = tempfile::tempdir().unwrap();
+    let mut o = opts(data.path(), single_source_recipe("gsm8k", "train.jsonl"), out2.path(), 1);
+    o.on_bad_row = OnBadRow::Fail;
+    let err = build(&o).unwrap_err();
+    match &err {
+        BuildError::BadRow { plugin, path, row, .. } => {
+            assert_eq!(plugin, "gsm8k");
+            assert!(path.ends_with("train.jsonl"));
+            assert_eq!(*row, 2);
+        }
+        other => panic!("expected BadRow, got {other}"),
+    }
+    assert_no_outputs(out2.path());
+}
+
+#[test]
+fn dedup_keeps_the_higher_priority_source_and_counts_duplicates() {
+    // The same question in gsm8k (P3) and self_instruct (P2): gsm8k keeps it.
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("g.jsonl"), "{\"question\": \"Same?\", \"answer\": \"yes\\n#### 1\"}\n{\"question\": \"Same?\", \"answer\": \"again\\n#### 1\"}\n").unwrap();
+    std::fs::write(data.path().join("s.jsonl"), "{\"id\": \"u1\", \"motivation_app\": \"x\", \"instruction\": \"Same?\", \"instances\": [{\"input\": \"\", \"output\": \"no\"}]}\n").unwrap();
+    let recipe: Recipe = toml::from_str("[[source]]\nplugin = \"self_instruct\"\nfiles = { data = [\"s.jsonl\"] }\n[[source]]\nplugin = \"gsm8k\"\nfiles = { data = [\"g.jsonl\"] }\n").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let report = build(&opts(data.path(), recipe, out.path(), 1)).unwrap();
+    let names: Vec<&str> = report.sources.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["gsm8k", "self_instruct"], "priority order");
+    assert_eq!((report.sources[0].kept, report.sources[0].duplicate), (1, 1));
+    assert_eq!((report.sources[1].kept, report.sources[1].duplicate), (0, 1));
+    let rows = read_strings(&out.path().join("sft.parquet"));
+    assert!(rows.iter().all(|r| r["id"] == uid("Same?")));
+    assert!(rows.iter().all(|r| r["output"].contains("yes")));
+}
+
+#[test]
+fn hf_hub_cache_layout_and_parquet_input() {
+    // Convert the bundled ARC slice to parquet inside a hub-cache layout; no `files`.
+    use arrow_json::reader::{infer_json_schema_from_seekable, ReaderBuilder};
+    let data = tempfile::tempdir().unwrap();
+    let snap = data.path().join("datasets--allenai--ai2_arc/snapshots/0123abc/ARC-Easy");
+    std::fs::create_dir_all(&snap).unwrap();
+    let arc: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(ws().join("examples/data/ai2_arc/ARC-Easy/train.json")).unwrap()).unwrap();
+    let jsonl: String = arc.iter().take(40).map(|r| r.to_string() + "\n").collect();
+    let mut cur = std::io::Cursor::new(jsonl.into_bytes());
+    let (schema, _) = infer_json_schema_from_seekable(&mut cur, None).unwrap();
+    let schema = std::sync::Arc::new(schema);
+    let reader = ReaderBuilder::new(schema.clone()).build(cur).unwrap();
+    let file = std::fs::File::create(snap.join("train-00000-of-00001.parquet")).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
+    for b in reader {
+        w.write(&b.unwrap()).unwrap();
+    }
+    w.close().unwrap();
+    let recipe: Recipe = toml::from_str("[[source]]\nplugin = \"ai2_arc\"\nparams = { config = \"ARC-Easy\" }\n").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let report = build(&opts(data.path(), recipe, out.path(), 42)).unwrap();
+    assert_eq!(report.sources[0].rows_read, 40);
+    assert_eq!(report.sources[0].invalid, 0);
+    assert_eq!(report.sources[0].kept, 40);
+    assert!(report.sources[0].files[0].contains("snapshots/0123abc/ARC-Easy/train-00000-of-00001.parquet"));
+}
