@@ -75,6 +75,11 @@ fn same_seed_same_bytes_other_seed_differs() {
     assert_eq!(ra.sft_sha256, rb.sft_sha256);
     assert_eq!(ra.dpo_sha256, rb.dpo_sha256);
     assert_eq!(std::fs::read(a.path().join("sft.parquet")).unwrap(), std::fs::read(b.path().join("sft.parquet")).unwrap());
+    // Sources convert in parallel; one worker must give the same bytes.
+    let seq = tempfile::tempdir().unwrap();
+    let mut o = opts(&data, demo_recipe(), seq.path(), 42);
+    o.jobs = 1;
+    assert_eq!(build(&o).unwrap().sft_sha256, ra.sft_sha256);
     let rc = build(&opts(&data, demo_recipe(), c.path(), 43)).unwrap();
     assert_ne!(ra.sft_sha256, rc.sft_sha256);
     // Warm rerun in the same directory reuses the raw stage and writes the same bytes.
