@@ -95,6 +95,21 @@ struct SourceRun {
 }
 
 #[derive(Serialize, Deserialize)]
+struct OutputsStamp {
+    key: String,
+    sft: Option<(u64, u128)>,
+    dpo: Option<(u64, u128)>,
+    report: BuildReport,
+}
+
+/// (size, mtime ns) of a file, if it exists.
+fn file_stamp(path: &Path) -> Option<(u64, u128)> {
+    let m = std::fs::metadata(path).ok()?;
+    let mtime = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+    Some((m.len(), mtime))
+}
+
+#[derive(Serialize, Deserialize)]
 struct RawStage {
     key: String,
     reports: Vec<SourceReport>,
@@ -188,6 +203,30 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     report.sources = raw.reports.clone();
     report.bad_rows = raw.bad_rows.clone();
 
+    // Output stage cache: same raw stage, formats, tokens, seed and chunking, and the
+    // outputs untouched since we wrote them (size + mtime) → nothing to redo.
+    let sft_path = opts.out.join("sft.parquet");
+    let dpo_path = opts.out.join("dpo.parquet");
+    let mut fkey = Sha256::new();
+    fkey.update(format!("{key} {bos:?} {eos:?} {:?} {}", opts.chunking, opts.seed));
+    for f in &formats {
+        fkey.update(format!(" {}={}", f.name, f.sha256));
+    }
+    let fkey = hex::encode(&fkey.finalize()[..16]);
+    let outputs_file = cache_dir.join("outputs.json");
+    if opts.use_stage_cache && report.raw_cache_hit {
+        if let Some(mut cached) = std::fs::read(&outputs_file).ok().and_then(|b| serde_json::from_slice::<OutputsStamp>(&b).ok()) {
+            if cached.key == fkey && cached.sft == file_stamp(&sft_path) && cached.dpo == file_stamp(&dpo_path) {
+                cached.report.raw_cache_hit = true;
+                cached.report.outputs_cache_hit = true;
+                cached.report.stages = Default::default();
+                cached.report.stages.load_plugins = report.stages.load_plugins;
+                cached.report.stages.total = t_total.elapsed().as_secs_f64();
+                return Ok(cached.report);
+            }
+        }
+    }
+
     // Format stage.
     let t = Instant::now();
     let formatted = format_records(&rt, &formats, &raw.records, &bos, &eos, opts.seed, opts.chunking)?;
@@ -199,28 +238,33 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
 
     // Write.
     let t = Instant::now();
-    let sft_path = opts.out.join("sft.parquet");
-    let dpo_path = opts.out.join("dpo.parquet");
     let s = &formatted.sft;
-    write_string_parquet(
-        &sft_path,
-        &[
-            ("id", s.iter().map(|r| r.id.as_str()).collect()),
-            ("source", s.iter().map(|r| r.source.as_str()).collect()),
-            ("input", s.iter().map(|r| r.input.as_str()).collect()),
-            ("output", s.iter().map(|r| r.output.as_str()).collect()),
-        ],
-    )?;
     let d = &formatted.dpo;
-    write_string_parquet(
-        &dpo_path,
-        &[
-            ("source", d.iter().map(|r| r.source.as_str()).collect()),
-            ("prompt", d.iter().map(|r| r.prompt.as_str()).collect()),
-            ("chosen", d.iter().map(|r| r.chosen.as_str()).collect()),
-            ("rejected", d.iter().map(|r| r.rejected.as_str()).collect()),
-        ],
-    )?;
+    let (sft_res, dpo_res) = std::thread::scope(|scope| {
+        let dpo = scope.spawn(|| {
+            write_string_parquet(
+                &dpo_path,
+                &[
+                    ("source", d.iter().map(|r| r.source.as_str()).collect()),
+                    ("prompt", d.iter().map(|r| r.prompt.as_str()).collect()),
+                    ("chosen", d.iter().map(|r| r.chosen.as_str()).collect()),
+                    ("rejected", d.iter().map(|r| r.rejected.as_str()).collect()),
+                ],
+            )
+        });
+        let sft = write_string_parquet(
+            &sft_path,
+            &[
+                ("id", s.iter().map(|r| r.id.as_str()).collect()),
+                ("source", s.iter().map(|r| r.source.as_str()).collect()),
+                ("input", s.iter().map(|r| r.input.as_str()).collect()),
+                ("output", s.iter().map(|r| r.output.as_str()).collect()),
+            ],
+        );
+        (sft, dpo.join().expect("dpo writer panicked"))
+    });
+    sft_res?;
+    dpo_res?;
     report.sft_rows = s.len() as u64;
     report.dpo_rows = d.len() as u64;
     report.sft_sha256 = sha256_file(&sft_path)?;
@@ -229,6 +273,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     report.stages.total = t_total.elapsed().as_secs_f64();
     let json = serde_json::to_vec_pretty(&report).expect("report serialises");
     write_atomic(&opts.out.join("build-report.json"), &json)?;
+    let stamp = OutputsStamp { key: fkey, sft: file_stamp(&sft_path), dpo: file_stamp(&dpo_path), report: report.clone() };
+    write_atomic(&outputs_file, &serde_json::to_vec(&stamp).expect("stamp serialises"))?;
     Ok(report)
 }
 

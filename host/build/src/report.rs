@@ -113,6 +113,9 @@ pub struct BuildReport {
     pub dpo_sha256: String,
     /// Whether the raw stage came from the cache.
     pub raw_cache_hit: bool,
+    /// Whether the existing outputs were reused (nothing changed since they were written).
+    #[serde(default)]
+    pub outputs_cache_hit: bool,
     /// Stage timings.
     pub stages: StageTimes,
     /// First bad rows.
@@ -162,7 +165,13 @@ impl BuildReport {
             self.stages.format,
             self.stages.write,
             self.stages.total,
-            if self.raw_cache_hit { " (raw stage from cache)" } else { "" }
+            if self.outputs_cache_hit {
+                " (nothing changed: outputs reused)"
+            } else if self.raw_cache_hit {
+                " (raw stage from cache)"
+            } else {
+                ""
+            }
         ));
         s
     }

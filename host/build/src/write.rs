@@ -63,7 +63,18 @@ pub fn write_string_parquet(dest: &Path, columns: &[(&str, Vec<&str>)]) -> Resul
     let n = columns.first().map(|c| c.1.len()).unwrap_or(0);
     let file = AtomicFile::new(dest);
     let out = std::fs::File::create(file.path()).map_err(io(file.path()))?;
-    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).set_max_row_group_row_count(Some(ROW_GROUP)).build();
+    // Long unique texts gain nothing from dictionary encoding or min/max statistics and
+    // cost most of the write time; `source` (few distinct values) keeps both.
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(ROW_GROUP))
+        .set_dictionary_enabled(false)
+        .set_statistics_enabled(parquet::file::properties::EnabledStatistics::None);
+    for (name, _) in columns.iter().filter(|(n, _)| *n == "source") {
+        let col = parquet::schema::types::ColumnPath::from(*name);
+        props = props.set_column_dictionary_enabled(col.clone(), true).set_column_statistics_enabled(col, parquet::file::properties::EnabledStatistics::Page);
+    }
+    let props = props.build();
     let mut w = ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(|e| perr(&e))?;
     let mut start = 0;
     while start < n || (n == 0 && start == 0) {
