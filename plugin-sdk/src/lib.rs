@@ -113,3 +113,15 @@ pub mod log {
         super::hostcalls::log(3, msg)
     }
 }
+
+#[cfg(test)]
+mod readme {
+    /// The README's complete plugin is the `plugin-sdk/example-source` crate, verbatim.
+    #[test]
+    fn readme_plugin_is_the_example_crate() {
+        let readme = include_str!("../README.md");
+        let code = include_str!("../example-source/src/lib.rs");
+        assert!(readme.contains(code), "plugin-sdk/README.md and example-source/src/lib.rs differ");
+        assert!(code.lines().count() < 40, "the README promises a plugin in under 40 lines");
+    }
+}

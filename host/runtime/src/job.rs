@@ -1,7 +1,7 @@
 //! Jobs: a fresh `Store` + instance per job, every call guarded by the limits.
 use crate::bindings::{format as fb, source as sb};
 use crate::host::HostState;
-use crate::load::{InputFormat, InputSpec, ParamSpec, Plugin, Pre, RecordKind, SourceInfo, TICK};
+use crate::load::{InputFormat, InputSpec, ParamSpec, Plugin, Pre, RecordKind, SourceInfo};
 use crate::{Limits, PluginError, Runtime, RuntimeError};
 use bagel_core::record::validate_turns;
 use bagel_core::{DedupMode, DpoPair, Payload, Role, Turn};
@@ -15,8 +15,7 @@ pub(crate) fn guard<T>(
     limits: Limits,
     f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
 ) -> Result<T, RuntimeError> {
-    let ticks = (limits.call_timeout.as_millis() / TICK.as_millis()).max(1) as u64;
-    store.set_epoch_deadline(ticks);
+    store.set_epoch_deadline(crate::load::deadline_ticks(limits));
     store.data_mut().limiter.tripped = false;
     match f(store) {
         Ok(v) => Ok(v),

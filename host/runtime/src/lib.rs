@@ -27,7 +27,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Wall-clock limit of one call into a plugin. Default 60 s. Enforced with epoch
-    /// interruption at a 10 ms tick, so the effective limit is within +10 ms.
+    /// interruption at a 10 ms tick: a call is stopped after at least this long and at
+    /// most 20 ms more (plus OS scheduling).
     pub call_timeout: Duration,
     /// Cap on a plugin instance's linear memory, bytes. Default 1 GiB.
     pub memory_bytes: usize,

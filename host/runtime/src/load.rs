@@ -14,6 +14,14 @@ use wasmtime::{Config, Engine, Store};
 /// Epoch tick period; [`Limits::call_timeout`] is measured in these ticks.
 pub(crate) const TICK: Duration = Duration::from_millis(10);
 
+/// Epoch ticks for a call: one more than `call_timeout / TICK` (rounded up), because the
+/// first tick can come at any time within the first period. A call is therefore stopped
+/// after at least `call_timeout` and at most `call_timeout + 2·TICK` (plus scheduling).
+pub(crate) fn deadline_ticks(limits: Limits) -> u64 {
+    let t = TICK.as_nanos();
+    (limits.call_timeout.as_nanos().div_ceil(t) as u64).max(1) + 1
+}
+
 /// Record kinds a source declares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
@@ -281,7 +289,7 @@ impl Runtime {
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
         // Instantiation may run guest code too: it gets the same wall-clock budget.
-        store.set_epoch_deadline((self.limits.call_timeout.as_millis() / TICK.as_millis()).max(1) as u64);
+        store.set_epoch_deadline(deadline_ticks(self.limits));
         store
     }
 }
