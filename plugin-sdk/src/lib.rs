@@ -12,8 +12,8 @@
 //!   [`has_refusal`] (the host's refusal check), [`text`] (Python-compatible strip and
 //!   newline collapse).
 //!
-//! Build (see README.md): `cargo build --profile plugin --target wasm32-unknown-unknown`
-//! then `wasm-tools component new`.
+//! Build (see README.md): `cargo rustc --lib --crate-type cdylib --release --target
+//! wasm32-unknown-unknown`, then `wasm-tools component new`.
 #![deny(missing_docs)]
 
 mod model;

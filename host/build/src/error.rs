@@ -29,7 +29,8 @@ pub enum BuildError {
         plugin: String,
         /// File.
         path: PathBuf,
-        /// 1-based row (JSONL: line number; JSON array: element index + 1; CSV: record + 1).
+        /// 1-based data row within the file (blank JSONL lines are not rows; the message
+        /// of a row the reader rejects also names the JSONL line).
         row: u64,
         /// What is wrong.
         message: String,

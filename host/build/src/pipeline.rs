@@ -141,6 +141,11 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         }
     }
     report.stages.load_plugins = t.elapsed().as_secs_f64();
+    for (i, p) in plugins.iter().enumerate() {
+        if let Some(q) = plugins[..i].iter().find(|q| q.name == p.name) {
+            return Err(bagel_runtime::RuntimeError::DuplicateName { name: p.name.clone(), first: q.file.display().to_string(), second: p.file.display().to_string() }.into());
+        }
+    }
     let format_names: Vec<String> = if !opts.formats.is_empty() {
         opts.formats.clone()
     } else if let Some(f) = &opts.recipe.formats {
@@ -152,7 +157,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         plugins.iter().filter(|p| matches!(p.kind, PluginKind::Format(_)) == want_format).map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
     };
     let mut formats = Vec::new();
-    for name in &format_names {
+    for (i, name) in format_names.iter().enumerate() {
+        if format_names[..i].contains(name) {
+            return Err(BuildError::Recipe { path: "--formats".into(), message: format!("format `{name}` is listed twice") });
+        }
         let p = plugins
             .iter()
             .find(|p| &p.name == name && matches!(p.kind, PluginKind::Format(_)))
@@ -187,7 +195,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         },
         _ => run_raw(opts, &rt, &resolved, key.clone(), &mut report)?,
     };
-    if !report.raw_cache_hit {
+    if !report.raw_cache_hit && !raw.reports.iter().any(|r| r.failed.is_some()) {
         std::fs::create_dir_all(&cache_dir).map_err(io(&cache_dir))?;
         // Keep only the newest raw stage.
         if let Ok(rd) = std::fs::read_dir(&cache_dir) {
@@ -222,6 +230,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                 cached.report.stages = Default::default();
                 cached.report.stages.load_plugins = report.stages.load_plugins;
                 cached.report.stages.total = t_total.elapsed().as_secs_f64();
+                let report_path = opts.out.join("build-report.json");
+                if !report_path.exists() {
+                    write_atomic(&report_path, &serde_json::to_vec_pretty(&cached.report).expect("report serialises"))?;
+                }
                 return Ok(cached.report);
             }
         }
@@ -319,7 +331,16 @@ fn resolve<'a>(opts: &BuildOptions, plugin: &'a Plugin, info: &'a SourceInfo, en
 
 fn stage_key(opts: &BuildOptions, resolved: &[Resolved]) -> Result<String> {
     let mut h = Sha256::new();
-    h.update(format!("bagel {} seed {} refusal {:?} bad-row {:?} batch {}\n", env!("CARGO_PKG_VERSION"), opts.seed, opts.refusal, opts.on_bad_row, opts.batch_size));
+    h.update(format!(
+        "bagel {} seed {} refusal {:?} bad-row {:?} plugin-error {:?} limits {:?} batch {}\n",
+        env!("CARGO_PKG_VERSION"),
+        opts.seed,
+        opts.refusal,
+        opts.on_bad_row,
+        opts.on_plugin_error,
+        opts.limits,
+        opts.batch_size
+    ));
     for r in resolved {
         h.update(format!("source {} {} {:?}\n", r.info.name, r.plugin.sha256, r.params));
         for (name, _, files) in &r.inputs {
@@ -371,8 +392,7 @@ fn run_raw(opts: &BuildOptions, rt: &Runtime, resolved: &[Resolved], key: String
             Ok(run) => run,
             Err(BuildError::Plugin(e)) if opts.on_plugin_error == OnPluginError::Skip => {
                 tracing::error!("skipping source {}: {e}", resolved[i].info.name);
-                let mut rep = SourceReport { name: resolved[i].info.name.clone(), priority: resolved[i].info.priority, ..Default::default() };
-                rep.filtered.insert(format!("plugin failed: {e}"), 0);
+                let rep = SourceReport { name: resolved[i].info.name.clone(), priority: resolved[i].info.priority, failed: Some(e.to_string()), ..Default::default() };
                 reports.push(rep);
                 continue;
             }

@@ -29,6 +29,9 @@ pub struct SourceReport {
     pub filtered: BTreeMap<String, u64>,
     /// Records kept after dedup.
     pub kept: u64,
+    /// Set when the plugin failed and `--on-plugin-error skip` dropped the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
     /// Seconds spent reading and decoding input files.
     pub seconds_read: f64,
     /// Seconds spent inside the plugin (calls, including data transfer).
@@ -137,6 +140,9 @@ impl BuildReport {
                 "{:<16} {:>3} {:>9} {:>9} {:>8} {:>9} {:>8} {:>8} {:>9} {:>8.3}\n",
                 r.name, r.priority, r.rows_read, r.emitted, r.invalid, r.duplicate, r.refused, filtered, r.kept, r.seconds_read + r.seconds_plugin
             ));
+            if let Some(f) = &r.failed {
+                s.push_str(&format!("  ^ {} FAILED and was skipped: {f}\n", r.name));
+            }
             t.rows_read += r.rows_read;
             t.emitted += r.emitted;
             t.invalid += r.invalid;

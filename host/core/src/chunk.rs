@@ -20,9 +20,13 @@ pub enum Chunking {
 }
 
 /// Item indices per format under `chunking`.
+///
+/// The reference rule is defined for the reference's 4 formats; for any other k it can
+/// leave items in no format (k = 2, odd n), so `Reference` with k ≠ 4 uses `Balanced`.
 pub fn chunks(n: usize, k: usize, chunking: Chunking) -> Vec<Vec<usize>> {
     match chunking {
-        Chunking::Reference => format_chunks(n, k),
+        Chunking::Reference if k == 4 => format_chunks(n, k),
+        Chunking::Reference => balanced_chunks(n, k),
         Chunking::Balanced => balanced_chunks(n, k),
     }
 }

@@ -1,0 +1,26 @@
+//! bagel's trainer — the only crate that imports burn.
+//!
+//! - [`config::LlamaConfig`]: the HF `config.json` of a Llama/Mistral model (saved next to
+//!   every checkpoint, burn's Config + Module pairing).
+//! - [`model::Llama`]: RMSNorm, RoPE (`rope_theta`, HF rotate-half layout; no
+//!   `rope_scaling` types yet: a config that sets one is refused), grouped-query
+//!   attention, SwiGLU MLP, tied or untied embeddings.
+//! - [`weights`]: HF safetensors in (single file or sharded index; F32/F16/BF16) and out.
+//! - [`data`]: `sft.parquet` → token ids with the response-only loss mask.
+//! - [`sft`]: the SFT loop: AdamW, linear schedule with warm-up, global gradient-norm
+//!   clipping, gradient accumulation normalised by target tokens, metrics JSONL.
+//!
+//! Backend: burn's ndarray CPU backend under autodiff (feature `cuda` adds burn-cuda).
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod model;
+pub mod sft;
+pub mod weights;
+
+pub use error::TrainError;
+
+/// The CPU backend used by default: `Autodiff<NdArray<f32>>`.
+pub type CpuBackend = burn::backend::Autodiff<burn::backend::NdArray<f32>>;

@@ -1,0 +1,237 @@
+//! Llama/Mistral decoder (Touvron et al. 2023, "Llama 2"; Jiang et al. 2023, "Mistral 7B"),
+//! written to match HF transformers' `LlamaForCausalLM` numerically:
+//! RMSNorm (Zhang & Sennrich 2019), RoPE in the rotate-half layout (Su et al. 2021),
+//! grouped-query attention (Ainslie et al. 2023), SwiGLU MLP (Shazeer 2020).
+//! Linear weights are kept in HF layout `[out, in]`, so loading and saving never transpose.
+use crate::config::LlamaConfig;
+use burn::module::{Module, Param};
+use burn::tensor::activation::{log_softmax, silu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+
+/// One decoder layer.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    /// `input_layernorm.weight` [H].
+    pub attn_norm: Param<Tensor<B, 1>>,
+    /// `self_attn.q_proj.weight` [heads·hd, H].
+    pub q: Param<Tensor<B, 2>>,
+    /// `self_attn.k_proj.weight` [kv·hd, H].
+    pub k: Param<Tensor<B, 2>>,
+    /// `self_attn.v_proj.weight` [kv·hd, H].
+    pub v: Param<Tensor<B, 2>>,
+    /// `self_attn.o_proj.weight` [H, heads·hd].
+    pub o: Param<Tensor<B, 2>>,
+    /// `post_attention_layernorm.weight` [H].
+    pub mlp_norm: Param<Tensor<B, 1>>,
+    /// `mlp.gate_proj.weight` [I, H].
+    pub gate: Param<Tensor<B, 2>>,
+    /// `mlp.up_proj.weight` [I, H].
+    pub up: Param<Tensor<B, 2>>,
+    /// `mlp.down_proj.weight` [H, I].
+    pub down: Param<Tensor<B, 2>>,
+}
+
+/// The causal LM.
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    /// `model.embed_tokens.weight` [V, H].
+    pub embed: Param<Tensor<B, 2>>,
+    /// Decoder layers.
+    pub layers: Vec<Block<B>>,
+    /// `model.norm.weight` [H].
+    pub norm: Param<Tensor<B, 1>>,
+    /// `lm_head.weight` [V, H]; `None` when tied to `embed`.
+    pub lm_head: Option<Param<Tensor<B, 2>>>,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// RMSNorm ε.
+    pub eps: f64,
+    /// RoPE θ.
+    pub rope_theta: f64,
+}
+
+/// Source of initial tensors by HF name (weights file, or random init).
+pub trait TensorSource<B: Backend> {
+    /// A 2-D tensor of `shape`.
+    fn matrix(&mut self, name: &str, shape: [usize; 2]) -> crate::error::Result<Tensor<B, 2>>;
+    /// A 1-D tensor of `len` (norm weights).
+    fn vector(&mut self, name: &str, len: usize) -> crate::error::Result<Tensor<B, 1>>;
+    /// Whether `name` exists (for an optional `lm_head.weight`).
+    fn has(&self, name: &str) -> bool;
+}
+
+/// Random init: N(0, 0.02²) matrices (HF `initializer_range` default), ones for norms.
+pub struct RandomInit<'a, B: Backend> {
+    /// Device.
+    pub device: &'a B::Device,
+}
+
+impl<B: Backend> TensorSource<B> for RandomInit<'_, B> {
+    fn matrix(&mut self, _name: &str, shape: [usize; 2]) -> crate::error::Result<Tensor<B, 2>> {
+        Ok(Tensor::random(shape, Distribution::Normal(0.0, 0.02), self.device))
+    }
+    fn vector(&mut self, _name: &str, len: usize) -> crate::error::Result<Tensor<B, 1>> {
+        Ok(Tensor::ones([len], self.device))
+    }
+    fn has(&self, _name: &str) -> bool {
+        false
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// Build from a config, taking tensors from `src` under their HF names.
+    pub fn from_source(c: &LlamaConfig, src: &mut impl TensorSource<B>) -> crate::error::Result<Llama<B>> {
+        let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        let (hd, nh, nkv) = (c.head_dim(), c.num_attention_heads, c.kv_heads());
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for l in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{l}.");
+            layers.push(Block {
+                attn_norm: Param::from_tensor(src.vector(&format!("{p}input_layernorm.weight"), h)?),
+                q: Param::from_tensor(src.matrix(&format!("{p}self_attn.q_proj.weight"), [nh * hd, h])?),
+                k: Param::from_tensor(src.matrix(&format!("{p}self_attn.k_proj.weight"), [nkv * hd, h])?),
+                v: Param::from_tensor(src.matrix(&format!("{p}self_attn.v_proj.weight"), [nkv * hd, h])?),
+                o: Param::from_tensor(src.matrix(&format!("{p}self_attn.o_proj.weight"), [h, nh * hd])?),
+                mlp_norm: Param::from_tensor(src.vector(&format!("{p}post_attention_layernorm.weight"), h)?),
+                gate: Param::from_tensor(src.matrix(&format!("{p}mlp.gate_proj.weight"), [i, h])?),
+                up: Param::from_tensor(src.matrix(&format!("{p}mlp.up_proj.weight"), [i, h])?),
+                down: Param::from_tensor(src.matrix(&format!("{p}mlp.down_proj.weight"), [h, i])?),
+            });
+        }
+        let embed = Param::from_tensor(src.matrix("model.embed_tokens.weight", [v, h])?);
+        let lm_head = if c.tie_word_embeddings && !src.has("lm_head.weight") {
+            None
+        } else {
+            Some(Param::from_tensor(src.matrix("lm_head.weight", [v, h])?))
+        };
+        Ok(Llama { embed, layers, norm: Param::from_tensor(src.vector("model.norm.weight", h)?), lm_head, n_heads: nh, n_kv_heads: nkv, eps: c.rms_norm_eps, rope_theta: c.rope_theta })
+    }
+
+    /// Every tensor under its HF name, in a stable order (for saving).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor<B, 2>)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.val())];
+        for (l, b) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{l}.");
+            out.push((format!("{p}input_layernorm.weight"), b.attn_norm.val().unsqueeze::<2>()));
+            out.push((format!("{p}self_attn.q_proj.weight"), b.q.val()));
+            out.push((format!("{p}self_attn.k_proj.weight"), b.k.val()));
+            out.push((format!("{p}self_attn.v_proj.weight"), b.v.val()));
+            out.push((format!("{p}self_attn.o_proj.weight"), b.o.val()));
+            out.push((format!("{p}post_attention_layernorm.weight"), b.mlp_norm.val().unsqueeze::<2>()));
+            out.push((format!("{p}mlp.gate_proj.weight"), b.gate.val()));
+            out.push((format!("{p}mlp.up_proj.weight"), b.up.val()));
+            out.push((format!("{p}mlp.down_proj.weight"), b.down.val()));
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.val().unsqueeze::<2>()));
+        if let Some(w) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), w.val()));
+        }
+        out
+    }
+
+    /// Logits [B, S, V] for token ids [B, S] (positions 0..S, causal attention).
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [b, s] = tokens.dims();
+        let device = tokens.device();
+        let h = self.embed.val().dims()[1];
+        let mut x = self.embed.val().select(0, tokens.reshape([b * s])).reshape([b, s, h]);
+        let hd = h / self.n_heads;
+        let (cos, sin) = rope_tables::<B>(s, hd, self.rope_theta, &device);
+        let mask = causal_mask::<B>(s, &device);
+        for blk in &self.layers {
+            let a = rms_norm(x.clone(), blk.attn_norm.val(), self.eps);
+            let q = linear(a.clone(), blk.q.val()).reshape([b, s, self.n_heads, hd]).swap_dims(1, 2);
+            let k = linear(a.clone(), blk.k.val()).reshape([b, s, self.n_kv_heads, hd]).swap_dims(1, 2);
+            let v = linear(a, blk.v.val()).reshape([b, s, self.n_kv_heads, hd]).swap_dims(1, 2);
+            let q = apply_rope(q, cos.clone(), sin.clone());
+            let k = apply_rope(k, cos.clone(), sin.clone());
+            let g = self.n_heads / self.n_kv_heads;
+            let k = repeat_kv(k, g);
+            let v = repeat_kv(v, g);
+            let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((hd as f64).sqrt()) + mask.clone();
+            let attn = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, s, self.n_heads * hd]);
+            x = x + linear(attn, blk.o.val());
+            let m = rms_norm(x.clone(), blk.mlp_norm.val(), self.eps);
+            let ff = silu(linear(m.clone(), blk.gate.val())) * linear(m, blk.up.val());
+            x = x + linear(ff, blk.down.val());
+        }
+        let x = rms_norm(x, self.norm.val(), self.eps);
+        let head = match &self.lm_head {
+            Some(w) => w.val(),
+            None => self.embed.val(),
+        };
+        linear(x, head)
+    }
+
+    /// Mean token cross-entropy over positions where `mask` is 1: `tokens` [B, S] are the
+    /// inputs, `targets` [B, S] the next tokens, `mask` [B, S] ∈ {0, 1}. Returns
+    /// (sum of losses [1], number of target tokens). Dividing by a caller-chosen count is
+    /// how gradient accumulation normalises by the tokens of the whole accumulated batch.
+    pub fn loss_sum(&self, tokens: Tensor<B, 2, Int>, targets: Tensor<B, 2, Int>, mask: Tensor<B, 2>) -> Tensor<B, 1> {
+        let logits = self.forward(tokens);
+        let lp = log_softmax(logits, 2);
+        let picked = lp.gather(2, targets.unsqueeze_dim(2)).squeeze_dim::<2>(2);
+        (picked * mask).sum().neg()
+    }
+}
+
+/// `x W^T` for x [B, S, in] and W [out, in].
+fn linear<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>) -> Tensor<B, 3> {
+    x.matmul(w.transpose().unsqueeze::<3>())
+}
+
+/// RMSNorm: x / sqrt(mean(x²) + ε) · w.
+fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
+    let rms = x.clone().powf_scalar(2.0).mean_dim(2).add_scalar(eps).sqrt();
+    x.div(rms) * w.unsqueeze::<3>()
+}
+
+/// cos/sin tables [1, 1, S, hd] for HF's rotate-half RoPE.
+fn rope_tables<B: Backend>(s: usize, hd: usize, theta: f64, device: &B::Device) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let half = hd / 2;
+    let mut cos = Vec::with_capacity(s * hd);
+    let mut sin = Vec::with_capacity(s * hd);
+    for pos in 0..s {
+        for j in 0..hd {
+            let inv = theta.powf(-2.0 * (j % half) as f64 / hd as f64);
+            let a = pos as f64 * inv;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    let t = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [s, hd]), device).unsqueeze::<4>();
+    (t(cos), t(sin))
+}
+
+/// x·cos + rotate_half(x)·sin, rotate_half(x) = [−x₂, x₁] over the last dim.
+fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
+    let hd = x.dims()[3];
+    let half = hd / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.clone().narrow(3, half, half);
+    let rot = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos + rot * sin
+}
+
+/// [B, kv, S, hd] → [B, kv·g, S, hd], head kv·g + j = kv head kv (HF `repeat_kv`).
+fn repeat_kv<B: Backend>(x: Tensor<B, 4>, g: usize) -> Tensor<B, 4> {
+    if g == 1 {
+        return x;
+    }
+    let [b, kv, s, hd] = x.dims();
+    x.unsqueeze_dim::<5>(2).repeat_dim(2, g).reshape([b, kv * g, s, hd])
+}
+
+/// Additive causal mask [1, 1, S, S]: 0 on and below the diagonal, −∞ above.
+fn causal_mask<B: Backend>(s: usize, device: &B::Device) -> Tensor<B, 4> {
+    let mut m = vec![0f32; s * s];
+    for i in 0..s {
+        for j in (i + 1)..s {
+            m[i * s + j] = f32::NEG_INFINITY;
+        }
+    }
+    Tensor::<B, 2>::from_data(TensorData::new(m, [s, s]), device).unsqueeze::<4>()
+}

@@ -1,0 +1,311 @@
+//! The SFT loop.
+//!
+//! - AdamW (Loshchilov & Hutter 2019) via burn-optim, β1/β2/ε/weight decay as flags.
+//! - Learning rate: HF `get_linear_schedule_with_warmup`: for optimizer step k (0-based),
+//!   `lr·k/w` while k < w, then `lr·max(0, (T−k)/(T−w))`, with w = ⌈warmup_ratio·T⌉.
+//! - Global gradient-norm clipping (`torch.nn.utils.clip_grad_norm_`): all gradients are
+//!   scaled by `min(1, max_grad_norm / ‖g‖₂)` where ‖g‖₂ is over every parameter at once
+//!   (burn's own clipping is per parameter).
+//! - Gradient accumulation: each micro-batch's summed token loss is divided by the number
+//!   of target tokens in the whole accumulated batch, so the step's gradient is that of
+//!   the mean loss over the accumulated tokens.
+//! - Metrics: one JSON object per logging/eval step in `OUTPUT_DIR/metrics.jsonl`.
+use crate::config::LlamaConfig;
+use crate::data::{load_sft, splitmix, stratified_split, DataOptions, Example, Tok};
+use crate::error::{io, Result, TrainError};
+use crate::model::Llama;
+use crate::weights::{load_model, save_model};
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::prelude::Module;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use serde::Serialize;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// SFT arguments (HF Trainer names, kebab-case on the CLI).
+#[derive(Debug, Clone, Serialize)]
+pub struct SftArgs {
+    /// HF model directory (config.json, safetensors, tokenizer files).
+    pub model_name_or_path: PathBuf,
+    /// `sft.parquet` written by `bagel build`.
+    pub dataset: PathBuf,
+    /// Where the final model and metrics go.
+    pub output_dir: PathBuf,
+    /// Examples per micro-batch.
+    pub per_device_train_batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub gradient_accumulation_steps: usize,
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// Fraction of steps for linear warm-up.
+    pub warmup_ratio: f64,
+    /// Global gradient-norm clip (0 disables).
+    pub max_grad_norm: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// AdamW β1.
+    pub adam_beta1: f64,
+    /// AdamW β2.
+    pub adam_beta2: f64,
+    /// AdamW ε.
+    pub adam_epsilon: f64,
+    /// Epochs (fractional allowed).
+    pub num_train_epochs: f64,
+    /// Optimizer steps; overrides epochs when set.
+    pub max_steps: Option<usize>,
+    /// Longest example, tokens.
+    pub model_max_len: usize,
+    /// Skip (true) or truncate over-length examples.
+    pub skip_excess_length: bool,
+    /// Loss on input tokens too.
+    pub train_on_source: bool,
+    /// Source-prefix filter.
+    pub include_sources: Vec<String>,
+    /// Cap on training examples.
+    pub max_train_samples: Option<usize>,
+    /// Cap on eval examples.
+    pub max_eval_samples: Option<usize>,
+    /// Fraction held out for eval, stratified by source (0 disables).
+    pub eval_dataset_size: f64,
+    /// Evaluate every N steps (0: only at the end).
+    pub eval_steps: usize,
+    /// Log every N steps.
+    pub logging_steps: usize,
+    /// Model-init / general seed.
+    pub seed: u64,
+    /// Data order / split seed.
+    pub data_seed: u64,
+}
+
+/// One metrics line.
+#[derive(Debug, Serialize)]
+struct Metrics {
+    step: usize,
+    epoch: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_loss: Option<f64>,
+    learning_rate: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grad_norm: Option<f64>,
+    tokens_per_second: f64,
+}
+
+/// Summary of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SftSummary {
+    /// Optimizer steps done.
+    pub steps: usize,
+    /// Training / eval examples.
+    pub train_examples: usize,
+    /// Eval examples.
+    pub eval_examples: usize,
+    /// Loss of the first logged step.
+    pub first_loss: f64,
+    /// Loss of the last logged step.
+    pub last_loss: f64,
+    /// Final eval loss, if any.
+    pub final_eval_loss: Option<f64>,
+    /// What data loading dropped.
+    pub data: crate::data::DataReport,
+}
+
+/// HF linear schedule with warm-up (see module docs).
+pub fn linear_lr(peak: f64, step: usize, warmup: usize, total: usize) -> f64 {
+    if step < warmup {
+        peak * step as f64 / warmup.max(1) as f64
+    } else {
+        peak * ((total.saturating_sub(step)) as f64 / (total - warmup).max(1) as f64).max(0.0)
+    }
+}
+
+struct SqNorm<'a> {
+    grads: &'a GradientsParams,
+    sq: f64,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for SqNorm<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+            self.sq += g.powf_scalar(2.0).sum().into_scalar().elem::<f64>();
+        }
+    }
+}
+
+struct Scale<'a> {
+    grads: &'a mut GradientsParams,
+    factor: f64,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            self.grads.register::<B::InnerBackend, D>(param.id, g.mul_scalar(self.factor));
+        }
+    }
+}
+
+/// Global L2 norm of all gradients of `model`; scales them to `max_norm` when above it.
+pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
+    let mut v = SqNorm { grads, sq: 0.0 };
+    model.visit(&mut v);
+    let norm = v.sq.sqrt();
+    if max_norm > 0.0 && norm > max_norm {
+        let mut s = Scale { grads, factor: max_norm / (norm + 1e-6) };
+        model.visit(&mut s);
+    }
+    norm
+}
+
+/// Build (tokens, targets, mask) tensors [B, S−1] for a micro-batch, right-padded with EOS.
+pub fn batch_tensors<B: Backend>(batch: &[&Example], pad: u32, device: &B::Device) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>, Tensor<B, 2>, usize) {
+    let s = batch.iter().map(|e| e.ids.len()).max().unwrap_or(2).max(2) - 1;
+    let b = batch.len();
+    let (mut tok, mut tgt, mut msk) = (Vec::with_capacity(b * s), Vec::with_capacity(b * s), Vec::with_capacity(b * s));
+    let mut n = 0;
+    for e in batch {
+        for i in 0..s {
+            let have = i + 1 < e.ids.len();
+            tok.push(*e.ids.get(i).unwrap_or(&pad) as i64);
+            tgt.push(if have { e.ids[i + 1] as i64 } else { pad as i64 });
+            let m = have && e.mask[i + 1];
+            n += usize::from(m);
+            msk.push(if m { 1.0f32 } else { 0.0 });
+        }
+    }
+    (
+        Tensor::from_data(TensorData::new(tok, [b, s]), device),
+        Tensor::from_data(TensorData::new(tgt, [b, s]), device),
+        Tensor::from_data(TensorData::new(msk, [b, s]), device),
+        n,
+    )
+}
+
+/// Mean target-token loss of `model` over `examples` (no gradients).
+pub fn evaluate<B: Backend>(model: &Llama<B>, examples: &[Example], bs: usize, pad: u32, device: &B::Device) -> f64 {
+    let (mut sum, mut n) = (0.0, 0usize);
+    for chunk in examples.chunks(bs.max(1)) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let (t, y, m, k) = batch_tensors::<B>(&refs, pad, device);
+        sum += model.loss_sum(t, y, m).into_scalar().elem::<f64>();
+        n += k;
+    }
+    sum / n.max(1) as f64
+}
+
+/// Run SFT on backend `B`; writes the final model (HF layout) and `metrics.jsonl` to
+/// `args.output_dir`, plus `training_args.json`.
+pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Result<SftSummary> {
+    if args.per_device_train_batch_size == 0 || args.gradient_accumulation_steps == 0 {
+        return Err(TrainError::Args("batch size and gradient accumulation must be ≥ 1".into()));
+    }
+    B::seed(device, args.seed);
+    let tok = Tok::load(&args.model_name_or_path)?;
+    let (config, mut model): (LlamaConfig, Llama<B>) = load_model(&args.model_name_or_path, device)?;
+    let opts = DataOptions { model_max_len: args.model_max_len, skip_excess_length: args.skip_excess_length, train_on_source: args.train_on_source, include_sources: args.include_sources.clone() };
+    let (examples, data_report) = load_sft(&args.dataset, &tok, &opts)?;
+    let (mut train, mut eval) = if args.eval_dataset_size > 0.0 { stratified_split(examples, args.eval_dataset_size, args.data_seed) } else { (examples, Vec::new()) };
+    if let Some(m) = args.max_train_samples {
+        train.truncate(m);
+    }
+    if let Some(m) = args.max_eval_samples {
+        eval.truncate(m);
+    }
+    if train.is_empty() {
+        return Err(TrainError::Args(format!("no training examples left in {} ({data_report:?})", args.dataset.display())));
+    }
+    let per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps;
+    let total = args.max_steps.unwrap_or_else(|| ((args.num_train_epochs * train.len() as f64) / per_step as f64).ceil().max(1.0) as usize);
+    let warmup = (args.warmup_ratio * total as f64).ceil() as usize;
+    std::fs::create_dir_all(&args.output_dir).map_err(io(&args.output_dir))?;
+    std::fs::write(args.output_dir.join("training_args.json"), serde_json::to_vec_pretty(args).expect("args serialise")).map_err(io(&args.output_dir))?;
+    let metrics_path = args.output_dir.join("metrics.jsonl");
+    let mut metrics = std::fs::File::create(&metrics_path).map_err(io(&metrics_path))?;
+    let mut optim = AdamWConfig::new()
+        .with_beta_1(args.adam_beta1 as f32)
+        .with_beta_2(args.adam_beta2 as f32)
+        .with_epsilon(args.adam_epsilon as f32)
+        .with_weight_decay(args.weight_decay as f32)
+        .init::<B, Llama<B>>();
+    let pad = tok.eos.1;
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut rng = args.data_seed;
+    let shuffle = |order: &mut Vec<usize>, rng: &mut u64| {
+        for i in (1..order.len()).rev() {
+            let j = (splitmix(rng) % (i as u64 + 1)) as usize;
+            order.swap(i, j);
+        }
+    };
+    shuffle(&mut order, &mut rng);
+    let mut cursor = 0usize;
+    let mut seen = 0usize;
+    let pb = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { indicatif::ProgressBar::new(total as u64) } else { indicatif::ProgressBar::hidden() };
+    if let Ok(st) = indicatif::ProgressStyle::with_template("sft [{bar:30}] {pos}/{len} {msg} eta {eta}") {
+        pb.set_style(st);
+    }
+    let t0 = Instant::now();
+    let mut tokens_done = 0usize;
+    let (mut first_loss, mut last_loss, mut final_eval) = (f64::NAN, f64::NAN, None);
+    for step in 0..total {
+        let lr = linear_lr(args.learning_rate, step, warmup, total);
+        let mut micro: Vec<Vec<&Example>> = Vec::with_capacity(args.gradient_accumulation_steps);
+        for _ in 0..args.gradient_accumulation_steps {
+            let mut mb = Vec::with_capacity(args.per_device_train_batch_size);
+            for _ in 0..args.per_device_train_batch_size {
+                if cursor == order.len() {
+                    cursor = 0;
+                    shuffle(&mut order, &mut rng);
+                }
+                mb.push(&train[order[cursor]]);
+                cursor += 1;
+                seen += 1;
+            }
+            micro.push(mb);
+        }
+        let n_targets: usize = micro.iter().flatten().map(|e| e.mask.iter().skip(1).filter(|&&m| m).count()).sum();
+        let mut acc = GradientsAccumulator::<Llama<B>>::new();
+        let mut loss_sum = 0.0;
+        for mb in &micro {
+            let (t, y, m, _) = batch_tensors::<B>(mb, pad, device);
+            tokens_done += t.dims()[0] * t.dims()[1];
+            let loss = model.loss_sum(t, y, m).div_scalar(n_targets.max(1) as f64);
+            loss_sum += loss.clone().into_scalar().elem::<f64>();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            acc.accumulate(&model, grads);
+        }
+        let mut grads = acc.grads();
+        let grad_norm = clip_global_norm(&model, &mut grads, args.max_grad_norm);
+        model = optim.step(lr, model, grads);
+        let loss = loss_sum;
+        if first_loss.is_nan() {
+            first_loss = loss;
+        }
+        last_loss = loss;
+        let done = step + 1;
+        let epoch = seen as f64 / train.len() as f64;
+        let tps = tokens_done as f64 / t0.elapsed().as_secs_f64();
+        pb.set_position(done as u64);
+        pb.set_message(format!("loss {loss:.4} {tps:.0} tok/s"));
+        let log = |m: &Metrics, f: &mut std::fs::File| -> Result<()> {
+            writeln!(f, "{}", serde_json::to_string(m).expect("metrics serialise")).map_err(io(&metrics_path))
+        };
+        if args.logging_steps > 0 && (done % args.logging_steps == 0 || done == 1 || done == total) {
+            log(&Metrics { step: done, epoch, loss: Some(loss), eval_loss: None, learning_rate: lr, grad_norm: Some(grad_norm), tokens_per_second: tps }, &mut metrics)?;
+            tracing::info!(step = done, loss, lr, grad_norm, tps, "sft");
+        }
+        let eval_now = !eval.is_empty() && ((args.eval_steps > 0 && done % args.eval_steps == 0) || done == total);
+        if eval_now {
+            let valid = model.valid();
+            let el = evaluate(&valid, &eval, args.per_device_train_batch_size, pad, device);
+            final_eval = Some(el);
+            log(&Metrics { step: done, epoch, loss: None, eval_loss: Some(el), learning_rate: lr, grad_norm: None, tokens_per_second: tps }, &mut metrics)?;
+        }
+    }
+    pb.finish_and_clear();
+    save_model(&model, &config, &args.model_name_or_path, &args.output_dir)?;
+    Ok(SftSummary { steps: total, train_examples: train.len(), eval_examples: eval.len(), first_loss, last_loss, final_eval_loss: final_eval, data: data_report })
+}
