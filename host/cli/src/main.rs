@@ -17,6 +17,10 @@ enum Command {
     Plugins(cmd::plugins::Args),
     /// Build sft.parquet and dpo.parquet from a recipe.
     Build(cmd::build::Args),
+    /// Fine-tune a model on a built dataset.
+    Train(cmd::train::Args),
+    /// Create or convert models.
+    Model(cmd::model::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -28,6 +32,8 @@ fn main() -> std::process::ExitCode {
     let res = match cli.command {
         Command::Plugins(a) => cmd::plugins::run(a),
         Command::Build(a) => cmd::build::run(a),
+        Command::Train(a) => cmd::train::run(a),
+        Command::Model(a) => cmd::model::run(a),
     };
     match res {
         Ok(code) => code,

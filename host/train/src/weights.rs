@@ -128,3 +128,15 @@ pub fn save_model<B: Backend>(model: &Llama<B>, config: &LlamaConfig, tokenizer_
     }
     Ok(())
 }
+
+/// Write a randomly initialised model for `from/config.json` (tokenizer files copied from
+/// `from`) to `out`; returns the parameter count. Uses the CPU backend, seeded.
+pub fn init_random(from: &Path, out: &Path, seed: u64) -> Result<usize> {
+    type B = burn::backend::NdArray<f32>;
+    let device = Default::default();
+    <B as Backend>::seed(&device, seed);
+    let config = LlamaConfig::load(from)?;
+    let model: Llama<B> = Llama::from_source(&config, &mut crate::model::RandomInit { device: &device })?;
+    save_model(&model, &config, from, out)?;
+    Ok(config.num_parameters())
+}

@@ -1,3 +1,5 @@
 //! One module per subcommand.
 pub mod build;
 pub mod plugins;
+pub mod model;
+pub mod train;

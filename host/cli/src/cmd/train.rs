@@ -1,0 +1,131 @@
+//! `bagel train sft`: fine-tune a Llama/Mistral model on `sft.parquet` (CPU backend).
+use anyhow::Result;
+use bagel_train::sft::{train_sft, SftArgs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    phase: Phase,
+}
+
+#[derive(clap::Subcommand)]
+enum Phase {
+    /// Supervised fine-tuning with the loss on the response only.
+    Sft(SftFlags),
+}
+
+/// HF-Trainer flag names, kebab-case.
+#[derive(clap::Args)]
+struct SftFlags {
+    /// HF model directory (config.json, model.safetensors or sharded index, tokenizer files).
+    #[arg(long)]
+    model_name_or_path: PathBuf,
+    /// sft.parquet written by `bagel build`.
+    #[arg(long)]
+    dataset: PathBuf,
+    /// Output directory (final model in HF layout, metrics.jsonl, training_args.json).
+    #[arg(long)]
+    output_dir: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    per_device_train_batch_size: usize,
+    #[arg(long, default_value_t = 1)]
+    gradient_accumulation_steps: usize,
+    #[arg(long, default_value_t = 2e-5)]
+    learning_rate: f64,
+    #[arg(long, default_value_t = 0.0)]
+    warmup_ratio: f64,
+    /// Global gradient-norm clip (0 disables).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 0.9)]
+    adam_beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
+    adam_beta2: f64,
+    #[arg(long, default_value_t = 1e-8)]
+    adam_epsilon: f64,
+    /// Epochs (fractional allowed).
+    #[arg(long, default_value_t = 3.0)]
+    num_train_epochs: f64,
+    /// Optimizer steps (overrides epochs).
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Longest example, tokens.
+    #[arg(long, default_value_t = 4096)]
+    model_max_len: usize,
+    /// Truncate over-length examples instead of skipping them.
+    #[arg(long)]
+    no_skip_excess_length: bool,
+    /// Compute the loss on the input tokens too.
+    #[arg(long)]
+    train_on_source: bool,
+    /// Keep only rows whose source starts with one of these (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    include_sources: Vec<String>,
+    #[arg(long)]
+    max_train_samples: Option<usize>,
+    #[arg(long)]
+    max_eval_samples: Option<usize>,
+    /// Fraction held out for eval, stratified by source.
+    #[arg(long, default_value_t = 0.0)]
+    eval_dataset_size: f64,
+    /// Evaluate every N steps (and at the end).
+    #[arg(long, default_value_t = 0)]
+    eval_steps: usize,
+    #[arg(long, default_value_t = 10)]
+    logging_steps: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, default_value_t = 42)]
+    data_seed: u64,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let Phase::Sft(f) = a.phase;
+    let args = SftArgs {
+        model_name_or_path: f.model_name_or_path,
+        dataset: f.dataset,
+        output_dir: f.output_dir,
+        per_device_train_batch_size: f.per_device_train_batch_size,
+        gradient_accumulation_steps: f.gradient_accumulation_steps,
+        learning_rate: f.learning_rate,
+        warmup_ratio: f.warmup_ratio,
+        max_grad_norm: f.max_grad_norm,
+        weight_decay: f.weight_decay,
+        adam_beta1: f.adam_beta1,
+        adam_beta2: f.adam_beta2,
+        adam_epsilon: f.adam_epsilon,
+        num_train_epochs: f.num_train_epochs,
+        max_steps: f.max_steps,
+        model_max_len: f.model_max_len,
+        skip_excess_length: !f.no_skip_excess_length,
+        train_on_source: f.train_on_source,
+        include_sources: f.include_sources,
+        max_train_samples: f.max_train_samples,
+        max_eval_samples: f.max_eval_samples,
+        eval_dataset_size: f.eval_dataset_size,
+        eval_steps: f.eval_steps,
+        logging_steps: f.logging_steps,
+        seed: f.seed,
+        data_seed: f.data_seed,
+    };
+    let device = Default::default();
+    let s = train_sft::<bagel_train::CpuBackend>(&args, &device)?;
+    println!(
+        "sft: {} steps on {} examples ({} eval); loss {:.4} -> {:.4}{}; dropped: {} too long, {} filtered by source, {} without targets",
+        s.steps,
+        s.train_examples,
+        s.eval_examples,
+        s.first_loss,
+        s.last_loss,
+        s.final_eval_loss.map(|e| format!(", eval loss {e:.4}")).unwrap_or_default(),
+        s.data.skipped_too_long,
+        s.data.filtered_by_source,
+        s.data.no_targets
+    );
+    println!("model and metrics.jsonl written to {}", args.output_dir.display());
+    Ok(ExitCode::SUCCESS)
+}
