@@ -4,7 +4,8 @@
 //! - `build-plugins`  build every crate under `plugins/` into `target/plugins/*.wasm` and the
 //!                    misbehaving fixtures under `tests/fixture-plugins/` into `target/test-plugins/`
 //! - `test`           setup + build-plugins + `cargo build --release` + `cargo test --workspace --release`
-//! - `demo`           setup + build-plugins + build the host + list plugins + `bagel build` on `examples/`
+//! - `demo`           setup + build-plugins + build the host + list plugins + `bagel build` on
+//!                    `examples/` + a short SFT of a tiny random Llama on the result
 //! - `bench`          the plugin-call benchmark (bench/RESULTS.md)
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -190,6 +191,25 @@ fn demo() -> Result {
     run(Command::new(&bagel).current_dir(&root).args([
         "build", "--plugins", "target/plugins", "--data", "examples/data", "--recipe", "examples/recipes/demo.toml", "--out", "target/demo-out",
     ]))?;
+    // A short SFT of a tiny random Llama on the dataset just built (CPU, ~1 minute).
+    run(Command::new(&bagel).current_dir(&root).args(["model", "init", "--from", "examples/models/tiny-llama", "--out", "target/demo-model"]))?;
+    run(Command::new(&bagel).current_dir(&root).args([
+        "train", "sft",
+        "--model-name-or-path", "target/demo-model",
+        "--dataset", "target/demo-out/sft.parquet",
+        "--output-dir", "target/demo-sft",
+        "--max-steps", "20",
+        "--per-device-train-batch-size", "4",
+        "--gradient-accumulation-steps", "2",
+        "--learning-rate", "3e-3",
+        "--warmup-ratio", "0.1",
+        "--model-max-len", "192",
+        "--eval-dataset-size", "0.05",
+        "--max-eval-samples", "32",
+        "--eval-steps", "10",
+        "--logging-steps", "5",
+    ]))?;
+    eprintln!("demo: dataset in target/demo-out, fine-tuned model and metrics.jsonl in target/demo-sft");
     Ok(())
 }
 
