@@ -21,5 +21,6 @@ fn logits_match_transformers() {
     let want: Vec<f64> = expected["logits"].as_array().unwrap().iter().flat_map(|a| a.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))).collect();
     assert_eq!(got.len(), want.len());
     let max_err = got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).abs()).fold(0.0, f64::max);
-    assert!(max_err <= tol, "max |Δlogit| = {max_err} > {tol}");
+    eprintln!("max abs logit difference vs transformers: {max_err:e}");
+    assert!(max_err <= tol, "max abs logit difference {max_err} > {tol}");
 }
