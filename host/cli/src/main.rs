@@ -21,6 +21,8 @@ enum Command {
     Train(cmd::train::Args),
     /// Create or convert models.
     Model(cmd::model::Args),
+    /// Greedy text generation with a model.
+    Generate(cmd::generate::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +36,7 @@ fn main() -> std::process::ExitCode {
         Command::Build(a) => cmd::build::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Model(a) => cmd::model::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
     };
     match res {
         Ok(code) => code,

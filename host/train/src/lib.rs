@@ -7,6 +7,8 @@
 //!   attention, SwiGLU MLP, tied or untied embeddings.
 //! - [`weights`]: HF safetensors in (single file or sharded index; F32/F16/BF16) and out.
 //! - [`data`]: `sft.parquet` → token ids with the response-only loss mask.
+//! - [`gguf`]: llama.cpp GGUF → HF directory (F32/F16/Q8_0/Q4_0/Q4_1, Q/K un-permute,
+//!   byte-level BPE tokenizer rebuilt). [`generate`]: greedy decoding.
 //! - [`sft`]: the SFT loop: AdamW, linear schedule with warm-up, global gradient-norm
 //!   clipping, gradient accumulation normalised by target tokens, metrics JSONL.
 //!
@@ -16,6 +18,8 @@
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod generate;
+pub mod gguf;
 pub mod model;
 pub mod sft;
 pub mod weights;

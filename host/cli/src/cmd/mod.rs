@@ -3,3 +3,4 @@ pub mod build;
 pub mod plugins;
 pub mod model;
 pub mod train;
+pub mod generate;

@@ -22,11 +22,26 @@ enum Action {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Convert a llama.cpp GGUF (Llama architecture; F32/F16/Q8_0/Q4_0/Q4_1) to an HF directory.
+    Import {
+        /// The .gguf file.
+        file: PathBuf,
+        /// Output directory (model.safetensors, config.json, tokenizer files).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let Action::Init { from, out, seed } = a.action;
-    let n = bagel_train::weights::init_random(&from, &out, seed).with_context(|| format!("writing {}", out.display()))?;
-    println!("initialised {n} parameters into {}", out.display());
+    match a.action {
+        Action::Init { from, out, seed } => {
+            let n = bagel_train::weights::init_random(&from, &out, seed).with_context(|| format!("writing {}", out.display()))?;
+            println!("initialised {n} parameters into {}", out.display());
+        }
+        Action::Import { file, out } => {
+            let c = bagel_train::gguf::import(&file, &out).with_context(|| format!("importing {}", file.display()))?;
+            println!("imported {} ({} parameters, {} layers, vocab {}) into {}", file.display(), c.num_parameters(), c.num_hidden_layers, c.vocab_size, out.display());
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
