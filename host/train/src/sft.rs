@@ -16,7 +16,9 @@ use crate::error::{io, Result, TrainError};
 use crate::model::Llama;
 use crate::weights::{load_model, save_model};
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use serde::Serialize;
@@ -73,6 +75,12 @@ pub struct SftArgs {
     pub eval_steps: usize,
     /// Log every N steps.
     pub logging_steps: usize,
+    /// Save a checkpoint every N optimizer steps (0: none).
+    pub save_steps: usize,
+    /// Keep at most this many checkpoints (oldest deleted first).
+    pub save_total_limit: Option<usize>,
+    /// Resume from the latest `checkpoint-N` in `output_dir`.
+    pub resume: bool,
     /// Model-init / general seed.
     pub seed: u64,
     /// Data order / split seed.
@@ -92,6 +100,34 @@ struct Metrics {
     #[serde(skip_serializing_if = "Option::is_none")]
     grad_norm: Option<f64>,
     tokens_per_second: f64,
+}
+
+/// Where training stands; saved in every checkpoint as `trainer_state.json`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct TrainerState {
+    /// Optimizer steps done.
+    pub step: usize,
+    /// Position in `order`.
+    pub cursor: usize,
+    /// Data-order RNG state.
+    pub rng: u64,
+    /// Current epoch's example order.
+    pub order: Vec<usize>,
+    /// Examples consumed so far.
+    pub seen: usize,
+    /// Tokens processed so far.
+    pub tokens_done: usize,
+    /// Loss of the first step.
+    pub first_loss: f64,
+}
+
+/// `checkpoint-N` directories under `dir`, sorted by N.
+pub fn checkpoints(dir: &std::path::Path) -> Vec<(usize, PathBuf)> {
+    let mut v: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str()?.strip_prefix("checkpoint-")?.parse().ok().map(|n| (n, e.path()))).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 /// Summary of a run.
@@ -222,8 +258,6 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
     let warmup = (args.warmup_ratio * total as f64).ceil() as usize;
     std::fs::create_dir_all(&args.output_dir).map_err(io(&args.output_dir))?;
     std::fs::write(args.output_dir.join("training_args.json"), serde_json::to_vec_pretty(args).expect("args serialise")).map_err(io(&args.output_dir))?;
-    let metrics_path = args.output_dir.join("metrics.jsonl");
-    let mut metrics = std::fs::File::create(&metrics_path).map_err(io(&metrics_path))?;
     let mut optim = AdamWConfig::new()
         .with_beta_1(args.adam_beta1 as f32)
         .with_beta_2(args.adam_beta2 as f32)
@@ -231,37 +265,50 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
         .with_weight_decay(args.weight_decay as f32)
         .init::<B, Llama<B>>();
     let pad = tok.eos.1;
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    let mut rng = args.data_seed;
     let shuffle = |order: &mut Vec<usize>, rng: &mut u64| {
         for i in (1..order.len()).rev() {
             let j = (splitmix(rng) % (i as u64 + 1)) as usize;
             order.swap(i, j);
         }
     };
-    shuffle(&mut order, &mut rng);
-    let mut cursor = 0usize;
-    let mut seen = 0usize;
+    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    let mut st = TrainerState { step: 0, cursor: 0, rng: args.data_seed, order: (0..train.len()).collect(), seen: 0, tokens_done: 0, first_loss: f64::NAN };
+    shuffle(&mut st.order, &mut st.rng);
+    if args.resume {
+        if let Some((_, ck)) = checkpoints(&args.output_dir).pop() {
+            let rec = |e: burn::record::RecorderError| TrainError::BadFile { path: ck.clone(), message: e.to_string() };
+            model = model.load_record(recorder.load(ck.join("model"), device).map_err(rec)?);
+            optim = optim.load_record(recorder.load(ck.join("optimizer"), device).map_err(rec)?);
+            let sp = ck.join("trainer_state.json");
+            st = serde_json::from_slice(&std::fs::read(&sp).map_err(io(&sp))?).map_err(|e| TrainError::BadFile { path: sp.clone(), message: e.to_string() })?;
+            if st.order.len() != train.len() {
+                return Err(TrainError::Args(format!("{} was saved for {} training examples, the dataset now gives {}", ck.display(), st.order.len(), train.len())));
+            }
+            tracing::info!("resuming from {} at step {}", ck.display(), st.step);
+        }
+    }
+    let metrics_path = args.output_dir.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new().create(true).append(args.resume).write(true).truncate(!args.resume).open(&metrics_path).map_err(io(&metrics_path))?;
     let pb = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { indicatif::ProgressBar::new(total as u64) } else { indicatif::ProgressBar::hidden() };
-    if let Ok(st) = indicatif::ProgressStyle::with_template("sft [{bar:30}] {pos}/{len} {msg} eta {eta}") {
-        pb.set_style(st);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("sft [{bar:30}] {pos}/{len} {msg} eta {eta}") {
+        pb.set_style(style);
     }
     let t0 = Instant::now();
-    let mut tokens_done = 0usize;
-    let (mut first_loss, mut last_loss, mut final_eval) = (f64::NAN, f64::NAN, None);
-    for step in 0..total {
+    let tokens_at_start = st.tokens_done;
+    let (mut last_loss, mut final_eval) = (f64::NAN, None);
+    for step in st.step..total {
         let lr = linear_lr(args.learning_rate, step, warmup, total);
         let mut micro: Vec<Vec<&Example>> = Vec::with_capacity(args.gradient_accumulation_steps);
         for _ in 0..args.gradient_accumulation_steps {
             let mut mb = Vec::with_capacity(args.per_device_train_batch_size);
             for _ in 0..args.per_device_train_batch_size {
-                if cursor == order.len() {
-                    cursor = 0;
-                    shuffle(&mut order, &mut rng);
+                if st.cursor == st.order.len() {
+                    st.cursor = 0;
+                    shuffle(&mut st.order, &mut st.rng);
                 }
-                mb.push(&train[order[cursor]]);
-                cursor += 1;
-                seen += 1;
+                mb.push(&train[st.order[st.cursor]]);
+                st.cursor += 1;
+                st.seen += 1;
             }
             micro.push(mb);
         }
@@ -270,7 +317,7 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
         let mut loss_sum = 0.0;
         for mb in &micro {
             let (t, y, m, _) = batch_tensors::<B>(mb, pad, device);
-            tokens_done += t.dims()[0] * t.dims()[1];
+            st.tokens_done += t.dims()[0] * t.dims()[1];
             let loss = model.loss_sum(t, y, m).div_scalar(n_targets.max(1) as f64);
             loss_sum += loss.clone().into_scalar().elem::<f64>();
             let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -280,13 +327,14 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
         let grad_norm = clip_global_norm(&model, &mut grads, args.max_grad_norm);
         model = optim.step(lr, model, grads);
         let loss = loss_sum;
-        if first_loss.is_nan() {
-            first_loss = loss;
+        if st.first_loss.is_nan() {
+            st.first_loss = loss;
         }
         last_loss = loss;
         let done = step + 1;
-        let epoch = seen as f64 / train.len() as f64;
-        let tps = tokens_done as f64 / t0.elapsed().as_secs_f64();
+        st.step = done;
+        let epoch = st.seen as f64 / train.len() as f64;
+        let tps = (st.tokens_done - tokens_at_start) as f64 / t0.elapsed().as_secs_f64();
         pb.set_position(done as u64);
         pb.set_message(format!("loss {loss:.4} {tps:.0} tok/s"));
         let log = |m: &Metrics, f: &mut std::fs::File| -> Result<()> {
@@ -303,8 +351,41 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
             final_eval = Some(el);
             log(&Metrics { step: done, epoch, loss: None, eval_loss: Some(el), learning_rate: lr, grad_norm: None, tokens_per_second: tps }, &mut metrics)?;
         }
+        if args.save_steps > 0 && done % args.save_steps == 0 && done < total {
+            save_checkpoint(args, &config, &model, &optim, &st, &recorder)?;
+        }
     }
     pb.finish_and_clear();
     save_model(&model, &config, &args.model_name_or_path, &args.output_dir)?;
-    Ok(SftSummary { steps: total, train_examples: train.len(), eval_examples: eval.len(), first_loss, last_loss, final_eval_loss: final_eval, data: data_report })
+    Ok(SftSummary { steps: total, train_examples: train.len(), eval_examples: eval.len(), first_loss: st.first_loss, last_loss, final_eval_loss: final_eval, data: data_report })
+}
+
+/// Write `output_dir/checkpoint-N/`: the model in HF layout (loadable by transformers), the
+/// burn records of model and optimizer (parameter ids included, so AdamW state matches on
+/// resume) and `trainer_state.json`; then delete the oldest beyond `save_total_limit`.
+fn save_checkpoint<B: AutodiffBackend, O: Optimizer<Llama<B>, B>>(
+    args: &SftArgs,
+    config: &LlamaConfig,
+    model: &Llama<B>,
+    optim: &O,
+    st: &TrainerState,
+    recorder: &NamedMpkFileRecorder<FullPrecisionSettings>,
+) -> Result<()> {
+    let dir = args.output_dir.join(format!("checkpoint-{}", st.step));
+    let tmp = args.output_dir.join(format!(".checkpoint-{}.tmp", st.step));
+    let _ = std::fs::remove_dir_all(&tmp);
+    save_model(model, config, &args.model_name_or_path, &tmp)?;
+    let rec = |e: burn::record::RecorderError| TrainError::BadFile { path: tmp.clone(), message: e.to_string() };
+    recorder.record(model.clone().into_record(), tmp.join("model")).map_err(rec)?;
+    recorder.record(optim.to_record(), tmp.join("optimizer")).map_err(rec)?;
+    std::fs::write(tmp.join("trainer_state.json"), serde_json::to_vec(st).expect("state serialises")).map_err(io(&tmp))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+    if let Some(limit) = args.save_total_limit {
+        let all = checkpoints(&args.output_dir);
+        for (_, old) in all.iter().take(all.len().saturating_sub(limit.max(1))) {
+            std::fs::remove_dir_all(old).map_err(io(old))?;
+        }
+    }
+    Ok(())
 }

@@ -77,6 +77,16 @@ struct SftFlags {
     eval_steps: usize,
     #[arg(long, default_value_t = 10)]
     logging_steps: usize,
+    /// Save a checkpoint every N steps (0: none).
+    #[arg(long, default_value_t = 0)]
+    save_steps: usize,
+    /// Keep at most N checkpoints.
+    #[arg(long)]
+    save_total_limit: Option<usize>,
+    /// Resume from the latest checkpoint-N in --output-dir (weights, AdamW state, schedule
+    /// position, data position).
+    #[arg(long)]
+    resume_from_checkpoint: bool,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     #[arg(long, default_value_t = 42)]
@@ -109,6 +119,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         eval_dataset_size: f.eval_dataset_size,
         eval_steps: f.eval_steps,
         logging_steps: f.logging_steps,
+        save_steps: f.save_steps,
+        save_total_limit: f.save_total_limit,
+        resume: f.resume_from_checkpoint,
         seed: f.seed,
         data_seed: f.data_seed,
     };
