@@ -12,11 +12,14 @@
 //! - [`sft`]: the SFT loop: AdamW, linear schedule with warm-up, global gradient-norm
 //!   clipping, gradient accumulation normalised by target tokens, metrics JSONL.
 //!
+//! - [`dpo`]: DPO (sigmoid / IPO / hinge) with precomputed reference log-probs.
+//!
 //! Backend: burn's ndarray CPU backend under autodiff (feature `cuda` adds burn-cuda).
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod data;
+pub mod dpo;
 pub mod error;
 pub mod generate;
 pub mod gguf;

@@ -178,6 +178,16 @@ impl<B: Backend> Llama<B> {
     }
 }
 
+impl<B: Backend> Llama<B> {
+    /// Per-sequence sum of target-token log-probabilities [B]: `tokens`, `targets`, `mask`
+    /// as in [`Llama::loss_sum`]. Used by DPO (log π(y|x) summed over response tokens).
+    pub fn sequence_logps(&self, tokens: Tensor<B, 2, Int>, targets: Tensor<B, 2, Int>, mask: Tensor<B, 2>) -> Tensor<B, 1> {
+        let lp = log_softmax(self.forward(tokens), 2);
+        let picked = lp.gather(2, targets.unsqueeze_dim(2)).squeeze_dim::<2>(2);
+        (picked * mask).sum_dim(1).squeeze_dim::<1>(1)
+    }
+}
+
 /// `x W^T` for x [B, S, in] and W [out, in].
 fn linear<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>) -> Tensor<B, 3> {
     x.matmul(w.transpose().unsqueeze::<3>())

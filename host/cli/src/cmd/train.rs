@@ -14,6 +14,107 @@ pub struct Args {
 enum Phase {
     /// Supervised fine-tuning with the loss on the response only.
     Sft(SftFlags),
+    /// DPO on dpo.parquet with precomputed reference log-probs.
+    Dpo(DpoFlags),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Loss {
+    Sigmoid,
+    Ipo,
+    Hinge,
+}
+
+/// TRL/HF flag names, kebab-case.
+#[derive(clap::Args)]
+struct DpoFlags {
+    /// Policy model (HF directory), usually the SFT output.
+    #[arg(long)]
+    model_name_or_path: PathBuf,
+    /// Reference model (default: the starting policy, log-probs precomputed once).
+    #[arg(long)]
+    ref_model: Option<PathBuf>,
+    /// dpo.parquet written by `bagel build`.
+    #[arg(long)]
+    dataset: PathBuf,
+    #[arg(long)]
+    output_dir: PathBuf,
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    #[arg(long, value_enum, default_value = "sigmoid")]
+    loss_type: Loss,
+    /// Longest prompt + reply, tokens.
+    #[arg(long, default_value_t = 1024)]
+    max_length: usize,
+    /// Longest prompt, tokens (keeps the prompt's end).
+    #[arg(long, default_value_t = 512)]
+    max_prompt_length: usize,
+    #[arg(long, default_value_t = 1)]
+    per_device_train_batch_size: usize,
+    #[arg(long, default_value_t = 1)]
+    gradient_accumulation_steps: usize,
+    #[arg(long, default_value_t = 5e-7)]
+    learning_rate: f64,
+    #[arg(long, default_value_t = 0.1)]
+    warmup_ratio: f64,
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    #[arg(long)]
+    max_steps: Option<usize>,
+    #[arg(long, default_value_t = 1.0)]
+    num_train_epochs: f64,
+    #[arg(long)]
+    max_train_samples: Option<usize>,
+    #[arg(long, default_value_t = 10)]
+    logging_steps: usize,
+    #[arg(long, default_value_t = 42)]
+    data_seed: u64,
+}
+
+fn run_dpo(f: DpoFlags) -> Result<ExitCode> {
+    use bagel_train::dpo::{train_dpo, DpoArgs, LossType};
+    let args = DpoArgs {
+        model_name_or_path: f.model_name_or_path,
+        ref_model: f.ref_model,
+        dataset: f.dataset,
+        output_dir: f.output_dir,
+        beta: f.beta,
+        loss_type: match f.loss_type {
+            Loss::Sigmoid => LossType::Sigmoid,
+            Loss::Ipo => LossType::Ipo,
+            Loss::Hinge => LossType::Hinge,
+        },
+        max_length: f.max_length,
+        max_prompt_length: f.max_prompt_length,
+        per_device_train_batch_size: f.per_device_train_batch_size,
+        gradient_accumulation_steps: f.gradient_accumulation_steps,
+        learning_rate: f.learning_rate,
+        warmup_ratio: f.warmup_ratio,
+        max_grad_norm: f.max_grad_norm,
+        weight_decay: f.weight_decay,
+        max_steps: f.max_steps,
+        num_train_epochs: f.num_train_epochs,
+        max_train_samples: f.max_train_samples,
+        logging_steps: f.logging_steps,
+        data_seed: f.data_seed,
+    };
+    let s = train_dpo::<bagel_train::CpuBackend>(&args, &Default::default())?;
+    if let (Some(first), Some(last)) = (s.curve.first(), s.curve.last()) {
+        println!(
+            "dpo: {} steps; loss {:.4} -> {:.4}; rewards/accuracies {:.2} -> {:.2}; rewards/margins {:.4} -> {:.4}",
+            s.curve.len(),
+            first.1,
+            last.1,
+            first.2,
+            last.2,
+            first.3,
+            last.3
+        );
+    }
+    println!("model, reference_logps.json and metrics.jsonl written to {}", args.output_dir.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// HF-Trainer flag names, kebab-case.
@@ -94,7 +195,10 @@ struct SftFlags {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let Phase::Sft(f) = a.phase;
+    let f = match a.phase {
+        Phase::Sft(f) => f,
+        Phase::Dpo(f) => return run_dpo(f),
+    };
     let args = SftArgs {
         model_name_or_path: f.model_name_or_path,
         dataset: f.dataset,
