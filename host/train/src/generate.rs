@@ -54,3 +54,16 @@ pub fn generate_text(model_dir: &std::path::Path, prompt: &str, max_new_tokens: 
     let out = greedy(&model, &tok, &ids, max_new_tokens, &device)?;
     decode(&tok, &out)
 }
+
+/// Token ids of `prompt` and the `k` largest last-position logits (id, logit), CPU backend.
+pub fn top_logits(model_dir: &std::path::Path, prompt: &str, k: usize) -> Result<(Vec<u32>, Vec<(usize, f32)>)> {
+    type Cpu = burn::backend::NdArray<f32>;
+    let device = Default::default();
+    let tok = Tok::load(model_dir)?;
+    let (_, model): (_, Llama<Cpu>) = crate::weights::load_model(model_dir, &device)?;
+    let ids = prompt_ids(&tok, prompt)?;
+    let l = last_logits(&model, &ids, &device);
+    let mut order: Vec<usize> = (0..l.len()).collect();
+    order.sort_by(|&a, &b| l[b].partial_cmp(&l[a]).unwrap_or(std::cmp::Ordering::Equal));
+    Ok((ids, order.into_iter().take(k).map(|i| (i, l[i])).collect()))
+}

@@ -31,3 +31,28 @@ pub use error::TrainError;
 
 /// The CPU backend used by default: `Autodiff<NdArray<f32>>`.
 pub type CpuBackend = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
+
+/// The CUDA backend (feature `cuda`; NVRTC at run time): `Autodiff<Cuda<f32>>`.
+#[cfg(feature = "cuda")]
+pub type CudaBackend = burn::backend::Autodiff<burn::backend::Cuda<f32>>;
+
+/// Compute backend chosen at run time (`--backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum BackendKind {
+    /// burn-ndarray on the CPU.
+    Cpu,
+    /// burn-cuda on NVIDIA GPU 0 (needs the `cuda` feature).
+    Cuda,
+}
+
+/// Run SFT on the chosen backend. Errors: [`TrainError::Args`] when `Cuda` is asked for
+/// and the binary was built without the `cuda` feature.
+pub fn train_sft_on(kind: BackendKind, args: &sft::SftArgs) -> error::Result<sft::SftSummary> {
+    match kind {
+        BackendKind::Cpu => sft::train_sft::<CpuBackend>(args, &Default::default()),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => sft::train_sft::<CudaBackend>(args, &burn::backend::cuda::CudaDevice::new(0)),
+        #[cfg(not(feature = "cuda"))]
+        BackendKind::Cuda => Err(TrainError::Args("this bagel was built without the `cuda` feature".into())),
+    }
+}

@@ -119,6 +119,9 @@ pub struct TrainerState {
     pub tokens_done: usize,
     /// Loss of the first step.
     pub first_loss: f64,
+    /// Eval loss before training (when there is an eval set).
+    #[serde(default)]
+    pub first_eval_loss: Option<f64>,
 }
 
 /// `checkpoint-N` directories under `dir`, sorted by N.
@@ -143,6 +146,8 @@ pub struct SftSummary {
     pub first_loss: f64,
     /// Loss of the last logged step.
     pub last_loss: f64,
+    /// Eval loss before training, if any.
+    pub initial_eval_loss: Option<f64>,
     /// Final eval loss, if any.
     pub final_eval_loss: Option<f64>,
     /// What data loading dropped.
@@ -272,7 +277,7 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
         }
     };
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-    let mut st = TrainerState { step: 0, cursor: 0, rng: args.data_seed, order: (0..train.len()).collect(), seen: 0, tokens_done: 0, first_loss: f64::NAN };
+    let mut st = TrainerState { step: 0, cursor: 0, rng: args.data_seed, order: (0..train.len()).collect(), seen: 0, tokens_done: 0, first_loss: f64::NAN, first_eval_loss: None };
     shuffle(&mut st.order, &mut st.rng);
     if args.resume {
         if let Some((_, ck)) = checkpoints(&args.output_dir).pop() {
@@ -296,6 +301,14 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
     let t0 = Instant::now();
     let tokens_at_start = st.tokens_done;
     let (mut last_loss, mut final_eval) = (f64::NAN, None);
+    if !eval.is_empty() && st.step == 0 {
+        // Baseline eval before the first update (HF `eval_on_start`), so the eval curve
+        // starts from the untuned model.
+        let el = evaluate(&model.valid(), &eval, args.per_device_train_batch_size, pad, device);
+        let m = Metrics { step: 0, epoch: 0.0, loss: None, eval_loss: Some(el), learning_rate: 0.0, grad_norm: None, tokens_per_second: 0.0 };
+        writeln!(metrics, "{}", serde_json::to_string(&m).expect("metrics serialise")).map_err(io(&metrics_path))?;
+        st.first_eval_loss = Some(el);
+    }
     for step in st.step..total {
         let lr = linear_lr(args.learning_rate, step, warmup, total);
         let mut micro: Vec<Vec<&Example>> = Vec::with_capacity(args.gradient_accumulation_steps);
@@ -357,7 +370,7 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
     }
     pb.finish_and_clear();
     save_model(&model, &config, &args.model_name_or_path, &args.output_dir)?;
-    Ok(SftSummary { steps: total, train_examples: train.len(), eval_examples: eval.len(), first_loss: st.first_loss, last_loss, final_eval_loss: final_eval, data: data_report })
+    Ok(SftSummary { steps: total, train_examples: train.len(), eval_examples: eval.len(), first_loss: st.first_loss, last_loss, initial_eval_loss: st.first_eval_loss, final_eval_loss: final_eval, data: data_report })
 }
 
 /// Write `output_dir/checkpoint-N/`: the model in HF layout (loadable by transformers), the

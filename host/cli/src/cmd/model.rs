@@ -22,6 +22,15 @@ enum Action {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Print the prompt's token ids and the last position's top-10 logits as JSON.
+    Logits {
+        /// HF model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Prompt text.
+        #[arg(long)]
+        prompt: String,
+    },
     /// Convert a llama.cpp GGUF (Llama architecture; F32/F16/Q8_0/Q4_0/Q4_1) to an HF directory.
     Import {
         /// The .gguf file.
@@ -37,6 +46,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         Action::Init { from, out, seed } => {
             let n = bagel_train::weights::init_random(&from, &out, seed).with_context(|| format!("writing {}", out.display()))?;
             println!("initialised {n} parameters into {}", out.display());
+        }
+        Action::Logits { model, prompt } => {
+            let (ids, top) = bagel_train::generate::top_logits(&model, &prompt, 10)?;
+            let top: Vec<String> = top.iter().map(|(i, l)| format!("{{\"id\": {i}, \"logit\": {l}}}")).collect();
+            println!("{{\"token_ids\": {ids:?}, \"top10\": [{}]}}", top.join(", "));
         }
         Action::Import { file, out } => {
             let c = bagel_train::gguf::import(&file, &out).with_context(|| format!("importing {}", file.display()))?;

@@ -1,6 +1,6 @@
 //! `bagel train sft`: fine-tune a Llama/Mistral model on `sft.parquet` (CPU backend).
 use anyhow::Result;
-use bagel_train::sft::{train_sft, SftArgs};
+use bagel_train::sft::SftArgs;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -192,6 +192,15 @@ struct SftFlags {
     seed: u64,
     #[arg(long, default_value_t = 42)]
     data_seed: u64,
+    /// Compute backend: cpu (burn-ndarray) or cuda (needs a build with `--features cuda`).
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: Backend,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Backend {
+    Cpu,
+    Cuda,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -229,8 +238,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         seed: f.seed,
         data_seed: f.data_seed,
     };
-    let device = Default::default();
-    let s = train_sft::<bagel_train::CpuBackend>(&args, &device)?;
+    let kind = match f.backend {
+        Backend::Cpu => bagel_train::BackendKind::Cpu,
+        Backend::Cuda => bagel_train::BackendKind::Cuda,
+    };
+    let s = bagel_train::train_sft_on(kind, &args)?;
     println!(
         "sft: {} steps on {} examples ({} eval); loss {:.4} -> {:.4}{}; dropped: {} too long, {} filtered by source, {} without targets",
         s.steps,
@@ -238,7 +250,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         s.eval_examples,
         s.first_loss,
         s.last_loss,
-        s.final_eval_loss.map(|e| format!(", eval loss {e:.4}")).unwrap_or_default(),
+        match (s.initial_eval_loss, s.final_eval_loss) {
+            (Some(a), Some(b)) => format!(", eval loss {a:.4} -> {b:.4}"),
+            (None, Some(b)) => format!(", eval loss {b:.4}"),
+            _ => String::new(),
+        },
         s.data.skipped_too_long,
         s.data.filtered_by_source,
         s.data.no_targets
