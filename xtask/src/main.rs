@@ -3,7 +3,8 @@
 //! - `setup`          install prerequisites idempotently (apt packages + wasm-tools, TOOLCHAIN.md)
 //! - `build-plugins`  build every crate under `plugins/` into `target/plugins/*.wasm` and the
 //!                    misbehaving fixtures under `tests/fixture-plugins/` into `target/test-plugins/`
-//! - `test`           setup + build-plugins + `cargo build --release` + `cargo test --workspace --release`
+//! - `test`           setup + build-plugins + fetch-models + `cargo build --release` +
+//!                    `cargo test --workspace --release` + `cargo check -p bagel-train --features cuda`
 //! - `demo`           setup + build-plugins + fetch SmolLM2 + build the host + list plugins +
 //!                    import the GGUF + `bagel build` on `examples/` + a short CPU SFT of
 //!                    SmolLM2 on the result + `bagel generate` with the tuned model
@@ -198,6 +199,9 @@ fn test(extra: &[String]) -> Result {
     }
     let root = root();
     run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "bagel"]))?;
+    // No GPU in CI: the CUDA backend must at least type-check (burn 0.21 builds offline).
+    run(Command::new("cargo").current_dir(&root).args(["check", "-p", "bagel-train", "--features", "cuda"]))?;
+    // Last, so cargo's test summary ends the log.
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&root).args(["test", "--workspace", "--release", "--exclude", "xtask"]).args(extra);
     run(&mut cmd)
