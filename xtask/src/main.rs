@@ -230,7 +230,7 @@ fn demo() -> Result {
         "--model-name-or-path", "target/models/smollm2",
         "--dataset", "target/demo-out/sft.parquet",
         "--output-dir", "target/demo-sft",
-        "--include-sources", "ai2_arc_chatml,openbookqa_chatml,gsm8k_chatml,self_instruct_chatml,mmlu_chatml",
+        "--include-sources", "ai2_arc_chatml,openbookqa_chatml,mmlu_chatml",
         "--max-steps", "24",
         "--per-device-train-batch-size", "2",
         "--gradient-accumulation-steps", "2",
@@ -240,7 +240,7 @@ fn demo() -> Result {
         "--eval-dataset-size", "0.1",
         "--max-eval-samples", "16",
         "--eval-steps", "12",
-        "--logging-steps", "4",
+        "--logging-steps", "1",
     ])?;
     bagel_cmd(&[
         "generate", "--model", "target/demo-sft", "--max-new-tokens", "24",

@@ -146,6 +146,11 @@ pub struct SftSummary {
     pub first_loss: f64,
     /// Loss of the last logged step.
     pub last_loss: f64,
+    /// Mean training loss over the first quarter of this run's steps (per-step losses are
+    /// noisy when batches mix short and long answers).
+    pub first_quarter_loss: f64,
+    /// Mean training loss over the last quarter of this run's steps.
+    pub last_quarter_loss: f64,
     /// Eval loss before training, if any.
     pub initial_eval_loss: Option<f64>,
     /// Final eval loss, if any.
@@ -301,6 +306,7 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
     let t0 = Instant::now();
     let tokens_at_start = st.tokens_done;
     let (mut last_loss, mut final_eval) = (f64::NAN, None);
+    let mut step_losses: Vec<f64> = Vec::new();
     if !eval.is_empty() && st.step == 0 {
         // Baseline eval before the first update (HF `eval_on_start`), so the eval curve
         // starts from the untuned model.
@@ -344,6 +350,7 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
             st.first_loss = loss;
         }
         last_loss = loss;
+        step_losses.push(loss);
         let done = step + 1;
         st.step = done;
         let epoch = st.seen as f64 / train.len() as f64;
@@ -370,7 +377,11 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
     }
     pb.finish_and_clear();
     save_model(&model, &config, &args.model_name_or_path, &args.output_dir)?;
-    Ok(SftSummary { steps: total, train_examples: train.len(), eval_examples: eval.len(), first_loss: st.first_loss, last_loss, initial_eval_loss: st.first_eval_loss, final_eval_loss: final_eval, data: data_report })
+    let q = step_losses.len().div_ceil(4).max(1);
+    let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+    let first_quarter_loss = mean(&step_losses[..q.min(step_losses.len())]);
+    let last_quarter_loss = mean(&step_losses[step_losses.len().saturating_sub(q)..]);
+    Ok(SftSummary { first_quarter_loss, last_quarter_loss, steps: total, train_examples: train.len(), eval_examples: eval.len(), first_loss: st.first_loss, last_loss, initial_eval_loss: st.first_eval_loss, final_eval_loss: final_eval, data: data_report })
 }
 
 /// Write `output_dir/checkpoint-N/`: the model in HF layout (loadable by transformers), the

@@ -244,12 +244,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     let s = bagel_train::train_sft_on(kind, &args)?;
     println!(
-        "sft: {} steps on {} examples ({} eval); loss {:.4} -> {:.4}{}; dropped: {} too long, {} filtered by source, {} without targets",
+        "sft: {} steps on {} examples ({} eval); train loss (mean of first / last quarter of steps) {:.4} -> {:.4}{}; dropped: {} too long, {} filtered by source, {} without targets",
         s.steps,
         s.train_examples,
         s.eval_examples,
-        s.first_loss,
-        s.last_loss,
+        s.first_quarter_loss,
+        s.last_quarter_loss,
         match (s.initial_eval_loss, s.final_eval_loss) {
             (Some(a), Some(b)) => format!(", eval loss {a:.4} -> {b:.4}"),
             (None, Some(b)) => format!(", eval loss {b:.4}"),
