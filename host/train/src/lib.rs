@@ -13,6 +13,7 @@
 //!   clipping, gradient accumulation normalised by target tokens, metrics JSONL.
 //!
 //! - [`dpo`]: DPO (sigmoid / IPO / hinge) with precomputed reference log-probs.
+//! - [`embed`]: BERT sentence embeddings (all-MiniLM-L6-v2) for decontamination.
 //!
 //! Backend: burn's ndarray CPU backend under autodiff (feature `cuda` adds burn-cuda).
 #![deny(missing_docs)]
@@ -20,6 +21,7 @@
 pub mod config;
 pub mod data;
 pub mod dpo;
+pub mod embed;
 pub mod error;
 pub mod generate;
 pub mod gguf;
@@ -31,6 +33,9 @@ pub use error::TrainError;
 
 /// The CPU backend used by default: `Autodiff<NdArray<f32>>`.
 pub type CpuBackend = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
+
+/// The CPU backend without autodiff (inference: embeddings, generation).
+pub type CpuInference = burn::backend::NdArray<f32>;
 
 /// The CUDA backend (feature `cuda`; NVRTC at run time): `Autodiff<Cuda<f32>>`.
 #[cfg(feature = "cuda")]

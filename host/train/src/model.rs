@@ -189,7 +189,7 @@ impl<B: Backend> Llama<B> {
 }
 
 /// `x W^T` for x [B, S, in] and W [out, in].
-fn linear<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>) -> Tensor<B, 3> {
+pub(crate) fn linear<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>) -> Tensor<B, 3> {
     x.matmul(w.transpose().unsqueeze::<3>())
 }
 
