@@ -22,7 +22,7 @@ mod row;
 pub use bagel_text as text;
 pub use bagel_text::uid;
 pub use model::*;
-pub use row::{Params, Row};
+pub use row::{multiple_choice, Params, Row};
 
 #[cfg(feature = "format")]
 pub mod format;

@@ -138,3 +138,23 @@ impl Params {
         self.values.get(name).and_then(Value::as_u64).ok_or_else(|| format!("parameter `{name}` must be a non-negative integer"))
     }
 }
+
+/// Parse an ARC/OpenBookQA-style multiple-choice row: `question_field` (the stem),
+/// `choices.label[]`, `choices.text[]`, `answerKey`. Returns (the stem, `\n`, then one
+/// `<label>. <text>` line per choice; the answer key; the text of the first choice whose
+/// label equals the key). This is the reference's ai2_arc/openbookqa instruction (without
+/// any suffix) and also the first ARC-Challenge decontamination rendering (SOURCES.md §6.2).
+/// Errors: a missing field, label/text lists of different lengths, a key not among the labels.
+pub fn multiple_choice(text: &str, question_field: &str) -> Result<(String, String, String), String> {
+    let row = Row::parse(text)?;
+    let question = row.str(question_field)?;
+    let labels = row.str_list("choices.label")?;
+    let texts = row.str_list("choices.text")?;
+    if labels.len() != texts.len() {
+        return Err(format!("choices.label has {} items but choices.text has {}", labels.len(), texts.len()));
+    }
+    let key = row.str("answerKey")?;
+    let idx = labels.iter().position(|l| *l == key).ok_or_else(|| format!("answerKey {key:?} is not among the labels {labels:?}"))?;
+    let lines: Vec<String> = labels.iter().zip(&texts).map(|(l, t)| format!("{l}. {t}")).collect();
+    Ok((format!("{question}\n{}", lines.join("\n")), key.to_string(), texts[idx].to_string()))
+}

@@ -70,20 +70,4 @@ impl Source for OpenBookQa {
     }
 }
 
-/// Parse an ARC/OpenBookQA-style row (copied from `ai2_arc`): returns (question + choice
-/// lines, answer key, text of the first choice whose label equals the key).
-pub fn multiple_choice(text: &str, question_field: &str) -> Result<(String, String, String), String> {
-    let row = Row::parse(text)?;
-    let question = row.str(question_field)?;
-    let labels = row.str_list("choices.label")?;
-    let texts = row.str_list("choices.text")?;
-    if labels.len() != texts.len() {
-        return Err(format!("choices.label has {} items but choices.text has {}", labels.len(), texts.len()));
-    }
-    let key = row.str("answerKey")?;
-    let idx = labels.iter().position(|l| *l == key).ok_or_else(|| format!("answerKey {key:?} is not among the labels {labels:?}"))?;
-    let lines: Vec<String> = labels.iter().zip(&texts).map(|(l, t)| format!("{l}. {t}")).collect();
-    Ok((format!("{question}\n{}", lines.join("\n")), key.to_string(), texts[idx].to_string()))
-}
-
 export_source!(OpenBookQa);
