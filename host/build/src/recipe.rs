@@ -8,6 +8,11 @@
 //! plugin = "ai2_arc"                             # an installed source plugin
 //! params = { config = "ARC-Easy", split = "train" }    # over the plugin's defaults
 //! files = { data = ["sft/arc_easy/train.json"] } # input name → paths/globs under --data
+//!
+//! [[benchmark]]                                  # decontaminate against these
+//! plugin = "benchmarks"
+//! params = { set = "gsm8k" }
+//! files = { data = ["benchmarks/gsm8k/test.jsonl"] }
 //! ```
 //! An input without `files` is looked up by its dataset id under `--data`:
 //! `<data>/<org>/<name>/<pattern>` or a Hugging Face hub cache
@@ -29,6 +34,11 @@ pub struct Recipe {
     /// Sources to run.
     #[serde(rename = "source", default)]
     pub sources: Vec<SourceEntry>,
+    /// Benchmarks to decontaminate against: source plugins in the benchmark role (their
+    /// text records, or the first human turn of their conversations, are indexed; the
+    /// record label names the benchmark and the key is the item id).
+    #[serde(rename = "benchmark", default)]
+    pub benchmarks: Vec<SourceEntry>,
 }
 
 /// One `[[source]]` entry.

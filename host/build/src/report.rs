@@ -27,8 +27,11 @@ pub struct SourceReport {
     pub refused: u64,
     /// Rows the plugin dropped by its own filters, per reason.
     pub filtered: BTreeMap<String, u64>,
-    /// Records kept after dedup.
+    /// Records kept after dedup and decontamination.
     pub kept: u64,
+    /// Records removed by decontamination (their id was flagged).
+    #[serde(default)]
+    pub decontaminated: u64,
     /// Set when the plugin failed and `--on-plugin-error skip` dropped the source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed: Option<String>,
@@ -60,6 +63,9 @@ pub struct StageTimes {
     pub sources: f64,
     /// Dedup.
     pub dedup: f64,
+    /// Decontamination (benchmark sources, embeddings, index, checks).
+    #[serde(default)]
+    pub decontam: f64,
     /// Prompt formatting (expansion, chunks, render calls, shuffles).
     pub format: f64,
     /// Writing parquet and the report.
@@ -81,6 +87,42 @@ pub struct FormatReport {
     pub errors: u64,
     /// Seconds in render calls.
     pub seconds: f64,
+}
+
+/// What decontamination did. Rows are records after dedup (before prompt formatting);
+/// every removed row is listed in `decontam-report.parquet`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DecontamReport {
+    /// Texts indexed per benchmark.
+    pub benchmarks: BTreeMap<String, u64>,
+    /// Embedding check on (needs a model).
+    pub embedding: bool,
+    /// Embedding model key (content hash of its files), when the check ran.
+    pub model: Option<String>,
+    /// n-gram check on.
+    pub ngram: bool,
+    /// Exact scan instead of the usearch index.
+    pub exact: bool,
+    /// Squared-L2 threshold on unit vectors (cosine ≥ 1 − t/2).
+    pub max_l2sq: f32,
+    /// Relative character-length difference threshold.
+    pub max_len_diff: f64,
+    /// n-gram window (words).
+    pub ngram_size: usize,
+    /// n-grams held by more than this many benchmark items were ignored (0: none).
+    pub ngram_max_items: usize,
+    /// Training records checked (plain-text records are not).
+    pub checked: u64,
+    /// Records removed.
+    pub removed: u64,
+    /// Removed per source label.
+    pub by_source: BTreeMap<String, u64>,
+    /// Removed per benchmark.
+    pub by_benchmark: BTreeMap<String, u64>,
+    /// Removed per check: `embedding`, `ngram`, `embedding+ngram`, `shared-id`.
+    pub by_check: BTreeMap<String, u64>,
+    /// Counters and seconds of the stage.
+    pub stats: bagel_decontam::DecontamStats,
 }
 
 /// The whole report.
@@ -121,6 +163,9 @@ pub struct BuildReport {
     pub outputs_cache_hit: bool,
     /// Stage timings.
     pub stages: StageTimes,
+    /// Decontamination summary (when the recipe lists benchmarks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decontamination: Option<DecontamReport>,
     /// First bad rows.
     pub bad_rows: Vec<BadRow>,
 }
@@ -130,15 +175,15 @@ impl BuildReport {
     pub fn table(&self) -> String {
         let mut s = String::new();
         s.push_str(&format!(
-            "{:<16} {:>3} {:>9} {:>9} {:>8} {:>9} {:>8} {:>8} {:>9} {:>8}\n",
-            "source", "P", "read", "emitted", "invalid", "duplicate", "refused", "filtered", "kept", "seconds"
+            "{:<16} {:>3} {:>9} {:>9} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8}\n",
+            "source", "P", "read", "emitted", "invalid", "duplicate", "refused", "filtered", "contam", "kept", "seconds"
         ));
         let mut t = SourceReport::default();
         for r in &self.sources {
             let filtered: u64 = r.filtered.values().sum();
             s.push_str(&format!(
-                "{:<16} {:>3} {:>9} {:>9} {:>8} {:>9} {:>8} {:>8} {:>9} {:>8.3}\n",
-                r.name, r.priority, r.rows_read, r.emitted, r.invalid, r.duplicate, r.refused, filtered, r.kept, r.seconds_read + r.seconds_plugin
+                "{:<16} {:>3} {:>9} {:>9} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8.3}\n",
+                r.name, r.priority, r.rows_read, r.emitted, r.invalid, r.duplicate, r.refused, filtered, r.decontaminated, r.kept, r.seconds_read + r.seconds_plugin
             ));
             if let Some(f) = &r.failed {
                 s.push_str(&format!("  ^ {} FAILED and was skipped: {f}\n", r.name));
@@ -149,18 +194,38 @@ impl BuildReport {
             t.duplicate += r.duplicate;
             t.refused += r.refused;
             t.kept += r.kept;
+            t.decontaminated += r.decontaminated;
             t.filtered.insert(String::new(), t.filtered.get("").copied().unwrap_or(0) + filtered);
             t.seconds_read += r.seconds_read + r.seconds_plugin;
         }
         s.push_str(&format!(
-            "{:<16} {:>3} {:>9} {:>9} {:>8} {:>9} {:>8} {:>8} {:>9} {:>8.3}\n",
-            "TOTAL", "", t.rows_read, t.emitted, t.invalid, t.duplicate, t.refused, t.filtered.values().sum::<u64>(), t.kept, t.seconds_read
+            "{:<16} {:>3} {:>9} {:>9} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8.3}\n",
+            "TOTAL", "", t.rows_read, t.emitted, t.invalid, t.duplicate, t.refused, t.filtered.values().sum::<u64>(), t.decontaminated, t.kept, t.seconds_read
         ));
+        if let Some(d) = &self.decontamination {
+            let checks = match (d.embedding, d.ngram) {
+                (true, true) => format!("embedding (L2² ≤ {}, length diff ≤ {}{}) + {}-gram", d.max_l2sq, d.max_len_diff, if d.exact { ", exact" } else { ", usearch" }, d.ngram_size),
+                (true, false) => format!("embedding (L2² ≤ {}, length diff ≤ {})", d.max_l2sq, d.max_len_diff),
+                (false, true) => format!("{}-gram only", d.ngram_size),
+                (false, false) => "off".into(),
+            };
+            s.push_str(&format!(
+                "decontamination: {checks}; {} benchmark texts, {} rows checked, {} removed ({} embedded, {} from cache)\n",
+                d.stats.benchmark_texts, d.checked, d.removed, d.stats.embedded, d.stats.embedding_cache_hits
+            ));
+            for (b, n) in &d.by_benchmark {
+                s.push_str(&format!("  {b:<16} {:>6} texts  {n:>6} removed\n", d.benchmarks.get(b).copied().unwrap_or(0)));
+            }
+            let checks: Vec<String> = d.by_check.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            if !checks.is_empty() {
+                s.push_str(&format!("  by check: {}\n", checks.join(", ")));
+            }
+        }
         for f in &self.format_stats {
             s.push_str(&format!("format {:<10} sft {:>8}  dpo {:>7}  errors {:>5}  {:>7.3} s\n", f.name, f.sft_rows, f.dpo_rows, f.errors, f.seconds));
         }
         s.push_str(&format!(
-            "instructions {} (expanded {}), sft.parquet {} rows, dpo.parquet {} rows\nstages: plugins-load {:.3}s sources {:.3}s dedup {:.3}s format {:.3}s write {:.3}s total {:.3}s{}\n",
+            "instructions {} (expanded {}), sft.parquet {} rows, dpo.parquet {} rows\nstages: plugins-load {:.3}s sources {:.3}s dedup {:.3}s decontam {:.3}s format {:.3}s write {:.3}s total {:.3}s{}\n",
             self.instructions,
             self.expanded_examples,
             self.sft_rows,
@@ -168,6 +233,7 @@ impl BuildReport {
             self.stages.load_plugins,
             self.stages.sources,
             self.stages.dedup,
+            self.stages.decontam,
             self.stages.format,
             self.stages.write,
             self.stages.total,

@@ -90,3 +90,15 @@ pub fn write_string_parquet(dest: &Path, columns: &[(&str, Vec<&str>)]) -> Resul
     w.close().map_err(|e| perr(&e))?;
     file.commit()
 }
+
+/// Write one record batch as a snappy parquet file, atomically (small files: reports).
+pub fn write_batch_parquet(dest: &Path, batch: &RecordBatch) -> Result<()> {
+    let perr = |e: &dyn std::fmt::Display| BuildError::Parquet { path: dest.to_path_buf(), message: e.to_string() };
+    let file = AtomicFile::new(dest);
+    let out = std::fs::File::create(file.path()).map_err(io(file.path()))?;
+    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+    let mut w = ArrowWriter::try_new(out, batch.schema(), Some(props)).map_err(|e| perr(&e))?;
+    w.write(batch).map_err(|e| perr(&e))?;
+    w.close().map_err(|e| perr(&e))?;
+    file.commit()
+}

@@ -38,6 +38,7 @@ fn opts(data: &Path, recipe: Recipe, out: &Path, seed: u64) -> BuildOptions {
         use_stage_cache: true,
         chunking: Chunking::Reference,
         progress: false,
+        decontam: Default::default(),
     }
 }
 

@@ -90,6 +90,9 @@ pub struct DecontamOptions {
     pub max_len_diff: f64,
     /// n-gram window (words).
     pub ngram_size: usize,
+    /// n-grams held by more than this many benchmark items are boilerplate and ignored
+    /// (0: use every n-gram, the reference rule).
+    pub ngram_max_items: usize,
     /// Brute-force search instead of usearch.
     pub exact: bool,
     /// Texts per call to the embedder (progress granularity, cache flushes).
@@ -100,7 +103,7 @@ pub struct DecontamOptions {
 
 impl Default for DecontamOptions {
     fn default() -> Self {
-        DecontamOptions { embedding: true, ngram: true, max_l2sq: 0.05, max_len_diff: 0.20, ngram_size: 13, exact: false, embed_chunk: 1024, cache_dir: None }
+        DecontamOptions { embedding: true, ngram: true, max_l2sq: 0.05, max_len_diff: 0.20, ngram_size: 13, ngram_max_items: 10, exact: false, embed_chunk: 1024, cache_dir: None }
     }
 }
 
@@ -175,7 +178,7 @@ impl<'e> Decontaminator<'e> {
         let stats = DecontamStats { benchmark_texts: items.len() as u64, ..Default::default() };
         let t = Instant::now();
         let ngrams = opts.ngram.then(|| {
-            let mut ix = ngram::NgramIndex::new(opts.ngram_size);
+            let mut ix = ngram::NgramIndex::new(opts.ngram_size, opts.ngram_max_items);
             for (i, it) in items.iter().enumerate() {
                 ix.add(i as u32, &it.text);
             }

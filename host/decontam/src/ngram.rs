@@ -4,6 +4,12 @@
 //! whitespace. A training text is flagged when it shares at least one n-gram (default
 //! n = 13) with a benchmark text, or — when it has fewer than n words — when its
 //! normalised form equals a benchmark text's.
+//!
+//! Extension over the reference rule: an n-gram found in more than `max_items` distinct
+//! benchmark items is **boilerplate** (a prompt template, e.g. the 22-word stem shared by
+//! all 895 MMLU `moral_scenarios` test questions) and is not used; without this, every
+//! training question built on the same template is flagged. `max_items = 0` disables the
+//! rule.
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
@@ -26,14 +32,22 @@ fn hash_words(ws: &[String]) -> u64 {
 #[derive(Debug, Clone)]
 pub struct NgramIndex {
     n: usize,
-    grams: HashMap<u64, u32>,
+    max_items: usize,
+    /// n-gram hash → (first item, distinct items holding it).
+    grams: HashMap<u64, (u32, u32)>,
     whole: HashMap<u64, u32>,
 }
 
 impl NgramIndex {
-    /// An empty index of n-grams of `n` words (`n` ≥ 1).
-    pub fn new(n: usize) -> NgramIndex {
-        NgramIndex { n: n.max(1), grams: HashMap::new(), whole: HashMap::new() }
+    /// An empty index of n-grams of `n` words (`n` ≥ 1); n-grams held by more than
+    /// `max_items` items are ignored as boilerplate (0: never).
+    pub fn new(n: usize, max_items: usize) -> NgramIndex {
+        NgramIndex { n: n.max(1), max_items, grams: HashMap::new(), whole: HashMap::new() }
+    }
+
+    /// Number of n-grams ignored as boilerplate.
+    pub fn boilerplate(&self) -> usize {
+        if self.max_items == 0 { 0 } else { self.grams.values().filter(|(_, c)| *c as usize > self.max_items).count() }
     }
 
     /// Window size n (words).
@@ -57,8 +71,13 @@ impl NgramIndex {
         if ws.len() < self.n {
             self.whole.entry(hash_words(&ws)).or_insert(item);
         } else {
+            let mut mine = std::collections::HashSet::new();
             for g in ws.windows(self.n) {
-                self.grams.entry(hash_words(g)).or_insert(item);
+                let h = hash_words(g);
+                if mine.insert(h) {
+                    let e = self.grams.entry(h).or_insert((item, 0));
+                    e.1 += 1;
+                }
             }
         }
     }
@@ -70,7 +89,10 @@ impl NgramIndex {
         if ws.len() < self.n {
             return if ws.is_empty() { None } else { self.whole.get(&hash_words(&ws)).copied() };
         }
-        ws.windows(self.n).find_map(|g| self.grams.get(&hash_words(g)).copied())
+        ws.windows(self.n).find_map(|g| match self.grams.get(&hash_words(g)) {
+            Some(&(item, count)) if self.max_items == 0 || count as usize <= self.max_items => Some(item),
+            _ => None,
+        })
     }
 }
 
@@ -81,7 +103,7 @@ mod tests {
     #[test]
     fn normalisation_and_windows() {
         assert_eq!(words("Janet’s ducks lay 16 eggs, per-day!"), vec!["janet", "s", "ducks", "lay", "16", "eggs", "per", "day"]);
-        let mut ix = NgramIndex::new(3);
+        let mut ix = NgramIndex::new(3, 2);
         ix.add(7, "the quick brown fox jumps");
         ix.add(8, "Hello world");
         assert_eq!(ix.len(), 3);
@@ -90,5 +112,13 @@ mod tests {
         assert_eq!(ix.check("hello, WORLD."), Some(8), "short text equal after normalisation");
         assert_eq!(ix.check("hello world again"), None, "3 words: only 3-grams count");
         assert_eq!(ix.check("..."), None);
+        // `answer the question` in 3 items > max_items 2: boilerplate, ignored.
+        ix.add(1, "answer the question what is red");
+        ix.add(2, "answer the question who is blue");
+        assert_eq!(ix.check("please answer the question now"), Some(1));
+        ix.add(3, "answer the question why is green");
+        assert_eq!(ix.boilerplate(), 1);
+        assert_eq!(ix.check("please answer the question now"), None);
+        assert_eq!(ix.check("question why is"), Some(3), "a rare n-gram still counts");
     }
 }

@@ -173,3 +173,12 @@ pub fn splitmix(state: &mut u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
+
+/// Fisher–Yates shuffle driven by [`splitmix`] (the data-order RNG of SFT and DPO; its
+/// state is saved in checkpoints).
+pub fn shuffle(order: &mut [usize], rng: &mut u64) {
+    for i in (1..order.len()).rev() {
+        let j = (splitmix(rng) % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+}

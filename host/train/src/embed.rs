@@ -15,7 +15,7 @@ use crate::error::{io, Result, TrainError};
 use crate::model::{linear, TensorSource};
 use crate::weights::SafetensorsSource;
 use burn::tensor::activation::{gelu, softmax};
-use burn::tensor::backend::Backend;
+pub use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -217,10 +217,16 @@ pub struct SentenceEmbedder<B: Backend> {
     pub batch_size: usize,
     /// Truncation length (tokens, including [CLS] and [SEP]).
     pub max_seq_length: usize,
+    /// Threads running batches at once (default: available cores; 1 on a GPU backend is
+    /// enough).
+    pub threads: usize,
     dir: PathBuf,
 }
 
-impl<B: Backend> SentenceEmbedder<B> {
+impl<B: Backend> SentenceEmbedder<B>
+where
+    Bert<B>: Sync,
+{
     /// Load a sentence-transformers model directory (config.json, model.safetensors,
     /// tokenizer.json, optional sentence_bert_config.json). Errors name the file.
     pub fn load(dir: &Path, device: &B::Device) -> Result<SentenceEmbedder<B>> {
@@ -242,12 +248,37 @@ impl<B: Backend> SentenceEmbedder<B> {
         tokenizer
             .with_truncation(Some(tokenizers::TruncationParams { max_length: max_seq_length, ..Default::default() }))
             .map_err(|e| TrainError::BadFile { path: tok_path.clone(), message: e.to_string() })?;
-        Ok(SentenceEmbedder { tokenizer, model, device: device.clone(), batch_size: 32, max_seq_length, dir: dir.to_path_buf() })
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Ok(SentenceEmbedder { tokenizer, model, device: device.clone(), batch_size: 32, max_seq_length, threads, dir: dir.to_path_buf() })
     }
 
     /// The model directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// A key naming this model and its settings for caches: `<dir name>-<16 hex>` of
+    /// sha256 over config.json, the safetensors file(s), tokenizer.json and the
+    /// truncation length. Errors: unreadable files (named).
+    pub fn content_key(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut files: Vec<PathBuf> = ["config.json", "tokenizer.json", "model.safetensors.index.json"].iter().map(|f| self.dir.join(f)).collect();
+        let mut weights: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map_err(io(&self.dir))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        weights.sort();
+        files.extend(weights);
+        for f in files.iter().filter(|f| f.exists()) {
+            h.update(f.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default());
+            h.update(std::fs::read(f).map_err(io(f))?);
+        }
+        h.update(format!("max_seq_length {}", self.max_seq_length));
+        let name = self.dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
+        Ok(format!("{name}-{}", hex::encode(&h.finalize()[..8])))
     }
 
     /// Embedding width H (384 for MiniLM).
@@ -261,29 +292,57 @@ impl<B: Backend> SentenceEmbedder<B> {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Embeddings [rows, H] (flattened) of the texts `chunk` (indices into `ids`), padded
+    /// with id 0 to the longest.
+    fn embed_batch(&self, chunk: &[usize], ids: &[Vec<u32>]) -> Result<Vec<f32>> {
+        let s = chunk.iter().map(|&i| ids[i].len()).max().unwrap_or(1).max(1);
+        let mut tok = vec![0i64; chunk.len() * s];
+        let mut mask = vec![0f32; chunk.len() * s];
+        for (r, &i) in chunk.iter().enumerate() {
+            for (c, &t) in ids[i].iter().enumerate() {
+                tok[r * s + c] = t as i64;
+                mask[r * s + c] = 1.0;
+            }
+        }
+        let tok = Tensor::<B, 2, Int>::from_data(TensorData::new(tok, [chunk.len(), s]), &self.device);
+        let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [chunk.len(), s]), &self.device);
+        self.model.embed(tok, mask).into_data().convert::<f32>().to_vec().map_err(|e| TrainError::Args(format!("{e:?}")))
+    }
+
     /// Unit-length embeddings, one `Vec<f32>` of length [`Self::dim`] per text, in input
-    /// order. Batches of `batch_size` texts sorted by token count, padded with id 0.
+    /// order. Batches of `batch_size` texts sorted by token count, padded with id 0, run on
+    /// `threads` threads.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let ids: Vec<Vec<u32>> = texts.iter().map(|t| self.token_ids(t)).collect::<Result<_>>()?;
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| ids[i].len());
         let dim = self.dim();
+        let batches: Vec<&[usize]> = order.chunks(self.batch_size.max(1)).collect();
+        // Batches are independent: spread them over the cores (burn-ndarray runs each op
+        // on one thread), each thread taking every `threads`-th batch.
+        let threads = self.threads.max(1).min(batches.len().max(1));
+        let results: Vec<Result<Vec<(usize, Vec<f32>)>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (batches, ids) = (&batches, &ids);
+                    s.spawn(move || -> Result<Vec<(usize, Vec<f32>)>> {
+                        let mut got = Vec::new();
+                        for chunk in batches.iter().skip(t).step_by(threads) {
+                            let e = self.embed_batch(chunk, ids)?;
+                            for (r, &i) in chunk.iter().enumerate() {
+                                got.push((i, e[r * dim..(r + 1) * dim].to_vec()));
+                            }
+                        }
+                        Ok(got)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("embedding thread panicked")).collect()
+        });
         let mut out = vec![Vec::new(); texts.len()];
-        for chunk in order.chunks(self.batch_size.max(1)) {
-            let s = chunk.iter().map(|&i| ids[i].len()).max().unwrap_or(1).max(1);
-            let mut tok = vec![0i64; chunk.len() * s];
-            let mut mask = vec![0f32; chunk.len() * s];
-            for (r, &i) in chunk.iter().enumerate() {
-                for (c, &t) in ids[i].iter().enumerate() {
-                    tok[r * s + c] = t as i64;
-                    mask[r * s + c] = 1.0;
-                }
-            }
-            let tok = Tensor::<B, 2, Int>::from_data(TensorData::new(tok, [chunk.len(), s]), &self.device);
-            let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [chunk.len(), s]), &self.device);
-            let e: Vec<f32> = self.model.embed(tok, mask).into_data().convert::<f32>().to_vec().map_err(|e| TrainError::Args(format!("{e:?}")))?;
-            for (r, &i) in chunk.iter().enumerate() {
-                out[i] = e[r * dim..(r + 1) * dim].to_vec();
+        for r in results {
+            for (i, v) in r? {
+                out[i] = v;
             }
         }
         Ok(out)

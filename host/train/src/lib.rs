@@ -12,6 +12,7 @@
 //! - [`sft`]: the SFT loop: AdamW, linear schedule with warm-up, global gradient-norm
 //!   clipping, gradient accumulation normalised by target tokens, metrics JSONL.
 //!
+//! - [`plot`]: `metrics.jsonl` → `loss.svg` after every run.
 //! - [`dpo`]: DPO (sigmoid / IPO / hinge) with precomputed reference log-probs.
 //! - [`embed`]: BERT sentence embeddings (all-MiniLM-L6-v2) for decontamination.
 //!
@@ -26,6 +27,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod model;
+pub mod plot;
 pub mod sft;
 pub mod weights;
 
@@ -34,12 +36,23 @@ pub use error::TrainError;
 /// The CPU backend used by default: `Autodiff<NdArray<f32>>`.
 pub type CpuBackend = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
 
+/// The CPU backend with burn's `BalancedCheckpointing` (`--gradient-checkpointing`).
+pub type CpuBackendCheckpointed = burn::backend::Autodiff<burn::backend::NdArray<f32>, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>;
+
+/// The CUDA backend with `BalancedCheckpointing` (feature `cuda`).
+#[cfg(feature = "cuda")]
+pub type CudaBackendCheckpointed = burn::backend::Autodiff<burn::backend::Cuda<f32>, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>;
+
 /// The CPU backend without autodiff (inference: embeddings, generation).
 pub type CpuInference = burn::backend::NdArray<f32>;
 
 /// The CUDA backend (feature `cuda`; NVRTC at run time): `Autodiff<Cuda<f32>>`.
 #[cfg(feature = "cuda")]
 pub type CudaBackend = burn::backend::Autodiff<burn::backend::Cuda<f32>>;
+
+/// The CUDA backend without autodiff (feature `cuda`; inference: embeddings).
+#[cfg(feature = "cuda")]
+pub type CudaInference = burn::backend::Cuda<f32>;
 
 /// Compute backend chosen at run time (`--backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -54,7 +67,10 @@ pub enum BackendKind {
 /// and the binary was built without the `cuda` feature.
 pub fn train_sft_on(kind: BackendKind, args: &sft::SftArgs) -> error::Result<sft::SftSummary> {
     match kind {
+        BackendKind::Cpu if args.gradient_checkpointing => sft::train_sft::<CpuBackendCheckpointed>(args, &Default::default()),
         BackendKind::Cpu => sft::train_sft::<CpuBackend>(args, &Default::default()),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda if args.gradient_checkpointing => sft::train_sft::<CudaBackendCheckpointed>(args, &burn::backend::cuda::CudaDevice::new(0)),
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => sft::train_sft::<CudaBackend>(args, &burn::backend::cuda::CudaDevice::new(0)),
         #[cfg(not(feature = "cuda"))]

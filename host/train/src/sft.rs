@@ -11,7 +11,7 @@
 //!   the mean loss over the accumulated tokens.
 //! - Metrics: one JSON object per logging/eval step in `OUTPUT_DIR/metrics.jsonl`.
 use crate::config::LlamaConfig;
-use crate::data::{load_sft, splitmix, stratified_split, DataOptions, Example, Tok};
+use crate::data::{load_sft, stratified_split, DataOptions, Example, Tok};
 use crate::error::{io, Result, TrainError};
 use crate::model::Llama;
 use crate::weights::{load_model, save_model};
@@ -85,6 +85,26 @@ pub struct SftArgs {
     pub seed: u64,
     /// Data order / split seed.
     pub data_seed: u64,
+    /// Batch examples of similar length together (HF `group_by_length`, its
+    /// `LengthGroupedSampler`): each epoch's shuffled order is cut into mega-batches of
+    /// 50 × batch size, each sorted by length, longest first; less padding per batch.
+    pub group_by_length: bool,
+    /// Trade compute for memory: burn's `BalancedCheckpointing` autodiff strategy, which
+    /// recomputes memory-bound (element-wise) ops in the backward pass instead of keeping
+    /// their outputs. Unlike HF's per-layer checkpointing, matmul outputs are still kept.
+    /// Same numbers either way; the choice is made by [`crate::train_sft_on`].
+    pub gradient_checkpointing: bool,
+}
+
+/// HF's `LengthGroupedSampler` mega-batch factor.
+pub const MEGABATCH_MULT: usize = 50;
+
+/// Sort each run of `megabatch` consecutive entries of `order` by `len(i)`, longest first
+/// (stable, so ties keep the shuffled order). HF `get_length_grouped_indices`.
+pub fn group_by_length(order: &mut [usize], megabatch: usize, len: impl Fn(usize) -> usize) {
+    for chunk in order.chunks_mut(megabatch.max(1)) {
+        chunk.sort_by_key(|&i| std::cmp::Reverse(len(i)));
+    }
 }
 
 /// One metrics line.
@@ -275,26 +295,22 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
         .with_weight_decay(args.weight_decay as f32)
         .init::<B, Llama<B>>();
     let pad = tok.eos.1;
+    let megabatch = MEGABATCH_MULT * args.per_device_train_batch_size;
+    let lengths: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();
     let shuffle = |order: &mut Vec<usize>, rng: &mut u64| {
-        for i in (1..order.len()).rev() {
-            let j = (splitmix(rng) % (i as u64 + 1)) as usize;
-            order.swap(i, j);
+        crate::data::shuffle(order, rng);
+        if args.group_by_length {
+            group_by_length(order, megabatch, |i| lengths[i]);
         }
     };
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
     let mut st = TrainerState { step: 0, cursor: 0, rng: args.data_seed, order: (0..train.len()).collect(), seen: 0, tokens_done: 0, first_loss: f64::NAN, first_eval_loss: None };
     shuffle(&mut st.order, &mut st.rng);
     if args.resume {
-        if let Some((_, ck)) = checkpoints(&args.output_dir).pop() {
-            let rec = |e: burn::record::RecorderError| TrainError::BadFile { path: ck.clone(), message: e.to_string() };
-            model = model.load_record(recorder.load(ck.join("model"), device).map_err(rec)?);
-            optim = optim.load_record(recorder.load(ck.join("optimizer"), device).map_err(rec)?);
-            let sp = ck.join("trainer_state.json");
-            st = serde_json::from_slice(&std::fs::read(&sp).map_err(io(&sp))?).map_err(|e| TrainError::BadFile { path: sp.clone(), message: e.to_string() })?;
-            if st.order.len() != train.len() {
-                return Err(TrainError::Args(format!("{} was saved for {} training examples, the dataset now gives {}", ck.display(), st.order.len(), train.len())));
-            }
-            tracing::info!("resuming from {} at step {}", ck.display(), st.step);
+        let restored;
+        (model, optim, restored) = load_latest_checkpoint(&args.output_dir, model, optim, train.len(), &recorder, device)?;
+        if let Some(r) = restored {
+            st = r;
         }
     }
     let metrics_path = args.output_dir.join("metrics.jsonl");
@@ -372,11 +388,12 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
             log(&Metrics { step: done, epoch, loss: None, eval_loss: Some(el), learning_rate: lr, grad_norm: None, tokens_per_second: tps }, &mut metrics)?;
         }
         if args.save_steps > 0 && done % args.save_steps == 0 && done < total {
-            save_checkpoint(args, &config, &model, &optim, &st, &recorder)?;
+            save_checkpoint(&args.output_dir, args.save_total_limit, &args.model_name_or_path, &config, &model, &optim, &st, &recorder)?;
         }
     }
     pb.finish_and_clear();
     save_model(&model, &config, &args.model_name_or_path, &args.output_dir)?;
+    crate::plot::plot_metrics(&metrics_path, &args.output_dir.join("loss.svg"), "SFT", &["loss", "eval_loss"])?;
     let q = step_losses.len().div_ceil(4).max(1);
     let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
     let first_quarter_loss = mean(&step_losses[..q.min(step_losses.len())]);
@@ -384,29 +401,57 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
     Ok(SftSummary { first_quarter_loss, last_quarter_loss, steps: total, train_examples: train.len(), eval_examples: eval.len(), first_loss: st.first_loss, last_loss, initial_eval_loss: st.first_eval_loss, final_eval_loss: final_eval, data: data_report })
 }
 
+/// Restore model, optimizer and trainer state from the latest `checkpoint-N` under
+/// `output_dir`; with no checkpoint, `model` and `optim` come back unchanged with `None`.
+/// Errors: unreadable records, or a checkpoint saved for a different number of training
+/// examples (`n_train`).
+pub(crate) fn load_latest_checkpoint<B: AutodiffBackend, O: Optimizer<Llama<B>, B>>(
+    output_dir: &std::path::Path,
+    model: Llama<B>,
+    optim: O,
+    n_train: usize,
+    recorder: &NamedMpkFileRecorder<FullPrecisionSettings>,
+    device: &B::Device,
+) -> Result<(Llama<B>, O, Option<TrainerState>)> {
+    let Some((_, ck)) = checkpoints(output_dir).pop() else { return Ok((model, optim, None)) };
+    let rec = |e: burn::record::RecorderError| TrainError::BadFile { path: ck.clone(), message: e.to_string() };
+    let model = model.load_record(recorder.load(ck.join("model"), device).map_err(rec)?);
+    let optim = optim.load_record(recorder.load(ck.join("optimizer"), device).map_err(rec)?);
+    let sp = ck.join("trainer_state.json");
+    let st: TrainerState = serde_json::from_slice(&std::fs::read(&sp).map_err(io(&sp))?).map_err(|e| TrainError::BadFile { path: sp.clone(), message: e.to_string() })?;
+    if st.order.len() != n_train {
+        return Err(TrainError::Args(format!("{} was saved for {} training examples, the dataset now gives {n_train}", ck.display(), st.order.len())));
+    }
+    tracing::info!("resuming from {} at step {}", ck.display(), st.step);
+    Ok((model, optim, Some(st)))
+}
+
 /// Write `output_dir/checkpoint-N/`: the model in HF layout (loadable by transformers), the
 /// burn records of model and optimizer (parameter ids included, so AdamW state matches on
 /// resume) and `trainer_state.json`; then delete the oldest beyond `save_total_limit`.
-fn save_checkpoint<B: AutodiffBackend, O: Optimizer<Llama<B>, B>>(
-    args: &SftArgs,
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn save_checkpoint<B: AutodiffBackend, O: Optimizer<Llama<B>, B>>(
+    output_dir: &std::path::Path,
+    save_total_limit: Option<usize>,
+    tokenizer_dir: &std::path::Path,
     config: &LlamaConfig,
     model: &Llama<B>,
     optim: &O,
     st: &TrainerState,
     recorder: &NamedMpkFileRecorder<FullPrecisionSettings>,
 ) -> Result<()> {
-    let dir = args.output_dir.join(format!("checkpoint-{}", st.step));
-    let tmp = args.output_dir.join(format!(".checkpoint-{}.tmp", st.step));
+    let dir = output_dir.join(format!("checkpoint-{}", st.step));
+    let tmp = output_dir.join(format!(".checkpoint-{}.tmp", st.step));
     let _ = std::fs::remove_dir_all(&tmp);
-    save_model(model, config, &args.model_name_or_path, &tmp)?;
+    save_model(model, config, tokenizer_dir, &tmp)?;
     let rec = |e: burn::record::RecorderError| TrainError::BadFile { path: tmp.clone(), message: e.to_string() };
     recorder.record(model.clone().into_record(), tmp.join("model")).map_err(rec)?;
     recorder.record(optim.to_record(), tmp.join("optimizer")).map_err(rec)?;
     std::fs::write(tmp.join("trainer_state.json"), serde_json::to_vec(st).expect("state serialises")).map_err(io(&tmp))?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
-    if let Some(limit) = args.save_total_limit {
-        let all = checkpoints(&args.output_dir);
+    if let Some(limit) = save_total_limit {
+        let all = checkpoints(output_dir);
         for (_, old) in all.iter().take(all.len().saturating_sub(limit.max(1))) {
             std::fs::remove_dir_all(old).map_err(io(old))?;
         }

@@ -140,3 +140,12 @@ pub fn init_random(from: &Path, out: &Path, seed: u64) -> Result<usize> {
     save_model(&model, &config, from, out)?;
     Ok(config.num_parameters())
 }
+
+/// Write `bytes` to `path` through a temp file in the same directory and a rename, so a
+/// reader never sees a half-written file. Errors: [`TrainError::Io`] naming the file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}

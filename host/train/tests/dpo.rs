@@ -1,5 +1,6 @@
 //! DPO: hand-computed losses, ln 2 at the first step with reference = policy, and
-//! precomputed reference log-probs equal to those computed on the fly.
+//! precomputed reference log-probs equal to those computed on the fly and to a live
+//! reference model; eval split; resume continues the same curve.
 use bagel_train::dpo::{compute_logps, dpo_loss, train_dpo, DpoArgs, LossType};
 use bagel_train::model::Llama;
 use bagel_train::CpuBackend;
@@ -67,6 +68,13 @@ fn args(model: &Path, data: &Path, out: &Path, kind: LossType) -> DpoArgs {
         max_train_samples: None,
         logging_steps: 1,
         data_seed: 3,
+        precompute_ref_log_probs: true,
+        eval_dataset_size: 0.0,
+        max_eval_samples: None,
+        eval_steps: 0,
+        save_steps: 0,
+        save_total_limit: None,
+        resume: false,
     }
 }
 
@@ -115,4 +123,63 @@ fn precomputed_reference_equals_on_the_fly() {
         assert!((s.0 - v.0).abs() < 1e-4 && (s.1 - v.1).abs() < 1e-4);
         assert!(s.0 < 0.0 && s.1 < 0.0, "log-probs are negative");
     }
+}
+
+#[test]
+fn live_reference_gives_the_same_run_as_precomputed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    bagel_train::weights::init_random(&tiny_dir(), &model, 13).unwrap();
+    let data = tmp.path().join("dpo.parquet");
+    write_pairs(&data);
+    let mut a = args(&model, &data, &tmp.path().join("pre"), LossType::Sigmoid);
+    a.max_steps = Some(3);
+    let pre = train_dpo::<CpuBackend>(&a, &Default::default()).unwrap();
+    a.output_dir = tmp.path().join("live");
+    a.precompute_ref_log_probs = false;
+    let live = train_dpo::<CpuBackend>(&a, &Default::default()).unwrap();
+    assert!(!a.output_dir.join("reference_logps.json").exists());
+    for (p, l) in pre.curve.iter().zip(&live.curve) {
+        assert!((p.1 - l.1).abs() < 1e-4 && (p.3 - l.3).abs() < 1e-4, "{p:?} vs {l:?}");
+    }
+}
+
+#[test]
+fn eval_split_and_resume_continue_the_same_curve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    bagel_train::weights::init_random(&tiny_dir(), &model, 17).unwrap();
+    let data = tmp.path().join("dpo.parquet");
+    write_pairs(&data);
+    let mut a = args(&model, &data, &tmp.path().join("full"), LossType::Sigmoid);
+    a.max_steps = Some(6);
+    a.per_device_train_batch_size = 1;
+    a.eval_dataset_size = 2.0;
+    a.eval_steps = 3;
+    let full = train_dpo::<CpuBackend>(&a, &Default::default()).unwrap();
+    assert_eq!((full.train_pairs, full.eval_pairs), (6, 2));
+    assert_eq!(full.eval.iter().map(|e| e.0).collect::<Vec<_>>(), vec![0, 3, 6], "eval before the first step, every 3, at the end");
+    assert!((full.eval[0].1 - std::f64::consts::LN_2).abs() < 1e-4, "eval loss with policy = reference is ln 2");
+    let m = std::fs::read_to_string(a.output_dir.join("metrics.jsonl")).unwrap();
+    assert!(m.lines().any(|l| l.contains("\"eval_rewards/accuracies\"")));
+
+    // Interrupted run: checkpoints every 2 steps, stopped after step 4 (max_steps 4 with the
+    // same schedule length is not the same run, so emulate a kill: run 6 steps saving at 2
+    // and 4, delete what came after checkpoint-4, resume).
+    let mut b = a.clone();
+    b.output_dir = tmp.path().join("cut");
+    b.save_steps = 2;
+    b.save_total_limit = Some(1);
+    train_dpo::<CpuBackend>(&b, &Default::default()).unwrap();
+    let cks = bagel_train::sft::checkpoints(&b.output_dir);
+    assert_eq!(cks.iter().map(|c| c.0).collect::<Vec<_>>(), vec![4], "save_total_limit keeps the newest");
+    std::fs::remove_file(b.output_dir.join("model.safetensors")).unwrap();
+    b.resume = true;
+    let resumed = train_dpo::<CpuBackend>(&b, &Default::default()).unwrap();
+    assert_eq!(resumed.curve.iter().map(|c| c.0).collect::<Vec<_>>(), vec![5, 6]);
+    for r in &resumed.curve {
+        let f = full.curve.iter().find(|c| c.0 == r.0).unwrap();
+        assert!((f.1 - r.1).abs() < 1e-4 && (f.3 - r.3).abs() < 1e-4, "step {}: {f:?} vs {r:?}", r.0);
+    }
+    assert!(b.output_dir.join("model.safetensors").exists());
 }

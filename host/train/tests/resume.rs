@@ -55,6 +55,8 @@ fn args(model: &Path, data: &Path, out: &Path) -> SftArgs {
         resume: false,
         seed: 1,
         data_seed: 2,
+        group_by_length: false,
+        gradient_checkpointing: false,
     }
 }
 
@@ -117,4 +119,33 @@ fn save_total_limit_keeps_the_newest() {
     a.save_total_limit = Some(2);
     train_sft::<CpuBackend>(&a, &Default::default()).unwrap();
     assert_eq!(checkpoints(&out).iter().map(|c| c.0).collect::<Vec<_>>(), vec![4, 5]);
+}
+
+#[test]
+fn gradient_checkpointing_and_group_by_length() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    bagel_train::weights::init_random(&tiny_dir(), &model, 5).unwrap();
+    let data = tmp.path().join("sft.parquet");
+    write_dataset(&data);
+    let mut a = args(&model, &data, &tmp.path().join("plain"));
+    a.resume = false;
+    a.save_steps = 0;
+    a.max_steps = Some(3);
+    let plain = bagel_train::train_sft_on(bagel_train::BackendKind::Cpu, &a).unwrap();
+    a.output_dir = tmp.path().join("ckpt");
+    a.gradient_checkpointing = true;
+    let ck = bagel_train::train_sft_on(bagel_train::BackendKind::Cpu, &a).unwrap();
+    assert!((plain.last_loss - ck.last_loss).abs() < 1e-4, "checkpointing recomputes, same numbers: {} vs {}", plain.last_loss, ck.last_loss);
+    assert!(a.output_dir.join("loss.svg").exists(), "loss curve plotted");
+    // Grouping: mega-batches sorted longest first.
+    let mut order = vec![0, 1, 2, 3, 4, 5];
+    let len = [5, 9, 1, 7, 3, 8];
+    bagel_train::sft::group_by_length(&mut order, 3, |i| len[i]);
+    assert_eq!(order, vec![1, 0, 2, 5, 3, 4]);
+    a.output_dir = tmp.path().join("grouped");
+    a.gradient_checkpointing = false;
+    a.group_by_length = true;
+    let g = bagel_train::train_sft_on(bagel_train::BackendKind::Cpu, &a).unwrap();
+    assert!(g.last_loss.is_finite());
 }

@@ -1,8 +1,9 @@
 //! `bagel build`: recipe → sft.parquet, dpo.parquet, build-report.json.
 use anyhow::{Context, Result};
-use bagel_build::{build, BuildOptions, OnBadRow, OnPluginError, Recipe};
+use bagel_build::{build_with, BuildOptions, OnBadRow, OnPluginError, Recipe};
 use bagel_core::refusal::RefusalMode;
 use bagel_runtime::Limits;
+use bagel_train::embed::Backend;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -58,6 +59,79 @@ pub struct Args {
     /// Ignore the cached raw stage.
     #[arg(long)]
     no_cache: bool,
+    /// Decontamination checks against the recipe's [[benchmark]]s: both (embedding + n-gram,
+    /// default), embedding, ngram, or off.
+    #[arg(long, value_enum, default_value = "both")]
+    decontam: DecontamChecks,
+    /// Sentence-embedding model for the embedding check (a sentence-transformers directory:
+    /// config.json, model.safetensors, tokenizer.json; all-MiniLM-L6-v2 is what
+    /// `cargo xtask fetch-models` puts in target/models/all-minilm-l6-v2).
+    #[arg(long)]
+    decontam_model: Option<PathBuf>,
+    /// Exact (brute-force) nearest-neighbour search instead of the usearch index.
+    #[arg(long)]
+    decontam_exact: bool,
+    /// Embedding rule: nearest neighbour at squared L2 ≤ this on unit vectors (0.05 ⇔ cosine ≥ 0.975).
+    #[arg(long, default_value_t = 0.05)]
+    decontam_max_l2: f32,
+    /// Embedding rule: and |len(row) − len(benchmark)| / len(row) ≤ this (characters).
+    #[arg(long, default_value_t = 0.20)]
+    decontam_max_len_diff: f64,
+    /// n-gram check window, in words.
+    #[arg(long, default_value_t = 13)]
+    decontam_ngram: usize,
+    /// n-gram check: ignore n-grams found in more than this many benchmark items (prompt
+    /// boilerplate); 0 uses every n-gram.
+    #[arg(long, default_value_t = 10)]
+    decontam_ngram_max_items: usize,
+    /// Backend for the embedding model.
+    #[arg(long, value_enum, default_value = "cpu")]
+    decontam_backend: EmbedBackend,
+    /// Texts per embedding forward pass.
+    #[arg(long, default_value_t = 64)]
+    decontam_batch: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum DecontamChecks {
+    Both,
+    Embedding,
+    Ngram,
+    Off,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum EmbedBackend {
+    Cpu,
+    Cuda,
+}
+
+/// bagel-train's BERT sentence embedder behind bagel-decontam's `Embedder`.
+struct BurnEmbedder<B: Backend> {
+    inner: bagel_train::embed::SentenceEmbedder<B>,
+    key: String,
+}
+
+impl<B: Backend> bagel_decontam::Embedder for BurnEmbedder<B>
+where
+    bagel_train::embed::SentenceEmbedder<B>: Sync,
+{
+    fn model_key(&self) -> &str {
+        &self.key
+    }
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    fn embed(&self, texts: &[&str]) -> std::result::Result<Vec<Vec<f32>>, String> {
+        self.inner.embed(texts).map_err(|e| e.to_string())
+    }
+}
+
+fn load_embedder<B: Backend>(dir: &std::path::Path, device: &B::Device, batch: usize) -> Result<BurnEmbedder<B>> {
+    let mut inner = bagel_train::embed::SentenceEmbedder::<B>::load(dir, device).with_context(|| format!("loading the decontamination model {}", dir.display()))?;
+    inner.batch_size = batch.max(1);
+    let key = inner.content_key()?;
+    Ok(BurnEmbedder { inner, key })
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -116,8 +190,34 @@ pub fn run(a: Args) -> Result<ExitCode> {
             ChunkingArg::Balanced => bagel_core::chunk::Chunking::Balanced,
         },
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        decontam: bagel_decontam::DecontamOptions {
+            embedding: matches!(a.decontam, DecontamChecks::Both | DecontamChecks::Embedding),
+            ngram: matches!(a.decontam, DecontamChecks::Both | DecontamChecks::Ngram),
+            max_l2sq: a.decontam_max_l2,
+            max_len_diff: a.decontam_max_len_diff,
+            ngram_size: a.decontam_ngram,
+            ngram_max_items: a.decontam_ngram_max_items,
+            exact: a.decontam_exact,
+            embed_chunk: 1024,
+            cache_dir: bagel_runtime::cache::default_dir().map(|d| d.with_file_name("decontam")),
+        },
     };
-    let report = build(&opts).with_context(|| format!("bagel build into {}", opts.out.display()))?;
+    let wants_embedder = !opts.recipe.benchmarks.is_empty() && opts.decontam.embedding;
+    let embedder: Option<Box<dyn bagel_decontam::Embedder>> = match (&a.decontam_model, wants_embedder) {
+        (_, false) => None,
+        (None, true) => anyhow::bail!(
+            "the recipe lists benchmarks and the embedding check is on: pass --decontam-model DIR (all-MiniLM-L6-v2; \
+             `cargo xtask fetch-models` puts it in target/models/all-minilm-l6-v2), or --decontam ngram for the n-gram check only"
+        ),
+        (Some(dir), true) => match a.decontam_backend {
+            EmbedBackend::Cpu => Some(Box::new(load_embedder::<bagel_train::CpuInference>(dir, &Default::default(), a.decontam_batch)?)),
+            #[cfg(feature = "cuda")]
+            EmbedBackend::Cuda => Some(Box::new(load_embedder::<bagel_train::CudaInference>(dir, &Default::default(), a.decontam_batch)?)),
+            #[cfg(not(feature = "cuda"))]
+            EmbedBackend::Cuda => anyhow::bail!("this bagel was built without the `cuda` feature"),
+        },
+    };
+    let report = build_with(&opts, embedder.as_deref()).with_context(|| format!("bagel build into {}", opts.out.display()))?;
     print!("{}", report.table());
     println!("wrote {}/sft.parquet (sha256 {}) and dpo.parquet (sha256 {})", opts.out.display(), report.sft_sha256, report.dpo_sha256);
     Ok(ExitCode::SUCCESS)

@@ -71,6 +71,26 @@ struct DpoFlags {
     logging_steps: usize,
     #[arg(long, default_value_t = 42)]
     data_seed: u64,
+    /// Eval split: a fraction (< 1) or a count (≥ 1) of the pairs, drawn at random (seeded).
+    #[arg(long, default_value_t = 0.0)]
+    eval_dataset_size: f64,
+    #[arg(long)]
+    max_eval_samples: Option<usize>,
+    /// Evaluate every N steps (also before the first and after the last).
+    #[arg(long, default_value_t = 0)]
+    eval_steps: usize,
+    /// Save checkpoint-N every N steps (0 = never).
+    #[arg(long, default_value_t = 0)]
+    save_steps: usize,
+    #[arg(long)]
+    save_total_limit: Option<usize>,
+    /// Resume from the latest checkpoint in --output-dir.
+    #[arg(long)]
+    resume: bool,
+    /// Keep the reference model loaded and run it every micro-batch instead of
+    /// precomputing its log-probs once (TRL `precompute_ref_log_probs=False`).
+    #[arg(long)]
+    live_reference: bool,
 }
 
 fn run_dpo(f: DpoFlags) -> Result<ExitCode> {
@@ -99,6 +119,13 @@ fn run_dpo(f: DpoFlags) -> Result<ExitCode> {
         max_train_samples: f.max_train_samples,
         logging_steps: f.logging_steps,
         data_seed: f.data_seed,
+        precompute_ref_log_probs: !f.live_reference,
+        eval_dataset_size: f.eval_dataset_size,
+        max_eval_samples: f.max_eval_samples,
+        eval_steps: f.eval_steps,
+        save_steps: f.save_steps,
+        save_total_limit: f.save_total_limit,
+        resume: f.resume,
     };
     let s = train_dpo::<bagel_train::CpuBackend>(&args, &Default::default())?;
     if let (Some(first), Some(last)) = (s.curve.first(), s.curve.last()) {
@@ -112,6 +139,9 @@ fn run_dpo(f: DpoFlags) -> Result<ExitCode> {
             first.3,
             last.3
         );
+    }
+    if let (Some(first), Some(last)) = (s.eval.first(), s.eval.last()) {
+        println!("dpo eval ({} pairs): loss {:.4} -> {:.4}; rewards/accuracies {:.2} -> {:.2}", s.eval_pairs, first.1, last.1, first.2, last.2);
     }
     println!("model, reference_logps.json and metrics.jsonl written to {}", args.output_dir.display());
     Ok(ExitCode::SUCCESS)
@@ -195,6 +225,14 @@ struct SftFlags {
     /// Compute backend: cpu (burn-ndarray) or cuda (needs a build with `--features cuda`).
     #[arg(long, value_enum, default_value = "cpu")]
     backend: Backend,
+    /// Put examples of similar length in the same batch (HF group_by_length: mega-batches of
+    /// 50 × batch size sorted by length).
+    #[arg(long)]
+    group_by_length: bool,
+    /// Recompute element-wise ops in the backward pass instead of storing them (burn's
+    /// BalancedCheckpointing; less memory, more compute).
+    #[arg(long)]
+    gradient_checkpointing: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -237,6 +275,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         resume: f.resume_from_checkpoint,
         seed: f.seed,
         data_seed: f.data_seed,
+        group_by_length: f.group_by_length,
+        gradient_checkpointing: f.gradient_checkpointing,
     };
     let kind = match f.backend {
         Backend::Cpu => bagel_train::BackendKind::Cpu,
