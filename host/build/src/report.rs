@@ -213,8 +213,8 @@ impl BuildReport {
                 "decontamination: {checks}; {} benchmark texts, {} rows checked, {} removed ({} embedded, {} from cache)\n",
                 d.stats.benchmark_texts, d.checked, d.removed, d.stats.embedded, d.stats.embedding_cache_hits
             ));
-            for (b, n) in &d.by_benchmark {
-                s.push_str(&format!("  {b:<16} {:>6} texts  {n:>6} removed\n", d.benchmarks.get(b).copied().unwrap_or(0)));
+            for (b, texts) in &d.benchmarks {
+                s.push_str(&format!("  {b:<16} {texts:>6} texts  {:>6} removed\n", d.by_benchmark.get(b).copied().unwrap_or(0)));
             }
             let checks: Vec<String> = d.by_check.iter().map(|(k, v)| format!("{k} {v}")).collect();
             if !checks.is_empty() {

@@ -5,7 +5,7 @@ mod cmd;
 
 /// Build a composite LLM fine-tuning dataset from sandboxed WASM plugins.
 #[derive(Parser)]
-#[command(name = "bagel", version, about)]
+#[command(name = "bagel", version, about, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,7 +30,14 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BAGEL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let argv = match cmd::train::expand_config(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(argv);
     let res = match cli.command {
         Command::Plugins(a) => cmd::plugins::run(a),
         Command::Build(a) => cmd::build::run(a),

@@ -52,9 +52,27 @@ fn build_prints_the_report_table() {
         .arg(out_dir.path())
         .output()
         .unwrap();
+    // The demo recipe lists benchmarks: without a model the embedding check cannot run.
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--decontam-model DIR") && err.contains("--decontam ngram"), "{err}");
+    assert!(!out_dir.path().join("sft.parquet").exists(), "nothing written");
+    let out = bagel()
+        .args(["build", "--decontam", "ngram", "--plugins"])
+        .arg(ws().join("target/plugins"))
+        .arg("--data")
+        .arg(ws().join("examples/data"))
+        .arg("--recipe")
+        .arg(ws().join("examples/recipes/demo.toml"))
+        .arg("--out")
+        .arg(out_dir.path())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("TOTAL") && text.contains("sharegpt") && text.contains("hh_rlhf"), "{text}");
+    assert!(text.contains("decontamination: 13-gram only; 900 benchmark texts"), "{text}");
+    assert!(out_dir.path().join("decontam-report.parquet").exists());
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out_dir.path().join("build-report.json")).unwrap()).unwrap();
     assert_eq!(report["formats"], serde_json::json!(["alpaca", "vicuna", "chatml", "llama2"]));
     assert!(report["sft_rows"].as_u64().unwrap() > 0 && report["dpo_rows"].as_u64().unwrap() > 0);

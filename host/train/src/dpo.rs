@@ -9,9 +9,10 @@
 //! - Losses, with z = β·((log π(y_c) − log π(y_r)) − (log π_ref(y_c) − log π_ref(y_r))):
 //!   sigmoid −log σ(z) (Rafailov et al. 2023, eq. 7); IPO (z/β − 1/(2β))² (Azar et al.
 //!   2023, eq. 17, as in TRL); hinge max(0, 1 − z) (SLiC, Zhao et al. 2023).
-//! - Reference: by default the starting policy's log-probs are computed once over all
-//!   pairs, before the first step, and stored as `OUTPUT_DIR/reference_logps.json` (reused
-//!   on resume); no second model is kept in memory. `ref_model` uses another model for
+//! - Reference: by default the starting policy's log-probs are computed once over the
+//!   pairs the run uses (train and eval), before the first step, and stored as
+//!   `OUTPUT_DIR/reference_logps.json` (one `[chosen, rejected]` or `null` per pair of the
+//!   file; reused on resume); no second model is kept in memory. `ref_model` uses another model for
 //!   them; `precompute_ref_log_probs = false` keeps the reference model loaded instead.
 //! - Eval split: `eval_dataset_size` pairs drawn at random (seeded); eval metrics
 //!   `eval_loss`, `eval_rewards/accuracies`, `eval_rewards/margins`.
@@ -327,19 +328,31 @@ pub fn train_dpo<B: AutodiffBackend>(args: &DpoArgs, device: &B::Device) -> Resu
         };
         Reference::Live(r)
     } else {
-        let saved: Option<Vec<(f64, f64)>> = if args.resume { std::fs::read(&rp).ok().and_then(|b| serde_json::from_slice(&b).ok()) } else { None };
+        // Only the pairs this run uses (train and eval); `null` for the others.
+        let used: Vec<usize> = {
+            let mut u: Vec<usize> = train_idx.iter().chain(&eval_idx).copied().collect();
+            u.sort_unstable();
+            u
+        };
+        let saved: Option<Vec<Option<(f64, f64)>>> = if args.resume { std::fs::read(&rp).ok().and_then(|b| serde_json::from_slice(&b).ok()) } else { None };
+        let complete = |t: &Vec<Option<(f64, f64)>>| t.len() == pairs.len() && used.iter().all(|&i| t[i].is_some());
         match saved {
-            Some(t) if t.len() == pairs.len() => Reference::Table(t),
+            Some(t) if complete(&t) => Reference::Table(t.into_iter().map(|x| x.unwrap_or((f64::NAN, f64::NAN))).collect()),
             _ => {
-                let t = match &args.ref_model {
+                let sel: Vec<Pair> = used.iter().map(|&i| pairs[i].clone()).collect();
+                let v = match &args.ref_model {
                     Some(dir) => {
                         let (_, r): (_, Llama<B::InnerBackend>) = load_model(dir, device)?;
-                        compute_logps(&r, &pairs, args.per_device_train_batch_size, pad, device)
+                        compute_logps(&r, &sel, args.per_device_train_batch_size, pad, device)
                     }
-                    None => compute_logps(&model.valid(), &pairs, args.per_device_train_batch_size, pad, device),
+                    None => compute_logps(&model.valid(), &sel, args.per_device_train_batch_size, pad, device),
                 };
+                let mut t: Vec<Option<(f64, f64)>> = vec![None; pairs.len()];
+                for (&i, x) in used.iter().zip(v) {
+                    t[i] = Some(x);
+                }
                 crate::weights::write_atomic(&rp, &serde_json::to_vec(&t).expect("serialise"))?;
-                Reference::Table(t)
+                Reference::Table(t.into_iter().map(|x| x.unwrap_or((f64::NAN, f64::NAN))).collect())
             }
         }
     };
@@ -469,6 +482,6 @@ pub fn train_dpo<B: AutodiffBackend>(args: &DpoArgs, device: &B::Device) -> Resu
     }
     pb.finish_and_clear();
     save_model(&model, &config, &args.model_name_or_path, &args.output_dir)?;
-    crate::plot::plot_metrics(&mp, &args.output_dir.join("loss.svg"), "DPO", &["loss", "eval_loss"])?;
+    crate::plot::plot_metrics(&mp, &args.output_dir.join("loss.png"), "DPO", &["loss", "eval_loss"])?;
     Ok(DpoSummary { curve, eval: eval_curve, train_pairs: train_idx.len(), eval_pairs: eval_idx.len() })
 }

@@ -12,7 +12,7 @@
 //! - [`sft`]: the SFT loop: AdamW, linear schedule with warm-up, global gradient-norm
 //!   clipping, gradient accumulation normalised by target tokens, metrics JSONL.
 //!
-//! - [`plot`]: `metrics.jsonl` → `loss.svg` after every run.
+//! - [`plot`]: `metrics.jsonl` → `loss.png` after every run.
 //! - [`dpo`]: DPO (sigmoid / IPO / hinge) with precomputed reference log-probs.
 //! - [`embed`]: BERT sentence embeddings (all-MiniLM-L6-v2) for decontamination.
 //!

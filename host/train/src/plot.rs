@@ -1,11 +1,22 @@
-//! Loss curves: `metrics.jsonl` → `loss.svg` (plotters, SVG backend). One line per
-//! metric found (`loss`, `eval_loss`, …) against `step`; x in optimizer steps, y in nats
-//! per target token (SFT) or per pair (DPO).
+//! Loss curves: `metrics.jsonl` → `loss.png` (plotters, bitmap backend, 800 × 480 px).
+//! One line per metric found (`loss`, `eval_loss`, …) against `step`; x in optimizer
+//! steps, y in nats per target token (SFT) or per pair (DPO). Text is drawn with the
+//! bundled DejaVu Sans (assets/, its licence beside it), so no system fonts are needed.
 use crate::error::{io, Result, TrainError};
 use plotters::prelude::*;
 use std::path::Path;
 
-/// Draw `keys` of every line of `metrics` (JSONL with a `step` field) into an SVG at `out`
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Registration fails only for bytes that are not a font; the bundled file is one.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// Draw `keys` of every line of `metrics` (JSONL with a `step` field) into a PNG at `out`
 /// (written to a temp file and renamed). Lines without a key are skipped. Errors: unreadable
 /// metrics, drawing failures (named by file).
 pub fn plot_metrics(metrics: &Path, out: &Path, title: &str, keys: &[&str]) -> Result<()> {
@@ -28,10 +39,11 @@ pub fn plot_metrics(metrics: &Path, out: &Path, title: &str, keys: &[&str]) -> R
     let (x_max, y_min, y_max) = all.iter().fold((1.0f64, f64::INFINITY, f64::NEG_INFINITY), |(x, lo, hi), &(a, b)| (x.max(a), lo.min(b), hi.max(b)));
     let pad = ((y_max - y_min) * 0.05).max(1e-3);
     let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = out.with_file_name(format!(".tmp-{}-{name}", std::process::id()));
+    register_font();
     let bad = |e: &dyn std::fmt::Display| TrainError::BadFile { path: out.to_path_buf(), message: e.to_string() };
     {
-        let root = SVGBackend::new(&tmp, (800, 480)).into_drawing_area();
+        let root = BitMapBackend::new(&tmp, (800, 480)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| bad(&e))?;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 20))

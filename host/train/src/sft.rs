@@ -393,7 +393,7 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
     }
     pb.finish_and_clear();
     save_model(&model, &config, &args.model_name_or_path, &args.output_dir)?;
-    crate::plot::plot_metrics(&metrics_path, &args.output_dir.join("loss.svg"), "SFT", &["loss", "eval_loss"])?;
+    crate::plot::plot_metrics(&metrics_path, &args.output_dir.join("loss.png"), "SFT", &["loss", "eval_loss"])?;
     let q = step_losses.len().div_ceil(4).max(1);
     let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
     let first_quarter_loss = mean(&step_losses[..q.min(step_losses.len())]);

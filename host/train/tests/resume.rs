@@ -137,7 +137,7 @@ fn gradient_checkpointing_and_group_by_length() {
     a.gradient_checkpointing = true;
     let ck = bagel_train::train_sft_on(bagel_train::BackendKind::Cpu, &a).unwrap();
     assert!((plain.last_loss - ck.last_loss).abs() < 1e-4, "checkpointing recomputes, same numbers: {} vs {}", plain.last_loss, ck.last_loss);
-    assert!(a.output_dir.join("loss.svg").exists(), "loss curve plotted");
+    assert!(a.output_dir.join("loss.png").exists(), "loss curve plotted");
     // Grouping: mega-batches sorted longest first.
     let mut order = vec![0, 1, 2, 3, 4, 5];
     let len = [5, 9, 1, 7, 3, 8];

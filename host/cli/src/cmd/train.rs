@@ -4,10 +4,77 @@ use bagel_train::sft::SftArgs;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// `bagel train sft|dpo [--config FILE] …`
+///
+/// `--config FILE` (TOML) holds the same keys as the flags, snake_case or kebab-case
+/// (`learning_rate = 2e-4`, `include_sources = ["a", "b"]`, `group_by_length = true`); flags
+/// given on the command line win over the file.
 #[derive(clap::Args)]
 pub struct Args {
     #[command(subcommand)]
     phase: Phase,
+}
+
+/// Replace `--config FILE` after `train sft|dpo` with the flags the TOML file holds, placed
+/// before the command-line flags (later flags override earlier ones). Errors: unreadable
+/// file, TOML syntax, a value that is a table.
+pub fn expand_config(argv: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>> {
+    use anyhow::Context;
+    let s: Vec<String> = argv.iter().map(|a| a.to_string_lossy().to_string()).collect();
+    let Some(t) = s.iter().position(|a| a == "train") else { return Ok(argv) };
+    let Some(c) = s.iter().position(|a| a == "--config" || a.starts_with("--config=")) else { return Ok(argv) };
+    if c < t + 2 {
+        return Ok(argv);
+    }
+    let (file, skip) = match s[c].strip_prefix("--config=") {
+        Some(f) => (f.to_string(), 1),
+        None => (s.get(c + 1).cloned().context("--config needs a file")?, 2),
+    };
+    let text = std::fs::read_to_string(&file).with_context(|| format!("reading trainer config {file}"))?;
+    let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing trainer config {file}"))?;
+    let mut flags: Vec<std::ffi::OsString> = Vec::new();
+    for (k, v) in &table {
+        let flag = format!("--{}", k.replace('_', "-"));
+        match v {
+            toml::Value::Boolean(true) => flags.push(flag.into()),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) => {
+                let parts: Vec<String> = items.iter().map(|i| i.as_str().map(str::to_string).unwrap_or_else(|| i.to_string())).collect();
+                flags.push(flag.into());
+                flags.push(parts.join(",").into());
+            }
+            toml::Value::Table(_) => anyhow::bail!("trainer config {file}: `{k}` is a table; only flag = value pairs are allowed"),
+            toml::Value::String(x) => {
+                flags.push(flag.into());
+                flags.push(x.into());
+            }
+            other => {
+                flags.push(flag.into());
+                flags.push(other.to_string().into());
+            }
+        }
+    }
+    let mut out: Vec<std::ffi::OsString> = argv[..t + 2].to_vec();
+    out.extend(flags);
+    out.extend(argv[t + 2..c].iter().cloned());
+    out.extend(argv[c + skip..].iter().cloned());
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn config_file_flags_come_first_and_cli_wins() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("sft.toml");
+        std::fs::write(&f, "learning_rate = 2e-4\nmax-steps = 10\ngroup_by_length = true\ntrain_on_source = false\ninclude_sources = [\"a_chatml\", \"b\"]\n").unwrap();
+        let argv: Vec<std::ffi::OsString> = ["bagel", "train", "sft", "--max-steps", "3", "--config", f.to_str().unwrap()].iter().map(|s| s.into()).collect();
+        let got: Vec<String> = super::expand_config(argv).unwrap().iter().map(|s| s.to_string_lossy().to_string()).collect();
+        assert_eq!(
+            got,
+            ["bagel", "train", "sft", "--group-by-length", "--include-sources", "a_chatml,b", "--learning-rate", "0.0002", "--max-steps", "10", "--max-steps", "3"]
+        );
+    }
 }
 
 #[derive(clap::Subcommand)]
