@@ -179,8 +179,9 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
         resolved.push(resolve(opts, plugin, info, entry)?);
     }
     resolved.sort_by(|a, b| b.info.priority.cmp(&a.info.priority).then_with(|| a.info.name.cmp(&b.info.name)));
-    let benches = resolve_benchmarks(opts, &plugins)?;
-    let decontam_on = !benches.is_empty() && (opts.decontam.ngram || (opts.decontam.embedding && embedder.is_some()));
+    let checks_on = opts.decontam.ngram || (opts.decontam.embedding && embedder.is_some());
+    let benches = if checks_on { resolve_benchmarks(opts, &plugins)? } else { Vec::new() };
+    let decontam_on = !benches.is_empty();
 
     // Raw stage (sources + dedup), cached.
     let key = stage_key(opts, &resolved)?;

@@ -1,7 +1,7 @@
 //! On-disk embedding cache: `<dir>/embeddings-<model key>.bin`, an append-only file of
 //! records `[16-byte sha256 prefix of the text][dim × f32 little-endian]`. A rebuild
 //! embeds only texts whose hash is not in the file. A torn last record (a crash mid
-//! append) is ignored on load. Several builds appending to the same file at once are not
+//! append) is cut off on load. Several builds appending to the same file at once are not
 //! coordinated; the worst outcome is a duplicated record.
 use crate::{DecontamError, Result};
 use sha2::{Digest, Sha256};
@@ -41,7 +41,14 @@ impl EmbeddingCache {
             match std::fs::read(p) {
                 Ok(bytes) => {
                     let rec = 16 + 4 * dim;
-                    for r in bytes.chunks_exact(rec) {
+                    let whole = bytes.len() - bytes.len() % rec;
+                    if whole != bytes.len() {
+                        // A torn last record: cut it off so the next append stays aligned.
+                        let f = std::fs::OpenOptions::new().write(true).open(p).map_err(|e| cerr(p, e))?;
+                        f.set_len(whole as u64).map_err(|e| cerr(p, e))?;
+                        tracing::warn!("{}: dropped a torn record at byte {whole}", p.display());
+                    }
+                    for r in bytes[..whole].chunks_exact(rec) {
                         let mut k = [0u8; 16];
                         k.copy_from_slice(&r[..16]);
                         let v = r[16..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();

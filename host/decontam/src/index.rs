@@ -162,26 +162,11 @@ impl NeighbourIndex {
             }
             index.reset().map_err(|e| ierr(path, e))?;
         }
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        index.reserve_capacity_and_threads(vectors.len().max(1), threads).map_err(|e| ierr(here, e))?;
-        let n = vectors.len();
-        let per = n.div_ceil(threads).max(1);
-        let failed = std::sync::Mutex::new(None);
-        std::thread::scope(|s| {
-            for t in 0..threads {
-                let (index, vectors, failed) = (&index, &vectors, &failed);
-                s.spawn(move || {
-                    for i in t * per..((t + 1) * per).min(n) {
-                        if let Err(e) = index.add(i as u64, vectors.row(i)) {
-                            *failed.lock().unwrap() = Some(e.to_string());
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        if let Some(e) = failed.into_inner().unwrap() {
-            return Err(ierr(here, e));
+        // One thread, in index order: the graph (and so every verdict) is the same on every
+        // run; a multi-threaded build interleaves inserts differently each time.
+        index.reserve(vectors.len().max(1)).map_err(|e| ierr(here, e))?;
+        for i in 0..vectors.len() {
+            index.add(i as u64, vectors.row(i)).map_err(|e| ierr(here, e))?;
         }
         if let Some(path) = cache {
             if let Some(dir) = path.parent() {
@@ -199,7 +184,14 @@ impl NeighbourIndex {
         match &self.search {
             Search::Exact => exact_nearest(&self.vectors, q),
             Search::Ann(index) => {
-                let m = index.search(q, ANN_CANDIDATES).ok()?;
+                let m = match index.search(q, ANN_CANDIDATES) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // Never skip a row: a failed ANN query falls back to the exact scan.
+                        tracing::warn!("usearch search failed ({e}); exact scan for this query");
+                        return exact_nearest(&self.vectors, q);
+                    }
+                };
                 let mut best: Option<(u32, f32)> = None;
                 for &k in &m.keys {
                     let c = dot(self.vectors.row(k as usize), q);

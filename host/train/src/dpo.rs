@@ -12,7 +12,8 @@
 //! - Reference: by default the starting policy's log-probs are computed once over the
 //!   pairs the run uses (train and eval), before the first step, and stored as
 //!   `OUTPUT_DIR/reference_logps.json` (one `[chosen, rejected]` or `null` per pair of the
-//!   file; reused on resume); no second model is kept in memory. `ref_model` uses another model for
+//!   file; reused on resume when `reference_logps.key` — dataset sha256, reference model,
+//!   length limits — still matches); no second model is kept in memory. `ref_model` uses another model for
 //!   them; `precompute_ref_log_probs = false` keeps the reference model loaded instead.
 //! - Eval split: `eval_dataset_size` pairs drawn at random (seeded); eval metrics
 //!   `eval_loss`, `eval_rewards/accuracies`, `eval_rewards/margins`.
@@ -334,7 +335,23 @@ pub fn train_dpo<B: AutodiffBackend>(args: &DpoArgs, device: &B::Device) -> Resu
             u.sort_unstable();
             u
         };
-        let saved: Option<Vec<Option<(f64, f64)>>> = if args.resume { std::fs::read(&rp).ok().and_then(|b| serde_json::from_slice(&b).ok()) } else { None };
+        // What the table depends on; a resume reuses it only when this matches.
+        let key = {
+            use sha2::{Digest, Sha256};
+            let data = std::fs::read(&args.dataset).map_err(io(&args.dataset))?;
+            format!(
+                "dataset sha256 {} pairs {} reference {:?} max_length {} max_prompt_length {}",
+                hex::encode(Sha256::digest(&data)),
+                pairs.len(),
+                args.ref_model,
+                args.max_length,
+                args.max_prompt_length
+            )
+        };
+        let kp = args.output_dir.join("reference_logps.key");
+        let same_inputs = std::fs::read_to_string(&kp).is_ok_and(|k| k == key);
+        let saved: Option<Vec<Option<(f64, f64)>>> =
+            if args.resume && same_inputs { std::fs::read(&rp).ok().and_then(|b| serde_json::from_slice(&b).ok()) } else { None };
         let complete = |t: &Vec<Option<(f64, f64)>>| t.len() == pairs.len() && used.iter().all(|&i| t[i].is_some());
         match saved {
             Some(t) if complete(&t) => Reference::Table(t.into_iter().map(|x| x.unwrap_or((f64::NAN, f64::NAN))).collect()),
@@ -352,6 +369,7 @@ pub fn train_dpo<B: AutodiffBackend>(args: &DpoArgs, device: &B::Device) -> Resu
                     t[i] = Some(x);
                 }
                 crate::weights::write_atomic(&rp, &serde_json::to_vec(&t).expect("serialise"))?;
+                crate::weights::write_atomic(&kp, key.as_bytes())?;
                 Reference::Table(t.into_iter().map(|x| x.unwrap_or((f64::NAN, f64::NAN))).collect())
             }
         }
@@ -372,6 +390,9 @@ pub fn train_dpo<B: AutodiffBackend>(args: &DpoArgs, device: &B::Device) -> Resu
         }
     }
     let mp = args.output_dir.join("metrics.jsonl");
+    if args.resume {
+        crate::sft::trim_metrics(&mp, st.step)?;
+    }
     let mut metrics = std::fs::OpenOptions::new().create(true).append(args.resume).write(true).truncate(!args.resume).open(&mp).map_err(io(&mp))?;
     let mut log = |m: &DpoMetrics| -> Result<()> { writeln!(metrics, "{}", serde_json::to_string(m).expect("serialise")).map_err(io(&mp)) };
     let pb = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { indicatif::ProgressBar::new(total as u64) } else { indicatif::ProgressBar::hidden() };

@@ -34,6 +34,8 @@ pub fn plot_metrics(metrics: &Path, out: &Path, title: &str, keys: &[&str]) -> R
     series.retain(|(_, p)| !p.is_empty());
     let all: Vec<(f64, f64)> = series.iter().flat_map(|(_, p)| p.iter().copied()).collect();
     if all.is_empty() {
+        // Nothing logged (e.g. --logging-steps 0, no eval): no plot, and none from before.
+        let _ = std::fs::remove_file(out);
         return Ok(());
     }
     let (x_max, y_min, y_max) = all.iter().fold((1.0f64, f64::INFINITY, f64::NEG_INFINITY), |(x, lo, hi), &(a, b)| (x.max(a), lo.min(b), hi.max(b)));

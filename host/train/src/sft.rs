@@ -314,6 +314,9 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
         }
     }
     let metrics_path = args.output_dir.join("metrics.jsonl");
+    if args.resume {
+        trim_metrics(&metrics_path, st.step)?;
+    }
     let mut metrics = std::fs::OpenOptions::new().create(true).append(args.resume).write(true).truncate(!args.resume).open(&metrics_path).map_err(io(&metrics_path))?;
     let pb = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { indicatif::ProgressBar::new(total as u64) } else { indicatif::ProgressBar::hidden() };
     if let Ok(style) = indicatif::ProgressStyle::with_template("sft [{bar:30}] {pos}/{len} {msg} eta {eta}") {
@@ -399,6 +402,19 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
     let first_quarter_loss = mean(&step_losses[..q.min(step_losses.len())]);
     let last_quarter_loss = mean(&step_losses[step_losses.len().saturating_sub(q)..]);
     Ok(SftSummary { first_quarter_loss, last_quarter_loss, steps: total, train_examples: train.len(), eval_examples: eval.len(), first_loss: st.first_loss, last_loss, initial_eval_loss: st.first_eval_loss, final_eval_loss: final_eval, data: data_report })
+}
+
+/// On resume from step `step`: keep only the metrics lines up to that step (the lines the
+/// interrupted run logged after its last checkpoint are logged again), atomically. With
+/// no checkpoint (`step` 0) the file starts empty.
+pub(crate) fn trim_metrics(path: &std::path::Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| step > 0 && serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v.get("step")?.as_u64()).is_some_and(|s| s as usize <= step))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    crate::weights::write_atomic(path, kept.as_bytes())
 }
 
 /// Restore model, optimizer and trainer state from the latest `checkpoint-N` under

@@ -178,6 +178,14 @@ fn eval_split_and_resume_continue_the_same_curve() {
     b.resume = true;
     let resumed = train_dpo::<CpuBackend>(&b, &Default::default()).unwrap();
     assert_eq!(resumed.curve.iter().map(|c| c.0).collect::<Vec<_>>(), vec![5, 6]);
+    // metrics.jsonl holds each step once: lines after checkpoint-4 were dropped on resume.
+    let steps: Vec<u64> = std::fs::read_to_string(b.output_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"loss\""))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
     for r in &resumed.curve {
         let f = full.curve.iter().find(|c| c.0 == r.0).unwrap();
         assert!((f.1 - r.1).abs() < 1e-4 && (f.3 - r.3).abs() < 1e-4, "step {}: {f:?} vs {r:?}", r.0);

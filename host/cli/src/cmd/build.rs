@@ -202,7 +202,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
             cache_dir: bagel_runtime::cache::default_dir().map(|d| d.with_file_name("decontam")),
         },
     };
-    let wants_embedder = !opts.recipe.benchmarks.is_empty() && opts.decontam.embedding;
+    if a.decontam_ngram == 0 {
+        anyhow::bail!("--decontam-ngram must be at least 1");
+    }
+    let wants_embedder = opts.recipe.benchmarks.iter().any(|b| b.enabled) && opts.decontam.embedding;
     let embedder: Option<Box<dyn bagel_decontam::Embedder>> = match (&a.decontam_model, wants_embedder) {
         (_, false) => None,
         (None, true) => anyhow::bail!(
