@@ -164,6 +164,12 @@ pub struct DpoArgs {
     pub max_grad_norm: f64,
     /// AdamW weight decay.
     pub weight_decay: f64,
+    /// AdamW β1.
+    pub adam_beta1: f64,
+    /// AdamW β2.
+    pub adam_beta2: f64,
+    /// AdamW ε.
+    pub adam_epsilon: f64,
     /// Optimizer steps (overrides epochs).
     pub max_steps: Option<usize>,
     /// Epochs.
@@ -378,7 +384,12 @@ pub fn train_dpo<B: AutodiffBackend>(args: &DpoArgs, device: &B::Device) -> Resu
     let per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps;
     let total = args.max_steps.unwrap_or_else(|| ((args.num_train_epochs * train_idx.len() as f64) / per_step as f64).ceil().max(1.0) as usize);
     let warmup = (args.warmup_ratio * total as f64).ceil() as usize;
-    let mut optim = AdamWConfig::new().with_weight_decay(args.weight_decay as f32).init::<B, Llama<B>>();
+    let mut optim = AdamWConfig::new()
+        .with_beta_1(args.adam_beta1 as f32)
+        .with_beta_2(args.adam_beta2 as f32)
+        .with_epsilon(args.adam_epsilon as f32)
+        .with_weight_decay(args.weight_decay as f32)
+        .init::<B, Llama<B>>();
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
     let mut st = TrainerState { step: 0, cursor: 0, rng, order: (0..train_idx.len()).collect(), seen: 0, tokens_done: 0, first_loss: f64::NAN, first_eval_loss: None };
     crate::data::shuffle(&mut st.order, &mut st.rng);

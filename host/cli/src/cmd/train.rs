@@ -128,6 +128,12 @@ struct DpoFlags {
     max_grad_norm: f64,
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
+    #[arg(long, default_value_t = 0.9)]
+    adam_beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
+    adam_beta2: f64,
+    #[arg(long, default_value_t = 1e-8)]
+    adam_epsilon: f64,
     #[arg(long)]
     max_steps: Option<usize>,
     #[arg(long, default_value_t = 1.0)]
@@ -181,6 +187,9 @@ fn run_dpo(f: DpoFlags) -> Result<ExitCode> {
         warmup_ratio: f.warmup_ratio,
         max_grad_norm: f.max_grad_norm,
         weight_decay: f.weight_decay,
+        adam_beta1: f.adam_beta1,
+        adam_beta2: f.adam_beta2,
+        adam_epsilon: f.adam_epsilon,
         max_steps: f.max_steps,
         num_train_epochs: f.num_train_epochs,
         max_train_samples: f.max_train_samples,
