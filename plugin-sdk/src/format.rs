@@ -15,6 +15,7 @@ pub mod bindings {
 }
 
 use bindings::bagel::plugin::types as wit;
+use bindings::exports::bagel::plugin::format as fmt;
 
 /// A prompt format: renders a conversation that ends in a gpt turn into
 /// (input, output). Stateless; called in batches.
@@ -57,36 +58,121 @@ pub mod glue {
         wit::FormatInfo { name: i.name, version: i.version, description: i.description }
     }
 
-    pub fn render<T: Format>(o: wit::RenderOptions, items: Vec<wit::RenderItem>) -> Vec<Result<wit::Rendered, wit::PluginError>> {
-        let o = opts(o);
-        items
-            .into_iter()
-            .map(|item| {
-                let turns: Vec<Turn> = item
-                    .conversation
-                    .into_iter()
-                    .map(|t| Turn {
-                        from: match t.from {
-                            wit::Role::System => Role::System,
-                            wit::Role::Human => Role::Human,
-                            wit::Role::Gpt => Role::Gpt,
-                        },
-                        value: t.value,
-                    })
-                    .collect();
-                T::render(&o, &turns, item.add_default_system)
-                    .map(|r| wit::Rendered { input: r.input, output: r.output })
-                    .map_err(err)
-            })
-            .collect()
+    /// Take the next `len` bytes of `text` from `*pos` (on character boundaries).
+    fn take<'a>(text: &'a str, pos: &mut usize, len: u32) -> Option<&'a str> {
+        let end = pos.checked_add(len as usize)?;
+        let s = text.get(*pos..end)?;
+        *pos = end;
+        Some(s)
     }
 
-    pub fn render_dpo_prompt<T: Format>(o: wit::RenderOptions, items: Vec<wit::DpoItem>) -> Vec<Result<String, wit::PluginError>> {
+    fn bad_batch(what: &str) -> wit::PluginError {
+        wit::PluginError::Internal(format!("malformed packed batch from the host: {what}"))
+    }
+
+    /// Output under construction: texts back to back, two lengths per item, errors.
+    struct Out {
+        text: String,
+        lens: Vec<u32>,
+        errors: Vec<fmt::ItemError>,
+    }
+
+    impl Out {
+        fn new(items: usize, text_hint: usize) -> Out {
+            Out { text: String::with_capacity(text_hint), lens: Vec::with_capacity(2 * items), errors: Vec::new() }
+        }
+        fn ok(&mut self, input: &str, output: &str) {
+            self.text.push_str(input);
+            self.text.push_str(output);
+            self.lens.extend([input.len() as u32, output.len() as u32]);
+        }
+        fn err(&mut self, item: usize, error: wit::PluginError) {
+            self.lens.extend([0, 0]);
+            self.errors.push(fmt::ItemError { item: item as u32, error });
+        }
+        fn done(self) -> fmt::RenderedBatch {
+            fmt::RenderedBatch { text: self.text, lens: self.lens, errors: self.errors }
+        }
+    }
+
+    /// Unpack a `render-batch`, render each conversation, pack the results. Turn
+    /// buffers are reused across conversations, so a batch allocates per turn only
+    /// when a value outgrows its buffer.
+    pub fn render<T: Format>(o: wit::RenderOptions, batch: fmt::RenderBatch) -> fmt::RenderedBatch {
         let o = opts(o);
-        items
-            .into_iter()
-            .map(|i| T::render_dpo_prompt(&o, &i.prompt, &i.chosen, i.add_default_system).map_err(err))
-            .collect()
+        let n = batch.conversation_turns.len();
+        let mut out = Out::new(n, batch.text.len() + batch.text.len() / 2);
+        if batch.add_default_system.len() != n || batch.turn_roles.len() != batch.turn_lens.len() {
+            for item in 0..n {
+                out.err(item, bad_batch("list lengths disagree"));
+            }
+            return out.done();
+        }
+        let mut turns: Vec<Turn> = Vec::new();
+        let (mut pos, mut next_turn) = (0usize, 0usize);
+        for (item, (&count, &coin)) in batch.conversation_turns.iter().zip(&batch.add_default_system).enumerate() {
+            let count = count as usize;
+            let range = next_turn..next_turn.saturating_add(count);
+            next_turn = range.end;
+            let (Some(lens), Some(roles)) = (batch.turn_lens.get(range.clone()), batch.turn_roles.get(range)) else {
+                out.err(item, bad_batch("a conversation refers to turns past the end"));
+                continue;
+            };
+            turns.truncate(count);
+            let mut problem = None;
+            for (i, (&len, &role)) in lens.iter().zip(roles).enumerate() {
+                let from = match role {
+                    0 => Role::System,
+                    1 => Role::Human,
+                    2 => Role::Gpt,
+                    _ => {
+                        problem = Some("a role index is not 0, 1 or 2");
+                        break;
+                    }
+                };
+                let Some(value) = take(&batch.text, &mut pos, len) else {
+                    problem = Some("a turn length runs past the text or splits a character");
+                    break;
+                };
+                if let Some(t) = turns.get_mut(i) {
+                    t.from = from;
+                    t.value.clear();
+                    t.value.push_str(value);
+                } else {
+                    turns.push(Turn { from, value: value.to_string() });
+                }
+            }
+            if let Some(p) = problem {
+                out.err(item, bad_batch(p));
+                continue;
+            }
+            match T::render(&o, &turns[..count], coin) {
+                Ok(r) => out.ok(&r.input, &r.output),
+                Err(e) => out.err(item, err(e)),
+            }
+        }
+        out.done()
+    }
+
+    /// Unpack a `dpo-batch`, render each prompt, pack the results (no outputs).
+    pub fn render_dpo_prompt<T: Format>(o: wit::RenderOptions, batch: fmt::DpoBatch) -> fmt::RenderedBatch {
+        let o = opts(o);
+        let n = batch.add_default_system.len();
+        let mut out = Out::new(n, batch.text.len());
+        let mut pos = 0usize;
+        for (item, &coin) in batch.add_default_system.iter().enumerate() {
+            let lens = batch.lens.get(2 * item..2 * item + 2);
+            let texts = lens.and_then(|l| Some((take(&batch.text, &mut pos, l[0])?, take(&batch.text, &mut pos, l[1])?)));
+            let Some((prompt, chosen)) = texts else {
+                out.err(item, bad_batch("a length runs past the text or splits a character"));
+                continue;
+            };
+            match T::render_dpo_prompt(&o, prompt, chosen, coin) {
+                Ok(s) => out.ok(&s, ""),
+                Err(e) => out.err(item, err(e)),
+            }
+        }
+        out.done()
     }
 }
 
@@ -122,22 +208,15 @@ macro_rules! export_format {
             }
             fn render(
                 options: $crate::format::bindings::bagel::plugin::types::RenderOptions,
-                items: ::std::vec::Vec<$crate::format::bindings::bagel::plugin::types::RenderItem>,
-            ) -> ::std::vec::Vec<
-                ::std::result::Result<
-                    $crate::format::bindings::bagel::plugin::types::Rendered,
-                    $crate::format::bindings::bagel::plugin::types::PluginError,
-                >,
-            > {
-                $crate::format::glue::render::<$t>(options, items)
+                batch: $crate::format::bindings::exports::bagel::plugin::format::RenderBatch,
+            ) -> $crate::format::bindings::exports::bagel::plugin::format::RenderedBatch {
+                $crate::format::glue::render::<$t>(options, batch)
             }
             fn render_dpo_prompt(
                 options: $crate::format::bindings::bagel::plugin::types::RenderOptions,
-                items: ::std::vec::Vec<$crate::format::bindings::bagel::plugin::types::DpoItem>,
-            ) -> ::std::vec::Vec<
-                ::std::result::Result<::std::string::String, $crate::format::bindings::bagel::plugin::types::PluginError>,
-            > {
-                $crate::format::glue::render_dpo_prompt::<$t>(options, items)
+                batch: $crate::format::bindings::exports::bagel::plugin::format::DpoBatch,
+            ) -> $crate::format::bindings::exports::bagel::plugin::format::RenderedBatch {
+                $crate::format::glue::render_dpo_prompt::<$t>(options, batch)
             }
         }
         $crate::format::bindings::export_format_world!(__BagelFormatExport with_types_in $crate::format::bindings);

@@ -1,8 +1,8 @@
 //! # bagel plugin SDK
 //!
 //! Write bagel **data-source** and **prompt-format** plugins in plain Rust; the SDK turns
-//! them into WASM components for the WIT contract `bagel:plugin@0.1.0` (shipped in this
-//! crate's `wit/`, a byte-identical copy of the host's frozen `wit/0.1.0/`).
+//! them into WASM components for the WIT contract `bagel:plugin@0.2.0` (shipped in this
+//! crate's `wit/`, a byte-identical copy of the host's frozen `wit/0.2.0/`).
 //!
 //! - Enable the `source` or the `format` feature (exactly one per plugin crate).
 //! - Implement [`source::Source`] or [`format::Format`] and call [`export_source!`] or

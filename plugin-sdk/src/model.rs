@@ -1,4 +1,4 @@
-//! Plain-Rust data model mirroring `bagel:plugin/types@0.1.0`.
+//! Plain-Rust data model mirroring `bagel:plugin/types` (unchanged from 0.1.0 to 0.2.0).
 
 /// ShareGPT role (`from`): `system` (first turn only), `human`, `gpt`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

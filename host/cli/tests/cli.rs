@@ -22,6 +22,7 @@ fn plugins_list_shows_formats_and_sources() {
     }
     let arc = text.lines().find(|l| l.split_whitespace().nth(1) == Some("ai2_arc")).expect("ai2_arc listed");
     assert!(arc.starts_with("source") && arc.contains("allenai/ai2_arc"));
+    assert_eq!(arc.split_whitespace().nth(3), Some("0.2.0"), "wit column: {arc}");
     assert_eq!(arc.split_whitespace().last().unwrap().len(), 64, "sha256 column");
 }
 

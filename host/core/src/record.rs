@@ -1,4 +1,4 @@
-//! Host-side record model (mirrors WIT `bagel:plugin/types@0.1.0`).
+//! Host-side record model (mirrors WIT `bagel:plugin/types`, 0.1.0 and 0.2.0).
 use serde::{Deserialize, Serialize};
 
 /// ShareGPT role, serialised as `system` / `human` / `gpt`.

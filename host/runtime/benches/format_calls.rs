@@ -67,7 +67,12 @@ fn main() {
     }
 
     let mut rows = Vec::new();
-    for batch in [1usize, 64, 512, 4096] {
+    // `BAGEL_BENCH_BATCHES=512` runs one batch size (e.g. under `perf record`).
+    let batches: Vec<usize> = match std::env::var("BAGEL_BENCH_BATCHES") {
+        Ok(v) => v.split(',').map(|b| b.trim().parse().expect("BAGEL_BENCH_BATCHES: comma-separated sizes")).collect(),
+        Err(_) => vec![1, 64, 512, 4096],
+    };
+    for batch in batches {
         let mut times = Vec::new();
         let mut check = 0usize;
         for _ in 0..reps {

@@ -36,7 +36,7 @@ pub enum RuntimeError {
         message: String,
     },
     /// The component imports something outside `bagel:plugin` (e.g. WASI).
-    #[error("plugin {plugin}: refused: imports `{import}`, but plugins may import only bagel:plugin@0.1.0 interfaces (no WASI)")]
+    #[error("plugin {plugin}: refused: imports `{import}`, but plugins may import only bagel:plugin interfaces of one supported version (0.1.0 or 0.2.0; no WASI)")]
     ForbiddenImport {
         /// Plugin file name.
         plugin: String,
@@ -44,7 +44,7 @@ pub enum RuntimeError {
         import: String,
     },
     /// The component exports neither world.
-    #[error("plugin {plugin}: exports neither bagel:plugin/source@0.1.0 nor bagel:plugin/format@0.1.0")]
+    #[error("plugin {plugin}: exports neither bagel:plugin/source nor bagel:plugin/format of a supported version (0.1.0, 0.2.0) matching its imports")]
     UnknownWorld {
         /// Plugin file name.
         plugin: String,

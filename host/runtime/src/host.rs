@@ -1,5 +1,5 @@
 //! Host state and the `bagel:plugin/host` imports.
-use crate::bindings::{format as fb, source as sb};
+use crate::bindings::{format as fb, format_0_2 as fb2, source as sb, source_0_2 as sb2};
 use bagel_core::refusal::RefusalFilter;
 use std::sync::Arc;
 
@@ -31,8 +31,11 @@ impl wasmtime::ResourceLimiter for MemLimiter {
 }
 
 macro_rules! impl_host {
-    ($m:ident) => {
+    ($m:ident, types) => {
         impl $m::bagel::plugin::types::Host for HostState {}
+        impl_host!($m);
+    };
+    ($m:ident) => {
         impl $m::bagel::plugin::host::Host for HostState {
             fn log(&mut self, level: $m::bagel::plugin::types::Level, message: String) {
                 use $m::bagel::plugin::types::Level;
@@ -54,5 +57,8 @@ macro_rules! impl_host {
     };
 }
 
-impl_host!(sb);
-impl_host!(fb);
+impl_host!(sb, types);
+impl_host!(fb, types);
+// 0.2.0 reuses the 0.1.0 `types` (see bindings.rs); only `host` is new.
+impl_host!(sb2);
+impl_host!(fb2);

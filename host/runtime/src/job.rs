@@ -1,7 +1,7 @@
 //! Jobs: a fresh `Store` + instance per job, every call guarded by the limits.
-use crate::bindings::{format as fb, source as sb};
+use crate::bindings::{format as fb, format_0_2 as fb2, source as sb, source_0_2 as sb2};
 use crate::host::HostState;
-use crate::load::{InputFormat, InputSpec, ParamSpec, Plugin, Pre, RecordKind, SourceInfo};
+use crate::load::{FormatPre, InputFormat, InputSpec, ParamSpec, Plugin, Pre, RecordKind, SourceInfo, SourcePre};
 use crate::{Limits, PluginError, Runtime, RuntimeError};
 use bagel_core::record::validate_turns;
 use bagel_core::{DedupMode, DpoPair, Payload, Role, Turn};
@@ -192,10 +192,22 @@ fn conv_batch(plugin: &str, call: &'static str, b: sb::bagel::plugin::types::Bat
     })
 }
 
+/// An instance of a source plugin of either WIT version (same types: see bindings.rs).
+enum SourceInst {
+    V0_1(sb::SourcePlugin),
+    V0_2(sb2::SourcePlugin),
+}
+
+/// An instance of a format plugin of either WIT version.
+enum FormatInst {
+    V0_1(fb::FormatPlugin),
+    V0_2(fb2::FormatPlugin),
+}
+
 /// A running source job: a fresh instance of one source plugin.
 pub struct SourceJob {
     store: Store<HostState>,
-    inst: sb::SourcePlugin,
+    inst: SourceInst,
     plugin: String,
     limits: Limits,
     poisoned: bool,
@@ -208,14 +220,18 @@ impl SourceJob {
             return Err(RuntimeError::UnknownWorld { plugin: plugin.name.clone() });
         };
         let mut store = rt.store(&plugin.name, seed);
-        let inst = pre.instantiate(&mut store).map_err(|e| RuntimeError::Instantiate { plugin: plugin.name.clone(), message: format!("{e:#}") })?;
+        let ierr = |e: wasmtime::Error| RuntimeError::Instantiate { plugin: plugin.name.clone(), message: format!("{e:#}") };
+        let inst = match pre {
+            SourcePre::V0_1(p) => SourceInst::V0_1(p.instantiate(&mut store).map_err(ierr)?),
+            SourcePre::V0_2(p) => SourceInst::V0_2(p.instantiate(&mut store).map_err(ierr)?),
+        };
         Ok(SourceJob { store, inst, plugin: plugin.name.clone(), limits: rt.limits, poisoned: false })
     }
 
     fn call<T>(
         &mut self,
         call: &'static str,
-        f: impl FnOnce(&mut Store<HostState>, &sb::SourcePlugin) -> wasmtime::Result<Result<T, sb::bagel::plugin::types::PluginError>>,
+        f: impl FnOnce(&mut Store<HostState>, &SourceInst) -> wasmtime::Result<Result<T, sb::bagel::plugin::types::PluginError>>,
     ) -> Result<T, RuntimeError> {
         if self.poisoned {
             return Err(RuntimeError::Poisoned { plugin: self.plugin.clone() });
@@ -230,18 +246,27 @@ impl SourceJob {
 
     /// `configure(params)`; params are (name, JSON text).
     pub fn configure(&mut self, params: &[(String, String)]) -> Result<(), RuntimeError> {
-        self.call("configure", |s, i| i.bagel_plugin_source().call_configure(s, params))
+        self.call("configure", |s, i| match i {
+            SourceInst::V0_1(i) => i.bagel_plugin_source().call_configure(s, params),
+            SourceInst::V0_2(i) => i.bagel_plugin_source().call_configure(s, params),
+        })
     }
 
     /// `push-rows(input, first-row, rows)`.
     pub fn push_rows(&mut self, input: &str, first_row: u64, rows: &[String]) -> Result<BatchOutput, RuntimeError> {
-        let b = self.call("push-rows", |s, i| i.bagel_plugin_source().call_push_rows(s, input, first_row, rows))?;
+        let b = self.call("push-rows", |s, i| match i {
+            SourceInst::V0_1(i) => i.bagel_plugin_source().call_push_rows(s, input, first_row, rows),
+            SourceInst::V0_2(i) => i.bagel_plugin_source().call_push_rows(s, input, first_row, rows),
+        })?;
         conv_batch(&self.plugin, "push-rows", b).inspect_err(|_| self.poisoned = true)
     }
 
     /// `finish()`.
     pub fn finish(&mut self) -> Result<BatchOutput, RuntimeError> {
-        let b = self.call("finish", |s, i| i.bagel_plugin_source().call_finish(s))?;
+        let b = self.call("finish", |s, i| match i {
+            SourceInst::V0_1(i) => i.bagel_plugin_source().call_finish(s),
+            SourceInst::V0_2(i) => i.bagel_plugin_source().call_finish(s),
+        })?;
         conv_batch(&self.plugin, "finish", b).inspect_err(|_| self.poisoned = true)
     }
 }
@@ -267,7 +292,7 @@ pub struct Rendered {
 /// A running format job.
 pub struct FormatJob {
     store: Store<HostState>,
-    inst: fb::FormatPlugin,
+    inst: FormatInst,
     plugin: String,
     limits: Limits,
     poisoned: bool,
@@ -280,11 +305,15 @@ impl FormatJob {
             return Err(RuntimeError::UnknownWorld { plugin: plugin.name.clone() });
         };
         let mut store = rt.store(&plugin.name, seed);
-        let inst = pre.instantiate(&mut store).map_err(|e| RuntimeError::Instantiate { plugin: plugin.name.clone(), message: format!("{e:#}") })?;
+        let ierr = |e: wasmtime::Error| RuntimeError::Instantiate { plugin: plugin.name.clone(), message: format!("{e:#}") };
+        let inst = match pre {
+            FormatPre::V0_1(p) => FormatInst::V0_1(p.instantiate(&mut store).map_err(ierr)?),
+            FormatPre::V0_2(p) => FormatInst::V0_2(p.instantiate(&mut store).map_err(ierr)?),
+        };
         Ok(FormatJob { store, inst, plugin: plugin.name.clone(), limits: rt.limits, poisoned: false })
     }
 
-    fn call<T>(&mut self, call: &'static str, f: impl FnOnce(&mut Store<HostState>, &fb::FormatPlugin) -> wasmtime::Result<T>) -> Result<T, RuntimeError> {
+    fn call<T>(&mut self, call: &'static str, f: impl FnOnce(&mut Store<HostState>, &FormatInst) -> wasmtime::Result<T>) -> Result<T, RuntimeError> {
         if self.poisoned {
             return Err(RuntimeError::Poisoned { plugin: self.plugin.clone() });
         }
@@ -297,28 +326,61 @@ impl FormatJob {
     }
 
     /// Render a batch; one result per item, in order.
+    ///
+    /// A 0.2.0 plugin gets the batch packed (one text, fixed-size turn records) and
+    /// answers with one text plus spans; a 0.1.0 plugin gets one record per turn.
+    /// Errors: a trap or tripped limit ([`RuntimeError`]), or spans that do not fit the
+    /// returned text ([`RuntimeError::Malformed`]); a plugin's own per-item error is the
+    /// inner `Err`.
     pub fn render(&mut self, bos: &str, eos: &str, items: &[RenderItem<'_>]) -> Result<Vec<Result<Rendered, PluginError>>, RuntimeError> {
         use fb::bagel::plugin::types as t;
         let opts = t::RenderOptions { bos: bos.to_string(), eos: eos.to_string() };
+        if let FormatInst::V0_1(_) = self.inst {
+            return self.render_0_1(&opts, items);
+        }
+        use fb2::exports::bagel::plugin::format as f;
+        let n_turns = items.iter().map(|i| i.conversation.len()).sum();
+        let mut batch = f::RenderBatch {
+            text: String::with_capacity(items.iter().flat_map(|i| i.conversation).map(|t| t.value.len()).sum()),
+            turn_lens: Vec::with_capacity(n_turns),
+            turn_roles: Vec::with_capacity(n_turns),
+            conversation_turns: Vec::with_capacity(items.len()),
+            add_default_system: Vec::with_capacity(items.len()),
+        };
+        for item in items {
+            for turn in item.conversation {
+                batch.text.push_str(&turn.value);
+                batch.turn_lens.push(len32(&self.plugin, turn.value.len())?);
+                batch.turn_roles.push(match turn.from {
+                    Role::System => 0,
+                    Role::Human => 1,
+                    Role::Gpt => 2,
+                });
+            }
+            batch.conversation_turns.push(len32(&self.plugin, item.conversation.len())?);
+            batch.add_default_system.push(item.add_default_system);
+        }
+        let out = self.call("render", |s, i| match i {
+            FormatInst::V0_2(i) => i.bagel_plugin_format().call_render(s, &opts, &batch),
+            FormatInst::V0_1(_) => unreachable!("0.1.0 handled above"),
+        })?;
+        let spans = self.unpack(items.len(), "render", out)?;
+        Ok(spans.into_iter().map(|r| r.map(|(input, output)| Rendered { input, output })).collect())
+    }
+
+    fn render_0_1(&mut self, opts: &fb::bagel::plugin::types::RenderOptions, items: &[RenderItem<'_>]) -> Result<Vec<Result<Rendered, PluginError>>, RuntimeError> {
+        use fb::bagel::plugin::types as t;
         let wit_items: Vec<t::RenderItem> = items
             .iter()
             .map(|i| t::RenderItem {
-                conversation: i
-                    .conversation
-                    .iter()
-                    .map(|turn| t::Turn {
-                        from: match turn.from {
-                            Role::System => t::Role::System,
-                            Role::Human => t::Role::Human,
-                            Role::Gpt => t::Role::Gpt,
-                        },
-                        value: turn.value.clone(),
-                    })
-                    .collect(),
+                conversation: i.conversation.iter().map(|turn| t::Turn { from: role(turn.from), value: turn.value.clone() }).collect(),
                 add_default_system: i.add_default_system,
             })
             .collect();
-        let out = self.call("render", |s, i| i.bagel_plugin_format().call_render(s, &opts, &wit_items))?;
+        let out = self.call("render", |s, i| match i {
+            FormatInst::V0_1(i) => i.bagel_plugin_format().call_render(s, opts, &wit_items),
+            FormatInst::V0_2(_) => unreachable!("only called for 0.1.0"),
+        })?;
         if out.len() != items.len() {
             self.poisoned = true;
             return Err(RuntimeError::Malformed { plugin: self.plugin.clone(), call: "render", row: 0, detail: format!("{} results for {} items", out.len(), items.len()) });
@@ -326,17 +388,98 @@ impl FormatJob {
         Ok(out.into_iter().map(|r| r.map(|r| Rendered { input: r.input, output: r.output }).map_err(ferr)).collect())
     }
 
+    /// Split a packed `rendered-batch` into per-item (input, output) strings, checking
+    /// that the lengths tile the text exactly and fall on UTF-8 boundaries and that
+    /// errors name items of the batch in order.
+    fn unpack(&mut self, n: usize, call: &'static str, out: fb2::exports::bagel::plugin::format::RenderedBatch) -> Result<Vec<Result<(String, String), PluginError>>, RuntimeError> {
+        let plugin = self.plugin.clone();
+        let bad = |row: u64, detail: String| RuntimeError::Malformed { plugin: plugin.clone(), call, row, detail };
+        let r = (|| {
+            if out.lens.len() != 2 * n {
+                return Err(bad(0, format!("{} lengths for {} items (want 2 per item)", out.lens.len(), n)));
+            }
+            let mut errors = out.errors.into_iter().peekable();
+            let mut pos = 0usize;
+            let mut res = Vec::with_capacity(n);
+            for (item, lens) in out.lens.chunks_exact(2).enumerate() {
+                if errors.peek().is_some_and(|e| e.item as usize == item) {
+                    let e = errors.next().expect("peeked");
+                    if lens != [0, 0] {
+                        return Err(bad(item as u64, "a failed item has text".into()));
+                    }
+                    res.push(Err(ferr(e.error)));
+                    continue;
+                }
+                let (a, b) = (pos + lens[0] as usize, pos + lens[0] as usize + lens[1] as usize);
+                let (Some(input), Some(output)) = (out.text.get(pos..a), out.text.get(a..b)) else {
+                    return Err(bad(item as u64, format!("lengths {}+{} at byte {pos} do not fit the {}-byte text on character boundaries", lens[0], lens[1], out.text.len())));
+                };
+                pos = b;
+                res.push(Ok((input.to_string(), output.to_string())));
+            }
+            if let Some(e) = errors.next() {
+                return Err(bad(u64::from(e.item), "an error names no item of the batch, or errors are out of order".into()));
+            }
+            if pos != out.text.len() {
+                return Err(bad(0, format!("lengths cover {pos} of {} bytes of text", out.text.len())));
+            }
+            Ok(res)
+        })();
+        if r.is_err() {
+            self.poisoned = true;
+        }
+        r
+    }
+
     /// Render DPO prompts: items are (prompt, chosen, coin).
     pub fn render_dpo_prompt(&mut self, bos: &str, eos: &str, items: &[(&str, &str, bool)]) -> Result<Vec<Result<String, PluginError>>, RuntimeError> {
         use fb::bagel::plugin::types as t;
         let opts = t::RenderOptions { bos: bos.to_string(), eos: eos.to_string() };
-        let wit_items: Vec<t::DpoItem> =
-            items.iter().map(|(p, c, coin)| t::DpoItem { prompt: p.to_string(), chosen: c.to_string(), add_default_system: *coin }).collect();
-        let out = self.call("render-dpo-prompt", |s, i| i.bagel_plugin_format().call_render_dpo_prompt(s, &opts, &wit_items))?;
-        if out.len() != items.len() {
-            self.poisoned = true;
-            return Err(RuntimeError::Malformed { plugin: self.plugin.clone(), call: "render-dpo-prompt", row: 0, detail: format!("{} results for {} items", out.len(), items.len()) });
+        if let FormatInst::V0_1(_) = self.inst {
+            let wit_items: Vec<t::DpoItem> =
+                items.iter().map(|(p, c, coin)| t::DpoItem { prompt: p.to_string(), chosen: c.to_string(), add_default_system: *coin }).collect();
+            let out = self.call("render-dpo-prompt", |s, i| match i {
+                FormatInst::V0_1(i) => i.bagel_plugin_format().call_render_dpo_prompt(s, &opts, &wit_items),
+                FormatInst::V0_2(_) => unreachable!("checked above"),
+            })?;
+            if out.len() != items.len() {
+                self.poisoned = true;
+                return Err(RuntimeError::Malformed { plugin: self.plugin.clone(), call: "render-dpo-prompt", row: 0, detail: format!("{} results for {} items", out.len(), items.len()) });
+            }
+            return Ok(out.into_iter().map(|r| r.map_err(ferr)).collect());
         }
-        Ok(out.into_iter().map(|r| r.map_err(ferr)).collect())
+        use fb2::exports::bagel::plugin::format as f;
+        let mut batch = f::DpoBatch {
+            text: String::with_capacity(items.iter().map(|(p, c, _)| p.len() + c.len()).sum()),
+            lens: Vec::with_capacity(2 * items.len()),
+            add_default_system: Vec::with_capacity(items.len()),
+        };
+        for (p, c, coin) in items {
+            batch.text.push_str(p);
+            batch.text.push_str(c);
+            batch.lens.push(len32(&self.plugin, p.len())?);
+            batch.lens.push(len32(&self.plugin, c.len())?);
+            batch.add_default_system.push(*coin);
+        }
+        let out = self.call("render-dpo-prompt", |s, i| match i {
+            FormatInst::V0_2(i) => i.bagel_plugin_format().call_render_dpo_prompt(s, &opts, &batch),
+            FormatInst::V0_1(_) => unreachable!("checked above"),
+        })?;
+        let spans = self.unpack(items.len(), "render-dpo-prompt", out)?;
+        Ok(spans.into_iter().map(|r| r.map(|(input, _)| input)).collect())
     }
+}
+
+fn role(r: Role) -> fb::bagel::plugin::types::Role {
+    use fb::bagel::plugin::types::Role as R;
+    match r {
+        Role::System => R::System,
+        Role::Human => R::Human,
+        Role::Gpt => R::Gpt,
+    }
+}
+
+/// A length as the u32 the packed ABI carries (a batch text is at most 4 GiB).
+fn len32(plugin: &str, n: usize) -> Result<u32, RuntimeError> {
+    u32::try_from(n).map_err(|_| RuntimeError::Malformed { plugin: plugin.to_string(), call: "render", row: 0, detail: format!("a length of {n} bytes does not fit the packed batch (u32)") })
 }

@@ -19,7 +19,7 @@ mod load;
 
 pub use error::{PluginError, RuntimeError};
 pub use job::{BatchOutput, DropReason, Emitted, FormatJob, InvalidRow, RenderItem, Rendered, SourceJob};
-pub use load::{FormatInfo, InputFormat, InputSpec, ParamSpec, Plugin, PluginKind, RecordKind, Runtime, SourceInfo};
+pub use load::{FormatInfo, WIT_VERSIONS, InputFormat, InputSpec, ParamSpec, Plugin, PluginKind, RecordKind, Runtime, SourceInfo};
 
 use std::time::Duration;
 
@@ -40,5 +40,6 @@ impl Default for Limits {
     }
 }
 
-/// The one version of the WIT package this host speaks.
-pub const WIT_PACKAGE: &str = "bagel:plugin@0.1.0";
+/// The WIT package version the SDK targets and new plugins are built against; the host
+/// also loads every older version in [`WIT_VERSIONS`].
+pub const WIT_PACKAGE: &str = "bagel:plugin@0.2.0";

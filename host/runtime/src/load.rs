@@ -1,5 +1,5 @@
 //! Engine, plugin discovery, compilation (cached) and validation.
-use crate::bindings::{format as fb, source as sb};
+use crate::bindings::{format as fb, format_0_2 as fb2, source as sb, source_0_2 as sb2};
 use crate::host::{HostState, MemLimiter};
 use crate::{cache, Limits, RuntimeError};
 use bagel_core::refusal::{RefusalFilter, RefusalMode};
@@ -113,10 +113,25 @@ pub enum PluginKind {
     Format(FormatInfo),
 }
 
+/// Pre-instantiated component, per world and WIT version.
 pub(crate) enum Pre {
-    Source(sb::SourcePluginPre<HostState>),
-    Format(fb::FormatPluginPre<HostState>),
+    Source(SourcePre),
+    Format(FormatPre),
 }
+
+pub(crate) enum SourcePre {
+    V0_1(sb::SourcePluginPre<HostState>),
+    V0_2(sb2::SourcePluginPre<HostState>),
+}
+
+pub(crate) enum FormatPre {
+    V0_1(fb::FormatPluginPre<HostState>),
+    V0_2(fb2::FormatPluginPre<HostState>),
+}
+
+/// WIT package versions this host loads, oldest first. A component must import and
+/// export interfaces of exactly one of them.
+pub const WIT_VERSIONS: [&str; 2] = ["0.1.0", "0.2.0"];
 
 /// A loaded, validated plugin, ready to start jobs.
 pub struct Plugin {
@@ -130,6 +145,8 @@ pub struct Plugin {
     pub kind: PluginKind,
     /// Whether compiled code came from the cache.
     pub from_cache: bool,
+    /// The `bagel:plugin` WIT version it was built against (one of [`WIT_VERSIONS`]).
+    pub wit_version: &'static str,
     pub(crate) pre: Pre,
 }
 
@@ -155,8 +172,9 @@ pub struct Runtime {
     pub(crate) limits: Limits,
     pub(crate) refusal: Arc<RefusalFilter>,
     cache_dir: Option<PathBuf>,
-    source_linker: Linker<HostState>,
-    format_linker: Linker<HostState>,
+    /// Linkers per world, indexed like [`WIT_VERSIONS`].
+    source_linkers: [Linker<HostState>; 2],
+    format_linkers: [Linker<HostState>; 2],
     _ticker: Ticker,
 }
 
@@ -171,13 +189,24 @@ impl Runtime {
     pub fn new(limits: Limits, refusal: RefusalMode, cache_dir: Option<PathBuf>) -> Result<Runtime, RuntimeError> {
         let mut config = Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
+        // Fill function tables at instantiation instead of checking on every
+        // `call_indirect` (Rust's `dyn` calls, e.g. all of `core::fmt`): instances are
+        // created once per job and called many times.
+        config.table_lazy_init(false);
+        // `BAGEL_WASM_PERFMAP=1`: write /tmp/perf-PID.map so `perf report` names the
+        // plugins' compiled functions (build plugins with `strip = false` to get names).
+        if std::env::var_os("BAGEL_WASM_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| RuntimeError::Compile { plugin: "<engine>".into(), message: e.to_string() })?;
-        let mut source_linker = Linker::new(&engine);
-        sb::SourcePlugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut source_linker, |s: &mut HostState| s)
-            .map_err(|e| RuntimeError::Compile { plugin: "<linker>".into(), message: e.to_string() })?;
-        let mut format_linker = Linker::new(&engine);
-        fb::FormatPlugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut format_linker, |s: &mut HostState| s)
-            .map_err(|e| RuntimeError::Compile { plugin: "<linker>".into(), message: e.to_string() })?;
+        let link_err = |e: wasmtime::Error| RuntimeError::Compile { plugin: "<linker>".into(), message: e.to_string() };
+        type H = wasmtime::component::HasSelf<HostState>;
+        let mut source_linkers = [Linker::new(&engine), Linker::new(&engine)];
+        sb::SourcePlugin::add_to_linker::<_, H>(&mut source_linkers[0], |s: &mut HostState| s).map_err(link_err)?;
+        sb2::SourcePlugin::add_to_linker::<_, H>(&mut source_linkers[1], |s: &mut HostState| s).map_err(link_err)?;
+        let mut format_linkers = [Linker::new(&engine), Linker::new(&engine)];
+        fb::FormatPlugin::add_to_linker::<_, H>(&mut format_linkers[0], |s: &mut HostState| s).map_err(link_err)?;
+        fb2::FormatPlugin::add_to_linker::<_, H>(&mut format_linkers[1], |s: &mut HostState| s).map_err(link_err)?;
         let stop = Arc::new(AtomicBool::new(false));
         {
             let stop = stop.clone();
@@ -192,7 +221,7 @@ impl Runtime {
                 })
                 .expect("spawn epoch ticker");
         }
-        Ok(Runtime { engine, limits, refusal: Arc::new(RefusalFilter::new(refusal)), cache_dir, source_linker, format_linker, _ticker: Ticker { stop } })
+        Ok(Runtime { engine, limits, refusal: Arc::new(RefusalFilter::new(refusal)), cache_dir, source_linkers, format_linkers, _ticker: Ticker { stop } })
     }
 
     /// The limits every call runs under.
@@ -223,27 +252,48 @@ impl Runtime {
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let (component, from_cache) = self.compile_cached(&file_name, &bytes, &sha256)?;
 
-        // Imports: only bagel:plugin interfaces.
+        // Imports: only bagel:plugin interfaces, all of one supported version.
         let ty = component.component_type();
+        let mut version: Option<&'static str> = None;
         for (name, _) in ty.imports(&self.engine) {
-            if !name.starts_with("bagel:plugin/") || !name.ends_with("@0.1.0") {
-                return Err(RuntimeError::ForbiddenImport { plugin: file_name, import: name.to_string() });
+            let v = name.strip_prefix("bagel:plugin/").and_then(|rest| rest.split_once('@')).and_then(|(_, v)| WIT_VERSIONS.iter().find(|s| **s == v));
+            match (v, version) {
+                (Some(v), None) => version = Some(v),
+                (Some(v), Some(seen)) if *v == seen => {}
+                _ => return Err(RuntimeError::ForbiddenImport { plugin: file_name, import: name.to_string() }),
             }
         }
         let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        let world = |w: &str| {
+            WIT_VERSIONS.iter().position(|v| exports.iter().any(|e| *e == format!("bagel:plugin/{w}@{v}")) && version.is_none_or(|seen| seen == *v))
+        };
         let inst_err = |e: wasmtime::Error| RuntimeError::Instantiate { plugin: file_name.clone(), message: format!("{e:#}") };
-        let (kind, pre) = if exports.iter().any(|e| e == "bagel:plugin/source@0.1.0") {
-            let pre = sb::SourcePluginPre::new(self.source_linker.instantiate_pre(&component).map_err(inst_err)?).map_err(inst_err)?;
+        let (kind, pre, v) = if let Some(v) = world("source") {
+            let ipre = self.source_linkers[v].instantiate_pre(&component).map_err(inst_err)?;
             let mut store = self.store(&file_name, 0);
-            let inst = pre.instantiate(&mut store).map_err(inst_err)?;
-            let info = crate::job::guard(&mut store, &file_name, "info", self.limits, |s| inst.bagel_plugin_source().call_info(s))?;
-            (PluginKind::Source(crate::job::conv_source_info(info)), Pre::Source(pre))
-        } else if exports.iter().any(|e| e == "bagel:plugin/format@0.1.0") {
-            let pre = fb::FormatPluginPre::new(self.format_linker.instantiate_pre(&component).map_err(inst_err)?).map_err(inst_err)?;
+            let (info, pre) = if v == 0 {
+                let pre = sb::SourcePluginPre::new(ipre).map_err(inst_err)?;
+                let inst = pre.instantiate(&mut store).map_err(inst_err)?;
+                (crate::job::guard(&mut store, &file_name, "info", self.limits, |s| inst.bagel_plugin_source().call_info(s))?, SourcePre::V0_1(pre))
+            } else {
+                let pre = sb2::SourcePluginPre::new(ipre).map_err(inst_err)?;
+                let inst = pre.instantiate(&mut store).map_err(inst_err)?;
+                (crate::job::guard(&mut store, &file_name, "info", self.limits, |s| inst.bagel_plugin_source().call_info(s))?, SourcePre::V0_2(pre))
+            };
+            (PluginKind::Source(crate::job::conv_source_info(info)), Pre::Source(pre), v)
+        } else if let Some(v) = world("format") {
+            let ipre = self.format_linkers[v].instantiate_pre(&component).map_err(inst_err)?;
             let mut store = self.store(&file_name, 0);
-            let inst = pre.instantiate(&mut store).map_err(inst_err)?;
-            let info = crate::job::guard(&mut store, &file_name, "info", self.limits, |s| inst.bagel_plugin_format().call_info(s))?;
-            (PluginKind::Format(FormatInfo { name: info.name, version: info.version, description: info.description }), Pre::Format(pre))
+            let (info, pre) = if v == 0 {
+                let pre = fb::FormatPluginPre::new(ipre).map_err(inst_err)?;
+                let inst = pre.instantiate(&mut store).map_err(inst_err)?;
+                (crate::job::guard(&mut store, &file_name, "info", self.limits, |s| inst.bagel_plugin_format().call_info(s))?, FormatPre::V0_1(pre))
+            } else {
+                let pre = fb2::FormatPluginPre::new(ipre).map_err(inst_err)?;
+                let inst = pre.instantiate(&mut store).map_err(inst_err)?;
+                (crate::job::guard(&mut store, &file_name, "info", self.limits, |s| inst.bagel_plugin_format().call_info(s))?, FormatPre::V0_2(pre))
+            };
+            (PluginKind::Format(FormatInfo { name: info.name, version: info.version, description: info.description }), Pre::Format(pre), v)
         } else {
             return Err(RuntimeError::UnknownWorld { plugin: file_name });
         };
@@ -251,7 +301,7 @@ impl Runtime {
             PluginKind::Source(i) => i.name.clone(),
             PluginKind::Format(i) => i.name.clone(),
         };
-        Ok(Plugin { name, file: path.to_path_buf(), sha256, kind, from_cache, pre })
+        Ok(Plugin { name, file: path.to_path_buf(), sha256, kind, from_cache, wit_version: WIT_VERSIONS[v], pre })
     }
 
     fn compile_cached(&self, plugin: &str, bytes: &[u8], sha256: &str) -> Result<(Component, bool), RuntimeError> {

@@ -79,6 +79,27 @@ fn malformed_output_is_rejected() {
 }
 
 #[test]
+fn malformed_packed_format_output_is_rejected() {
+    let rt = runtime(Limits::default());
+    let p = rt.load_file(&common::fixtures_dir().join("malformed_format.wasm")).unwrap();
+    let conv = vec![Turn::new(Role::Human, "q"), Turn::new(Role::Gpt, "a")];
+    let mut job = FormatJob::start(&rt, &p, 0).unwrap();
+    let err = job.render("<s>", "</s>", &[RenderItem { conversation: &conv, add_default_system: false }]).unwrap_err();
+    match &err {
+        RuntimeError::Malformed { plugin, call, row, detail } => {
+            assert_eq!((plugin.as_str(), *call, *row), ("malformed_format", "render", 0));
+            assert!(detail.contains("lengths 2+2 at byte 0 do not fit the 3-byte text"), "{detail}");
+        }
+        other => panic!("expected Malformed, got {other}"),
+    }
+    // The job is poisoned: no further calls into an instance that misbehaved.
+    assert!(matches!(job.render("<s>", "</s>", &[]), Err(RuntimeError::Poisoned { .. })));
+    let mut job = FormatJob::start(&rt, &p, 0).unwrap();
+    let err = job.render_dpo_prompt("<s>", "</s>", &[("p", "c", false)]).unwrap_err();
+    assert!(matches!(&err, RuntimeError::Malformed { detail, .. } if detail.contains("an error names no item")), "{err}");
+}
+
+#[test]
 fn wasi_import_is_refused_at_load() {
     let rt = runtime(Limits::default());
     let err = rt.load_file(&common::fixtures_dir().join("wasi_importer.wasm")).unwrap_err();

@@ -33,37 +33,43 @@ pub fn py_rstrip(s: &str) -> &str {
 /// Equivalent closed form: in every maximal run of whitespace that holds at least three
 /// `\n`, the part from the run's start through its last `\n` becomes `"\n\n"`; whitespace
 /// after that last `\n` is kept. Runs with fewer than three newlines are unchanged.
+///
+/// Only whitespace runs that contain a `\n` can change, so the text between newlines is
+/// copied in slices (found with `str::find`, word-at-a-time) instead of char by char.
 pub fn collapse_newlines(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    let mut chars = s.char_indices().peekable();
-    while let Some((start, c)) = chars.next() {
-        if !is_py_space(c) {
-            out.push(c);
-            continue;
-        }
-        // Maximal whitespace run [start, end).
-        let mut end = start + c.len_utf8();
-        let mut newlines = usize::from(c == '\n');
-        let mut last_nl_end = if c == '\n' { Some(end) } else { None };
-        while let Some(&(i, d)) = chars.peek() {
-            if !is_py_space(d) {
+    // `copied`: bytes of `s` already in `out`; always the end of a maximal whitespace run
+    // or 0, so the char at `copied` (if any) is not whitespace or starts the text.
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(off) = s[from..].find('\n') {
+        let nl = from + off;
+        // Maximal whitespace run around this newline: [start, end).
+        let start = s[copied..nl].char_indices().rev().take_while(|&(_, c)| is_py_space(c)).last().map_or(nl, |(i, _)| copied + i);
+        let mut end = nl;
+        let mut newlines = 0usize;
+        let mut last_nl_end = nl + 1;
+        for c in s[nl..].chars() {
+            if !is_py_space(c) {
                 break;
             }
-            chars.next();
-            end = i + d.len_utf8();
-            if d == '\n' {
+            end += c.len_utf8();
+            if c == '\n' {
                 newlines += 1;
-                last_nl_end = Some(end);
+                last_nl_end = end;
             }
         }
-        match last_nl_end {
-            Some(nl_end) if newlines >= 3 => {
-                out.push_str("\n\n");
-                out.push_str(&s[nl_end..end]);
-            }
-            _ => out.push_str(&s[start..end]),
+        if newlines >= 3 {
+            out.push_str(&s[copied..start]);
+            out.push_str("\n\n");
+            out.push_str(&s[last_nl_end..end]);
+        } else {
+            out.push_str(&s[copied..end]);
         }
+        copied = end;
+        from = end;
     }
+    out.push_str(&s[copied..]);
     out
 }
 
@@ -78,6 +84,59 @@ pub fn uid(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn collapse_equals_char_by_char_definition() {
+        // The closed form above, written char by char: the previous implementation.
+        fn oracle(s: &str) -> String {
+            let mut out = String::new();
+            let mut chars = s.char_indices().peekable();
+            while let Some((start, c)) = chars.next() {
+                if !is_py_space(c) {
+                    out.push(c);
+                    continue;
+                }
+                let (mut end, mut newlines, mut last) = (start + c.len_utf8(), usize::from(c == '\n'), None);
+                if c == '\n' {
+                    last = Some(end);
+                }
+                while let Some(&(i, d)) = chars.peek() {
+                    if !is_py_space(d) {
+                        break;
+                    }
+                    chars.next();
+                    end = i + d.len_utf8();
+                    if d == '\n' {
+                        newlines += 1;
+                        last = Some(end);
+                    }
+                }
+                match last {
+                    Some(l) if newlines >= 3 => {
+                        out.push_str("\n\n");
+                        out.push_str(&s[l..end]);
+                    }
+                    _ => out.push_str(&s[start..end]),
+                }
+            }
+            out
+        }
+        // Every string of length <= 6 over an alphabet with ASCII and Unicode whitespace.
+        let alphabet = ['a', '\n', ' ', '\t', '\u{3000}', '\u{1f}', '語'];
+        let mut count = 0;
+        for len in 0..=6u32 {
+            for mut code in 0..(alphabet.len() as u64).pow(len) {
+                let mut s = String::new();
+                for _ in 0..len {
+                    s.push(alphabet[(code % alphabet.len() as u64) as usize]);
+                    code /= alphabet.len() as u64;
+                }
+                assert_eq!(collapse_newlines(&s), oracle(&s), "{s:?}");
+                count += 1;
+            }
+        }
+        assert_eq!(count, 137_257);
+    }
 
     #[test]
     fn collapse_matches_python_examples() {

@@ -19,19 +19,23 @@ impl Format for Alpaca {
     fn render(_opts: &RenderOptions, conv: &[Turn], _add_default_system: bool) -> Result<Rendered, PluginError> {
         check_shape(conv)?;
         let has_system = conv[0].from == Role::System;
-        let mut parts: Vec<String> = vec![PREAMBLE.to_string()];
+        // Blocks joined by a blank line, written straight into one string.
+        let mut input = String::with_capacity(PREAMBLE.len() + conv.iter().map(|t| t.value.len() + 24).sum::<usize>());
+        input.push_str(PREAMBLE);
         for (idx, turn) in conv[..conv.len() - 1].iter().enumerate() {
-            let v = py_strip(&turn.value);
-            parts.push(match turn.from {
-                Role::System => format!("### Instruction: \n{v}"),
-                Role::Human if has_system && idx == 1 => v.to_string(),
-                Role::Human => format!("### Instruction: \n{v}"),
-                Role::Gpt => format!("### Response:\n{v}"),
+            input.push_str("\n\n");
+            input.push_str(match turn.from {
+                Role::Human if has_system && idx == 1 => "",
+                Role::System | Role::Human => "### Instruction: \n",
+                Role::Gpt => "### Response:\n",
             });
+            input.push_str(py_strip(&turn.value));
         }
-        parts.push("### Response:".into());
+        input.push_str("\n\n### Response:");
+        // lstrip(collapse(x)) == collapse(lstrip(x)): collapsing maps whitespace runs to
+        // whitespace, so the leading run is removed either way.
         let last = &conv[conv.len() - 1].value;
-        Ok(Rendered { input: parts.join("\n\n"), output: py_lstrip(&collapse_newlines(last)).to_string() })
+        Ok(Rendered { input, output: collapse_newlines(py_lstrip(last)) })
     }
 }
 

@@ -20,21 +20,30 @@ impl Format for ChatMl {
     fn render(opts: &RenderOptions, conv: &[Turn], add_default_system: bool) -> Result<Rendered, PluginError> {
         check_shape(conv)?;
         let (bos, eos) = (&opts.bos, &opts.eos);
-        let mut blocks: Vec<String> = Vec::with_capacity(conv.len() + 1);
+        // Blocks joined by "\n", written straight into one string.
+        let mut input = String::with_capacity(DEFAULT_SYSTEM.len() + conv.iter().map(|t| t.value.len() + 2 * (bos.len() + eos.len()) + 12).sum::<usize>());
         if conv[0].from != Role::System && add_default_system {
-            blocks.push(format!("{bos}system\n{DEFAULT_SYSTEM}{eos}"));
+            for p in [bos.as_str(), "system\n", DEFAULT_SYSTEM, eos, "\n"] {
+                input.push_str(p);
+            }
         }
         for turn in &conv[..conv.len() - 1] {
             let role = match turn.from {
-                Role::System => "system",
-                Role::Human => "user",
-                Role::Gpt => "assistant",
+                Role::System => "system\n",
+                Role::Human => "user\n",
+                Role::Gpt => "assistant\n",
             };
-            blocks.push(format!("{bos}{role}\n{}{eos}", py_lstrip(&turn.value)));
+            for p in [bos.as_str(), role, py_lstrip(&turn.value), eos, "\n"] {
+                input.push_str(p);
+            }
         }
-        blocks.push(format!("{bos}assistant\n"));
-        let last = format!("{}<|im_end|>", conv[conv.len() - 1].value);
-        Ok(Rendered { input: blocks.join("\n"), output: py_lstrip(&collapse_newlines(&last)).to_string() })
+        input.push_str(bos);
+        input.push_str("assistant\n");
+        // The reference appends "<|im_end|>" and then collapses newlines and lstrips; the
+        // suffix starts with a non-space, so this equals collapse(lstrip(last)) + suffix.
+        let mut output = collapse_newlines(py_lstrip(&conv[conv.len() - 1].value));
+        output.push_str("<|im_end|>");
+        Ok(Rendered { input, output })
     }
 }
 

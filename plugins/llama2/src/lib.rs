@@ -26,10 +26,14 @@ impl Format for Llama2 {
         } else {
             None
         };
-        let mut s = String::new();
+        let mut s = String::with_capacity(DEFAULT_SYSTEM.len() + conv.iter().map(|t| t.value.len() + opts.bos.len() + opts.eos.len() + 20).sum::<usize>());
         match system {
             // Python truthiness: an empty system string counts as no system prompt.
-            Some(sys) if !sys.is_empty() => s.push_str(&format!("[INST] <<SYS>>\n{sys}\n<</SYS>>\n\n")),
+            Some(sys) if !sys.is_empty() => {
+                for p in ["[INST] <<SYS>>\n", sys, "\n<</SYS>>\n\n"] {
+                    s.push_str(p);
+                }
+            }
             _ => s.push_str("[INST] "),
         }
         let n = conv.len();
@@ -40,12 +44,15 @@ impl Format for Llama2 {
             let user = if do_strip { py_strip(user) } else { user.as_str() };
             do_strip = true;
             let resp = py_strip(&conv[idx + 1].value);
-            s.push_str(&format!("{user} [/INST] {resp} {}{}[INST] ", opts.eos, opts.bos));
+            for p in [user, " [/INST] ", resp, " ", &opts.eos, &opts.bos, "[INST] "] {
+                s.push_str(p);
+            }
             idx += 2;
         }
         let message = &conv[n - 2].value;
         let message = if do_strip { py_strip(message) } else { message.as_str() };
-        s.push_str(&format!("{message} [/INST]"));
+        s.push_str(message);
+        s.push_str(" [/INST]");
         Ok(Rendered { input: s, output: collapse_newlines(&conv[n - 1].value) })
     }
 }

@@ -19,21 +19,25 @@ impl Format for Vicuna {
 
     fn render(_opts: &RenderOptions, conv: &[Turn], add_default_system: bool) -> Result<Rendered, PluginError> {
         check_shape(conv)?;
-        let mut lines: Vec<String> = Vec::with_capacity(conv.len() + 1);
+        // Lines joined by "\n", written straight into one string.
+        let mut input = String::with_capacity(DEFAULT_SYSTEM.len() + conv.iter().map(|t| t.value.len() + 12).sum::<usize>());
         if conv[0].from != Role::System && add_default_system {
-            lines.push(DEFAULT_SYSTEM.to_string());
+            input.push_str(DEFAULT_SYSTEM);
+            input.push('\n');
         }
         for turn in &conv[..conv.len() - 1] {
-            let v = py_strip(&turn.value);
-            lines.push(match turn.from {
-                Role::System => v.to_string(),
-                Role::Human => format!("USER: {v}"),
-                Role::Gpt => format!("ASSISTANT: {v}"),
+            input.push_str(match turn.from {
+                Role::System => "",
+                Role::Human => "USER: ",
+                Role::Gpt => "ASSISTANT: ",
             });
+            input.push_str(py_strip(&turn.value));
+            input.push('\n');
         }
-        lines.push("ASSISTANT: ".into());
+        input.push_str("ASSISTANT: ");
+        // lstrip(collapse(x)) == collapse(lstrip(x)) (see the alpaca plugin).
         let last = &conv[conv.len() - 1].value;
-        Ok(Rendered { input: lines.join("\n"), output: py_lstrip(&collapse_newlines(last)).to_string() })
+        Ok(Rendered { input, output: collapse_newlines(py_lstrip(last)) })
     }
 }
 

@@ -13,7 +13,8 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum Action {
-    /// Print world, name, version, priority, inputs and sha256 of every plugin.
+    /// Print world, name, version, WIT contract version, priority, inputs and sha256 of
+    /// every plugin.
     List {
         /// Directory of plugin components (*.wasm).
         #[arg(long, default_value = "target/plugins")]
@@ -35,7 +36,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let rt = Runtime::new(Limits::default(), RefusalMode::Intended, bagel_runtime::cache::default_dir())?;
     let mut bad = 0;
     if list {
-        println!("{:<7} {:<14} {:<8} {:>3}  {:<40} sha256", "world", "name", "version", "P", "inputs");
+        println!("{:<7} {:<14} {:<8} {:<5} {:>3}  {:<40} sha256", "world", "name", "version", "wit", "P", "inputs");
     }
     for (file, res) in Runtime::discover(&dir)?.into_iter().zip(rt.load_dir(&dir)?) {
         match res {
@@ -50,7 +51,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     PluginKind::Format(i) => ("format", i.version.clone(), "-".into(), "-".into()),
                 };
                 if list {
-                    println!("{world:<7} {:<14} {version:<8} {prio:>3}  {inputs:<40} {}", p.name, p.sha256);
+                    println!("{world:<7} {:<14} {version:<8} {:<5} {prio:>3}  {inputs:<40} {}", p.name, p.wit_version, p.sha256);
                 } else {
                     println!("ok   {} ({world}) {}", p.name, file.display());
                 }
