@@ -4,6 +4,7 @@
 use crate::error::{io, BuildError, Result};
 use arrow_array::{ArrayRef, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
+use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnChunk};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -56,7 +57,8 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Write a parquet file of non-null UTF-8 columns, atomically. `columns[i].1` are the
 /// values of column `columns[i].0`; all columns have the same length. Snappy-compressed,
-/// row groups of [`ROW_GROUP`] rows; byte-identical for identical input.
+/// row groups of [`ROW_GROUP`] rows encoded on all cores; byte-identical for identical
+/// input whatever the number of cores.
 pub fn write_string_parquet(dest: &Path, columns: &[(&str, Vec<&str>)]) -> Result<()> {
     let perr = |e: &dyn std::fmt::Display| BuildError::Parquet { path: dest.to_path_buf(), message: e.to_string() };
     let schema = Arc::new(Schema::new(columns.iter().map(|(n, _)| Field::new(*n, DataType::Utf8, false)).collect::<Vec<_>>()));
@@ -75,19 +77,47 @@ pub fn write_string_parquet(dest: &Path, columns: &[(&str, Vec<&str>)]) -> Resul
         props = props.set_column_dictionary_enabled(col.clone(), true).set_column_statistics_enabled(col, parquet::file::properties::EnabledStatistics::Page);
     }
     let props = props.build();
-    let mut w = ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(|e| perr(&e))?;
-    let mut start = 0;
-    while start < n || (n == 0 && start == 0) {
-        let end = (start + ROW_GROUP).min(n);
-        let arrays: Vec<ArrayRef> = columns.iter().map(|(_, v)| Arc::new(StringArray::from(v[start..end].to_vec())) as ArrayRef).collect();
-        let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| perr(&e))?;
-        w.write(&batch).map_err(|e| perr(&e))?;
-        if n == 0 {
-            break;
+    // Row groups are encoded and compressed in parallel (one task per row group, as many
+    // workers as cores) and appended in order, so the bytes do not depend on the number
+    // of threads.
+    let w = ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(|e| perr(&e))?;
+    let (mut file_writer, factory) = w.into_serialized_writer().map_err(|e| perr(&e))?;
+    let groups: Vec<(usize, usize)> = if n == 0 { vec![(0, 0)] } else { (0..n).step_by(ROW_GROUP).map(|s| (s, (s + ROW_GROUP).min(n))).collect() };
+    let encode = |g: usize| -> std::result::Result<Vec<ArrowColumnChunk>, parquet::errors::ParquetError> {
+        let (start, end) = groups[g];
+        let mut chunks = Vec::new();
+        for (mut writer, ((_, values), field)) in factory.create_column_writers(g)?.into_iter().zip(columns.iter().zip(schema.fields())) {
+            let array: ArrayRef = Arc::new(StringArray::from(values[start..end].to_vec()));
+            for leaf in compute_leaves(field, &array)? {
+                writer.write(&leaf)?;
+            }
+            chunks.push(writer.close()?);
         }
-        start = end;
+        Ok(chunks)
+    };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<_>>> = groups.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let workers = std::thread::available_parallelism().map_or(1, |p| p.get()).min(groups.len());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let g = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if g >= groups.len() {
+                    break;
+                }
+                *slots[g].lock().expect("slot") = Some(encode(g));
+            });
+        }
+    });
+    for slot in slots {
+        let chunks = slot.into_inner().expect("slot").expect("every row group encoded").map_err(|e| perr(&e))?;
+        let mut rg = file_writer.next_row_group().map_err(|e| perr(&e))?;
+        for chunk in chunks {
+            chunk.append_to_row_group(&mut rg).map_err(|e| perr(&e))?;
+        }
+        rg.close().map_err(|e| perr(&e))?;
     }
-    w.close().map_err(|e| perr(&e))?;
+    file_writer.close().map_err(|e| perr(&e))?;
     file.commit()
 }
 
