@@ -5,7 +5,6 @@
 //! (`.tsv`), parquet (`.parquet`); the first four optionally gzip-compressed (`.gz`).
 use crate::error::{io, BuildError, Result};
 use bagel_runtime::InputFormat;
-use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -153,44 +152,111 @@ fn read_jsonl<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, mut r: B
     }
 }
 
-fn read_json_array<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, r: Box<dyn BufRead>, b: &mut Batcher<'_, F>) -> Result<()> {
-    struct Elements<'x, 'a, F: FnMut(u64, Vec<RowResult>) -> Result<()>> {
-        b: &'x mut Batcher<'a, F>,
-        err: &'x mut Option<BuildError>,
+/// Split a top-level JSON array into its elements without parsing them as a whole: a
+/// byte scanner tracks strings, escapes and nesting depth over the buffered reader (so
+/// memory holds one element at a time), and each element is then checked on its own
+/// with serde_json's slice parser. A broken element is an `Err` row; a broken array
+/// (no `[`, truncated, text after `]`) is a [`BuildError::BadFile`] with line and column.
+fn read_json_array<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, mut r: Box<dyn BufRead>, b: &mut Batcher<'_, F>) -> Result<()> {
+    #[derive(PartialEq)]
+    enum State {
+        Start,
+        BeforeElement,
+        Element,
+        AfterElement,
+        Done,
     }
-    impl<'de, F: FnMut(u64, Vec<RowResult>) -> Result<()>> Visitor<'de> for Elements<'_, '_, F> {
-        type Value = ();
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a JSON array of objects")
+    let (mut line, mut col) = (1u64, 0u64);
+    let bad = |line: u64, col: u64, what: &str| BadFileAt::new(path, &format!("line {line} column {col}"), what);
+    let mut state = State::Start;
+    let mut elem: Vec<u8> = Vec::new();
+    let (mut depth, mut in_string, mut escape) = (0usize, false, false);
+    let finish = |elem: &mut Vec<u8>, b: &mut Batcher<'_, F>| -> Result<()> {
+        let n = b.count + 1;
+        let bytes = std::mem::take(elem);
+        let row = match String::from_utf8(bytes) {
+            Err(_) => Err(format!("element {n}: not valid UTF-8")),
+            Ok(t) => match serde_json::from_str::<&RawValue>(&t) {
+                Ok(_) if t.starts_with('{') => Ok(t),
+                Ok(_) => Err(format!("element {n} is not a JSON object")),
+                Err(e) => Err(format!("element {n}: invalid JSON: {e}")),
+            },
+        };
+        b.push(row)
+    };
+    loop {
+        let buf = r.fill_buf().map_err(|e| bad(line, col, &format!("read failed: {e}")))?;
+        if buf.is_empty() {
+            break;
         }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
-            while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
-                let t = raw.get();
-                let row = if t.starts_with('{') { Ok(t.to_string()) } else { Err(format!("element {} is not a JSON object", self.b.count + 1)) };
-                if let Err(e) = self.b.push(row) {
-                    *self.err = Some(e);
-                    return Err(de::Error::custom("aborted by consumer"));
-                }
+        let len = buf.len();
+        let mut start = None; // start of this chunk's part of the current element
+        let mut i = 0;
+        while i < len {
+            let c = buf[i];
+            if c == b'\n' {
+                line += 1;
+                col = 0;
+            } else {
+                col += 1;
             }
-            Ok(())
+            match state {
+                State::Element => {
+                    if in_string {
+                        if escape {
+                            escape = false;
+                        } else if c == b'\\' {
+                            escape = true;
+                        } else if c == b'"' {
+                            in_string = false;
+                        }
+                    } else {
+                        match c {
+                            b'"' => in_string = true,
+                            b'{' | b'[' => depth += 1,
+                            b'}' | b']' if depth > 0 => depth -= 1,
+                            b',' | b']' if depth == 0 => {
+                                elem.extend_from_slice(&buf[start.unwrap_or(0)..i]);
+                                start = None;
+                                while elem.last().is_some_and(|b| b.is_ascii_whitespace()) {
+                                    elem.pop();
+                                }
+                                finish(&mut elem, b)?;
+                                state = if c == b',' { State::BeforeElement } else { State::Done };
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ if c.is_ascii_whitespace() => {}
+                State::Start if c == b'[' => state = State::BeforeElement,
+                State::Start if i == 0 && buf.starts_with(b"\xef\xbb\xbf") => i += 2, // UTF-8 BOM
+                State::Start => return Err(bad(line, col, "not a JSON array (expected `[`)")),
+                State::BeforeElement | State::AfterElement if c == b']' && (state == State::AfterElement || b.count == 0) => state = State::Done,
+                State::BeforeElement if c != b',' && c != b']' => {
+                    state = State::Element;
+                    start = Some(i);
+                    (depth, in_string, escape) = (0, false, false);
+                    match c {
+                        b'"' => in_string = true,
+                        b'{' | b'[' => depth = 1,
+                        _ => {}
+                    }
+                }
+                State::BeforeElement | State::AfterElement => return Err(bad(line, col, "invalid JSON array: empty element")),
+                State::Done => return Err(bad(line, col, "invalid JSON array: text after the closing `]`")),
+            }
+            i += 1;
         }
-    }
-    impl<'de, F: FnMut(u64, Vec<RowResult>) -> Result<()>> DeserializeSeed<'de> for Elements<'_, '_, F> {
-        type Value = ();
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
-            d.deserialize_seq(self)
+        if state == State::Element {
+            elem.extend_from_slice(&buf[start.unwrap_or(0)..len]);
         }
+        r.consume(len);
     }
-    let mut err = None;
-    let mut de = serde_json::Deserializer::from_reader(r);
-    let res = Elements { b, err: &mut err }.deserialize(&mut de).and_then(|_| de.end());
-    if let Some(e) = err {
-        return Err(e);
+    if state != State::Done {
+        return Err(bad(line, col, "truncated JSON array (end of file before the closing `]`)"));
     }
-    res.map_err(|e| {
-        let what = if e.is_eof() { "truncated JSON array" } else { "invalid JSON array" };
-        BadFileAt::new(path, &format!("line {} column {}", e.line(), e.column()), &format!("{what}: {e}"))
-    })
+    Ok(())
 }
 
 fn read_csv<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, r: Box<dyn BufRead>, delim: u8, b: &mut Batcher<'_, F>) -> Result<()> {
@@ -277,7 +343,23 @@ mod tests {
         std::fs::write(&p, "[{\"a\":1},\n {\"a\":2}, {\"a\"").unwrap();
         let err = collect(&p).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("x.json") && msg.contains("truncated JSON array") && msg.contains("line 2 column"), "{msg}");
+        assert!(msg.contains("x.json") && msg.contains("truncated JSON array") && msg.contains("line 2 column 14"), "{msg}");
+        // Strings hide brackets and commas; escapes hide quotes; a broken element is a
+        // bad row, not a broken file; a BOM, nesting and an empty array are fine.
+        std::fs::write(&p, "\u{feff}[ {\"a\":\"],[{\\\"\",\"b\":[1,{\"c\":2}]} ,{oops}, 7,{\"z\":\"\u{e9}\"}\n]\n").unwrap();
+        let rows = collect(&p).unwrap();
+        assert_eq!(rows[0].as_deref(), Ok("{\"a\":\"],[{\\\"\",\"b\":[1,{\"c\":2}]}"));
+        assert!(rows[1].as_ref().unwrap_err().starts_with("element 2: invalid JSON"), "{:?}", rows[1]);
+        assert_eq!(rows[2].as_ref().unwrap_err(), "element 3 is not a JSON object");
+        assert_eq!(rows[3].as_deref(), Ok("{\"z\":\"\u{e9}\"}"));
+        assert_eq!(rows.len(), 4);
+        std::fs::write(&p, " [ ] ").unwrap();
+        assert!(collect(&p).unwrap().is_empty());
+        for (text, what) in [("{\"a\":1}", "expected `[`"), ("[{\"a\":1},]", "empty element"), ("[{\"a\":1}] x", "after the closing")] {
+            std::fs::write(&p, text).unwrap();
+            let msg = collect(&p).unwrap_err().to_string();
+            assert!(msg.contains(what) && msg.contains("line 1 column"), "{text}: {msg}");
+        }
     }
 
     #[test]
