@@ -23,6 +23,8 @@ enum Command {
     Model(cmd::model::Args),
     /// Greedy text generation with a model.
     Generate(cmd::generate::Args),
+    /// Benchmarks (the SFT training step).
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +46,7 @@ fn main() -> std::process::ExitCode {
         Command::Train(a) => cmd::train::run(a),
         Command::Model(a) => cmd::model::run(a),
         Command::Generate(a) => cmd::generate::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
     };
     match res {
         Ok(code) => code,

@@ -19,6 +19,7 @@
 //! Backend: burn's ndarray CPU backend under autodiff (feature `cuda` adds burn-cuda).
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod config;
 pub mod data;
 pub mod dpo;
@@ -66,6 +67,10 @@ pub enum BackendKind {
 /// Run SFT on the chosen backend. Errors: [`TrainError::Args`] when `Cuda` is asked for
 /// and the binary was built without the `cuda` feature.
 pub fn train_sft_on(kind: BackendKind, args: &sft::SftArgs) -> error::Result<sft::SftSummary> {
+    #[cfg(feature = "cuda")]
+    if kind == BackendKind::Cuda {
+        configure_gpu_caches();
+    }
     match kind {
         BackendKind::Cpu if args.gradient_checkpointing => sft::train_sft::<CpuBackendCheckpointed>(args, &Default::default()),
         BackendKind::Cpu => sft::train_sft::<CpuBackend>(args, &Default::default()),
@@ -76,4 +81,53 @@ pub fn train_sft_on(kind: BackendKind, args: &sft::SftArgs) -> error::Result<sft
         #[cfg(not(feature = "cuda"))]
         BackendKind::Cuda => Err(TrainError::Args("this bagel was built without the `cuda` feature".into())),
     }
+}
+
+/// Run the SFT step benchmark ([`bench::bench_sft_step`]) on the chosen backend.
+/// Errors: as [`train_sft_on`].
+pub fn bench_sft_step_on(kind: BackendKind, args: &bench::StepBenchArgs) -> error::Result<bench::StepBenchReport> {
+    #[cfg(feature = "cuda")]
+    if kind == BackendKind::Cuda {
+        configure_gpu_caches();
+    }
+    match kind {
+        BackendKind::Cpu => bench::bench_sft_step::<CpuBackend>(args, &Default::default()),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => bench::bench_sft_step::<CudaBackend>(args, &burn::backend::cuda::CudaDevice::new(0)),
+        #[cfg(not(feature = "cuda"))]
+        BackendKind::Cuda => Err(TrainError::Args("this bagel was built without the `cuda` feature".into())),
+    }
+}
+
+/// Where compiled GPU kernels and autotune results are kept between runs, so that only
+/// the first run on a machine pays for kernel compilation and autotuning (minutes for a
+/// new model shape; bench/RESULTS.md): `$BAGEL_CACHE_DIR/cubecl`, else
+/// `~/.cache/bagel/cubecl`. `None` when neither variable is set.
+pub fn gpu_cache_dir() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("BAGEL_CACHE_DIR").map(std::path::PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/bagel")))?;
+    Some(base.join("cubecl"))
+}
+
+/// Point CubeCL's PTX cache and autotune cache at [`gpu_cache_dir`] (CubeCL keeps no PTX
+/// and puts autotune results under the nearest Cargo `target/` by default), unless the
+/// user has a `cubecl.toml`/`burn.toml` in the working directory, which then wins. Call
+/// before the first CUDA tensor is made; later calls do nothing. Returns the directory
+/// used, if any.
+#[cfg(feature = "cuda")]
+pub fn configure_gpu_caches() -> Option<std::path::PathBuf> {
+    use burn::cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
+    static DONE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        if ["cubecl.toml", "CubeCL.toml", "burn.toml", "Burn.toml"].iter().any(|f| std::path::Path::new(f).exists()) {
+            return None;
+        }
+        let dir = gpu_cache_dir()?;
+        std::fs::create_dir_all(&dir).ok()?;
+        let mut config = CubeClRuntimeConfig::default().override_from_env();
+        config.compilation.cache = Some(CacheConfig::File(dir.clone()));
+        config.autotune.cache = CacheConfig::File(dir.clone());
+        CubeClRuntimeConfig::set(config);
+        Some(dir)
+    })
+    .clone()
 }

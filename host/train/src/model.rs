@@ -7,7 +7,7 @@ use crate::config::LlamaConfig;
 use burn::module::{Module, Param};
 use burn::tensor::activation::{log_softmax, silu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Distribution, FloatDType, Int, Tensor, TensorData};
 
 /// One decoder layer.
 #[derive(Module, Debug)]
@@ -51,6 +51,9 @@ pub struct Llama<B: Backend> {
     pub eps: f64,
     /// RoPE θ.
     pub rope_theta: f64,
+    /// bf16 mixed precision ([`Llama::with_bf16`]): parameters, their gradients and the
+    /// optimizer state stay f32; matmuls and activations run in bf16.
+    pub bf16: bool,
 }
 
 /// Source of initial tensors by HF name (weights file, or random init).
@@ -107,7 +110,7 @@ impl<B: Backend> Llama<B> {
         } else {
             Some(Param::from_tensor(src.matrix("lm_head.weight", [v, h])?))
         };
-        Ok(Llama { embed, layers, norm: Param::from_tensor(src.vector("model.norm.weight", h)?), lm_head, n_heads: nh, n_kv_heads: nkv, eps: c.rms_norm_eps, rope_theta: c.rope_theta })
+        Ok(Llama { embed, layers, norm: Param::from_tensor(src.vector("model.norm.weight", h)?), lm_head, n_heads: nh, n_kv_heads: nkv, eps: c.rms_norm_eps, rope_theta: c.rope_theta, bf16: false })
     }
 
     /// Every tensor under its HF name, in a stable order (for saving).
@@ -132,7 +135,18 @@ impl<B: Backend> Llama<B> {
         out
     }
 
-    /// Logits [B, S, V] for token ids [B, S] (positions 0..S, causal attention).
+    /// Switch bf16 mixed precision on or off. On: the f32 parameters are cast to bf16 where
+    /// they are used (the cast's backward casts gradients back to f32), matmuls, RoPE,
+    /// SwiGLU and the residual branches run in bf16, while RMSNorm statistics, the
+    /// residual stream, the attention softmax and the logits stay f32, as PyTorch autocast
+    /// does (its f32 list has softmax and the norms). Micikevicius et al. 2018, "Mixed
+    /// Precision Training"; bf16 needs no loss scaling (Kalamkar et al. 2019). Off: all f32.
+    pub fn with_bf16(mut self, on: bool) -> Self {
+        self.bf16 = on;
+        self
+    }
+
+    /// Logits [B, S, V] (f32) for token ids [B, S] (positions 0..S, causal attention).
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let [b, s] = tokens.dims();
         let device = tokens.device();
@@ -140,30 +154,49 @@ impl<B: Backend> Llama<B> {
         let mut x = self.embed.val().select(0, tokens.reshape([b * s])).reshape([b, s, h]);
         let hd = h / self.n_heads;
         let (cos, sin) = rope_tables::<B>(s, hd, self.rope_theta, &device);
+        let (cos, sin) = (self.lo(cos), self.lo(sin));
         let mask = causal_mask::<B>(s, &device);
         for blk in &self.layers {
-            let a = rms_norm(x.clone(), blk.attn_norm.val(), self.eps);
-            let q = linear(a.clone(), blk.q.val()).reshape([b, s, self.n_heads, hd]).swap_dims(1, 2);
-            let k = linear(a.clone(), blk.k.val()).reshape([b, s, self.n_kv_heads, hd]).swap_dims(1, 2);
-            let v = linear(a, blk.v.val()).reshape([b, s, self.n_kv_heads, hd]).swap_dims(1, 2);
+            let a = self.lo(rms_norm(x.clone(), blk.attn_norm.val(), self.eps));
+            let q = linear(a.clone(), self.lo(blk.q.val())).reshape([b, s, self.n_heads, hd]).swap_dims(1, 2);
+            let k = linear(a.clone(), self.lo(blk.k.val())).reshape([b, s, self.n_kv_heads, hd]).swap_dims(1, 2);
+            let v = linear(a, self.lo(blk.v.val())).reshape([b, s, self.n_kv_heads, hd]).swap_dims(1, 2);
             let q = apply_rope(q, cos.clone(), sin.clone());
             let k = apply_rope(k, cos.clone(), sin.clone());
             let g = self.n_heads / self.n_kv_heads;
             let k = repeat_kv(k, g);
             let v = repeat_kv(v, g);
-            let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((hd as f64).sqrt()) + mask.clone();
-            let attn = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, s, self.n_heads * hd]);
-            x = x + linear(attn, blk.o.val());
-            let m = rms_norm(x.clone(), blk.mlp_norm.val(), self.eps);
-            let ff = silu(linear(m.clone(), blk.gate.val())) * linear(m, blk.up.val());
-            x = x + linear(ff, blk.down.val());
+            let scores = self.hi(q.matmul(k.swap_dims(2, 3))).div_scalar((hd as f64).sqrt()) + mask.clone();
+            let attn = self.lo(softmax(scores, 3)).matmul(v).swap_dims(1, 2).reshape([b, s, self.n_heads * hd]);
+            x = x + self.hi(linear(attn, self.lo(blk.o.val())));
+            let m = self.lo(rms_norm(x.clone(), blk.mlp_norm.val(), self.eps));
+            let ff = silu(linear(m.clone(), self.lo(blk.gate.val()))) * linear(m, self.lo(blk.up.val()));
+            x = x + self.hi(linear(ff, self.lo(blk.down.val())));
         }
-        let x = rms_norm(x, self.norm.val(), self.eps);
+        let x = self.lo(rms_norm(x, self.norm.val(), self.eps));
         let head = match &self.lm_head {
             Some(w) => w.val(),
             None => self.embed.val(),
         };
-        linear(x, head)
+        self.hi(linear(x, self.lo(head)))
+    }
+
+    /// To the compute dtype: bf16 under mixed precision, else unchanged.
+    fn lo<const D: usize>(&self, t: Tensor<B, D>) -> Tensor<B, D> {
+        if self.bf16 {
+            t.cast(FloatDType::BF16)
+        } else {
+            t
+        }
+    }
+
+    /// Back to f32 under mixed precision, else unchanged.
+    fn hi<const D: usize>(&self, t: Tensor<B, D>) -> Tensor<B, D> {
+        if self.bf16 {
+            t.cast(FloatDType::F32)
+        } else {
+            t
+        }
     }
 
     /// Mean token cross-entropy over positions where `mask` is 1: `tokens` [B, S] are the

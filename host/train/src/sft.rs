@@ -94,6 +94,10 @@ pub struct SftArgs {
     /// their outputs. Unlike HF's per-layer checkpointing, matmul outputs are still kept.
     /// Same numbers either way; the choice is made by [`crate::train_sft_on`].
     pub gradient_checkpointing: bool,
+    /// bf16 mixed precision (HF `--bf16`): f32 master weights and AdamW state, bf16
+    /// matmuls and activations ([`Llama::with_bf16`]). Meant for CUDA; on the CPU backend
+    /// bf16 is emulated and slow.
+    pub bf16: bool,
 }
 
 /// HF's `LengthGroupedSampler` mega-batch factor.
@@ -268,9 +272,13 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
     if args.per_device_train_batch_size == 0 || args.gradient_accumulation_steps == 0 {
         return Err(TrainError::Args("batch size and gradient accumulation must be ≥ 1".into()));
     }
+    if args.bf16 && !B::supports_dtype(device, burn::tensor::DType::BF16) {
+        return Err(TrainError::Args("--bf16: this backend has no bf16 tensors (use --backend cuda)".into()));
+    }
     B::seed(device, args.seed);
     let tok = Tok::load(&args.model_name_or_path)?;
-    let (config, mut model): (LlamaConfig, Llama<B>) = load_model(&args.model_name_or_path, device)?;
+    let (config, model): (LlamaConfig, Llama<B>) = load_model(&args.model_name_or_path, device)?;
+    let mut model = model.with_bf16(args.bf16);
     let opts = DataOptions { model_max_len: args.model_max_len, skip_excess_length: args.skip_excess_length, train_on_source: args.train_on_source, include_sources: args.include_sources.clone() };
     let (examples, data_report) = load_sft(&args.dataset, &tok, &opts)?;
     let (mut train, mut eval) = if args.eval_dataset_size > 0.0 { stratified_split(examples, args.eval_dataset_size, args.data_seed) } else { (examples, Vec::new()) };

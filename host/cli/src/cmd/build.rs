@@ -215,7 +215,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
         (Some(dir), true) => match a.decontam_backend {
             EmbedBackend::Cpu => Some(Box::new(load_embedder::<bagel_train::CpuInference>(dir, &Default::default(), a.decontam_batch)?)),
             #[cfg(feature = "cuda")]
-            EmbedBackend::Cuda => Some(Box::new(load_embedder::<bagel_train::CudaInference>(dir, &Default::default(), a.decontam_batch)?)),
+            EmbedBackend::Cuda => {
+                bagel_train::configure_gpu_caches();
+                Some(Box::new(load_embedder::<bagel_train::CudaInference>(dir, &Default::default(), a.decontam_batch)?))
+            }
             #[cfg(not(feature = "cuda"))]
             EmbedBackend::Cuda => anyhow::bail!("this bagel was built without the `cuda` feature"),
         },

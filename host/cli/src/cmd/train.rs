@@ -300,7 +300,7 @@ struct SftFlags {
     data_seed: u64,
     /// Compute backend: cpu (burn-ndarray) or cuda (needs a build with `--features cuda`).
     #[arg(long, value_enum, default_value = "cpu")]
-    backend: Backend,
+    backend: BackendArg,
     /// Put examples of similar length in the same batch (HF group_by_length: mega-batches of
     /// 50 × batch size sorted by length).
     #[arg(long)]
@@ -309,12 +309,29 @@ struct SftFlags {
     /// BalancedCheckpointing; less memory, more compute).
     #[arg(long)]
     gradient_checkpointing: bool,
+    /// bf16 mixed precision: f32 master weights and AdamW state, bf16 matmuls and
+    /// activations (for --backend cuda).
+    #[arg(long)]
+    bf16: bool,
 }
 
+/// `--backend`: where training runs.
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum Backend {
+pub enum BackendArg {
+    /// burn-ndarray on the CPU.
     Cpu,
+    /// burn-cuda on GPU 0 (a build with `--features cuda`).
     Cuda,
+}
+
+impl BackendArg {
+    /// The library's backend choice.
+    pub fn kind(self) -> bagel_train::BackendKind {
+        match self {
+            BackendArg::Cpu => bagel_train::BackendKind::Cpu,
+            BackendArg::Cuda => bagel_train::BackendKind::Cuda,
+        }
+    }
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -353,11 +370,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         data_seed: f.data_seed,
         group_by_length: f.group_by_length,
         gradient_checkpointing: f.gradient_checkpointing,
+        bf16: f.bf16,
     };
-    let kind = match f.backend {
-        Backend::Cpu => bagel_train::BackendKind::Cpu,
-        Backend::Cuda => bagel_train::BackendKind::Cuda,
-    };
+    let kind = f.backend.kind();
     let s = bagel_train::train_sft_on(kind, &args)?;
     println!(
         "sft: {} steps on {} examples ({} eval); train loss (mean of first / last quarter of steps) {:.4} -> {:.4}{}; dropped: {} too long, {} filtered by source, {} without targets",

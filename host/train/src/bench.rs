@@ -1,0 +1,127 @@
+//! SFT step benchmark (issue: CUDA trainer throughput): the training step of
+//! [`crate::sft`] (forward, masked cross-entropy, backward, global-norm clip, AdamW) on a
+//! randomly initialised model of a given `config.json` and one fixed random batch, so
+//! it needs no weights, tokenizer or data. The PyTorch reference doing the same work is
+//! `bench/torch_sft_step.py`; `bench/gpu.sh` runs both and prints one table.
+//!
+//! MFU (model FLOPs utilisation, Chowdhery et al. 2022, "PaLM", appendix B) is
+//! `6 · N · tokens/s / peak`, N = parameter count, with the peak a caller-given
+//! number (790 TFLOP/s: the measured bf16 dense peak of one H200 on this project's
+//! device; see bench/RESULTS.md). It ignores attention FLOPs, as PaLM's simple form does.
+use crate::config::LlamaConfig;
+use crate::error::{Result, TrainError};
+use crate::model::{Llama, RandomInit};
+use crate::sft::clip_global_norm;
+use burn::module::{AutodiffModule, Module};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, Distribution, ElementConversion, Int, Tensor};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// What to run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepBenchArgs {
+    /// Directory holding the model's HF `config.json`.
+    pub config_dir: PathBuf,
+    /// Sequences per step (one micro-batch).
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// Steps timed after the warm-up.
+    pub steps: usize,
+    /// Untimed steps first (kernel compilation, autotuning, allocator warm-up).
+    pub warmup: usize,
+    /// bf16 mixed precision ([`Llama::with_bf16`]).
+    pub bf16: bool,
+    /// Seed of the weights and the batch.
+    pub seed: u64,
+    /// Dense peak of the device, TFLOP/s, for MFU.
+    pub peak_tflops: f64,
+}
+
+/// What was measured (seconds are wall-clock, each step ending in a device sync).
+#[derive(Debug, Clone, Serialize)]
+pub struct StepBenchReport {
+    /// Backend name as burn reports it.
+    pub backend: String,
+    /// `bf16-mixed` or `f32`.
+    pub precision: String,
+    /// Parameter count N.
+    pub params: usize,
+    /// Tokens per step (`batch · seq`).
+    pub tokens_per_step: usize,
+    /// Seconds from process-level start of the benchmark (model built) to the end of the
+    /// first step: what a user waits before training runs (compilation, autotuning).
+    pub first_step_s: f64,
+    /// Median of the timed steps, seconds.
+    pub step_s_median: f64,
+    /// Fastest timed step, seconds.
+    pub step_s_min: f64,
+    /// `tokens_per_step / step_s_median`.
+    pub tokens_per_s: f64,
+    /// `6 · params · tokens_per_s / (peak_tflops · 10¹²)`.
+    pub mfu: f64,
+    /// Loss of every step (warm-up included): it must fall on a fixed batch.
+    pub losses: Vec<f64>,
+}
+
+/// Run the benchmark on `device`. Errors: an unreadable config, zero sizes, or bf16 on a
+/// backend without bf16 ([`TrainError::Args`]).
+pub fn bench_sft_step<B: AutodiffBackend>(args: &StepBenchArgs, device: &B::Device) -> Result<StepBenchReport> {
+    if args.batch == 0 || args.seq < 2 || args.steps == 0 {
+        return Err(TrainError::Args("batch ≥ 1, seq ≥ 2 and steps ≥ 1 are needed".into()));
+    }
+    if args.bf16 && !B::supports_dtype(device, DType::BF16) {
+        return Err(TrainError::Args("--bf16: this backend has no bf16 tensors (use --backend cuda)".into()));
+    }
+    B::seed(device, args.seed);
+    let config = LlamaConfig::load(&args.config_dir)?;
+    let t_start = Instant::now();
+    let mut model = Llama::<B>::from_source(&config, &mut RandomInit { device })?.with_bf16(args.bf16);
+    let params = model.num_params();
+    let tokens = Tensor::<B, 2, Int>::random([args.batch, args.seq + 1], Distribution::Uniform(0.0, config.vocab_size as f64), device);
+    let inputs = tokens.clone().narrow(1, 0, args.seq);
+    let targets = tokens.narrow(1, 1, args.seq);
+    let mask = Tensor::<B, 2>::ones([args.batch, args.seq], device);
+    let n_targets = (args.batch * args.seq) as f64;
+    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init::<B, Llama<B>>();
+    let (mut losses, mut times) = (Vec::new(), Vec::new());
+    let mut first_step_s = 0.0;
+    for step in 0..args.warmup + args.steps {
+        let t = Instant::now();
+        let loss = model.loss_sum(inputs.clone(), targets.clone(), mask.clone()).div_scalar(n_targets);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let mut grads = grads;
+        clip_global_norm(&model, &mut grads, 1.0);
+        model = optim.step(1e-4, model, grads);
+        losses.push(loss.into_scalar().elem::<f64>());
+        B::sync(device).map_err(|e| TrainError::Args(format!("device sync failed: {e:?}")))?;
+        if step == 0 {
+            first_step_s = t_start.elapsed().as_secs_f64();
+        }
+        if step >= args.warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+        tracing::info!(step, loss = losses[step], seconds = t.elapsed().as_secs_f64(), "bench step");
+    }
+    let _ = model.valid();
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let tokens_per_step = args.batch * args.seq;
+    let tokens_per_s = tokens_per_step as f64 / median;
+    Ok(StepBenchReport {
+        backend: B::name(device),
+        precision: if args.bf16 { "bf16-mixed".into() } else { "f32".into() },
+        params,
+        tokens_per_step,
+        first_step_s,
+        step_s_median: median,
+        step_s_min: sorted[0],
+        tokens_per_s,
+        mfu: 6.0 * params as f64 * tokens_per_s / (args.peak_tflops * 1e12),
+        losses,
+    })
+}
