@@ -98,6 +98,9 @@ pub struct SftArgs {
     /// matmuls and activations ([`Llama::with_bf16`]). Meant for CUDA; on the CPU backend
     /// bf16 is emulated and slow.
     pub bf16: bool,
+    /// Round every batch's length up to a multiple of this many tokens (1: pad to the
+    /// longest example only).
+    pub pad_to_multiple_of: usize,
 }
 
 /// HF's `LengthGroupedSampler` mega-batch factor.
@@ -232,7 +235,15 @@ pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M, gra
 
 /// Build (tokens, targets, mask) tensors [B, S−1] for a micro-batch, right-padded with EOS.
 pub fn batch_tensors<B: Backend>(batch: &[&Example], pad: u32, device: &B::Device) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>, Tensor<B, 2>, usize) {
-    let s = batch.iter().map(|e| e.ids.len()).max().unwrap_or(2).max(2) - 1;
+    batch_tensors_padded(batch, pad, 1, device)
+}
+
+/// [`batch_tensors`] with the sequence length S rounded up to a multiple of
+/// `pad_to_multiple_of` (HF `DataCollatorForSeq2Seq(pad_to_multiple_of=…)`): on GPU
+/// backends every new shape costs kernel compilation and autotuning, so fewer distinct
+/// lengths mean a faster start. Padding positions are masked out; the loss is unchanged.
+pub fn batch_tensors_padded<B: Backend>(batch: &[&Example], pad: u32, pad_to_multiple_of: usize, device: &B::Device) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>, Tensor<B, 2>, usize) {
+    let s = (batch.iter().map(|e| e.ids.len()).max().unwrap_or(2).max(2) - 1).next_multiple_of(pad_to_multiple_of.max(1));
     let b = batch.len();
     let (mut tok, mut tgt, mut msk) = (Vec::with_capacity(b * s), Vec::with_capacity(b * s), Vec::with_capacity(b * s));
     let mut n = 0;
@@ -256,10 +267,15 @@ pub fn batch_tensors<B: Backend>(batch: &[&Example], pad: u32, device: &B::Devic
 
 /// Mean target-token loss of `model` over `examples` (no gradients).
 pub fn evaluate<B: Backend>(model: &Llama<B>, examples: &[Example], bs: usize, pad: u32, device: &B::Device) -> f64 {
+    evaluate_padded(model, examples, bs, pad, 1, device)
+}
+
+/// [`evaluate`] with batches padded as [`batch_tensors_padded`] does.
+pub fn evaluate_padded<B: Backend>(model: &Llama<B>, examples: &[Example], bs: usize, pad: u32, pad_to_multiple_of: usize, device: &B::Device) -> f64 {
     let (mut sum, mut n) = (0.0, 0usize);
     for chunk in examples.chunks(bs.max(1)) {
         let refs: Vec<&Example> = chunk.iter().collect();
-        let (t, y, m, k) = batch_tensors::<B>(&refs, pad, device);
+        let (t, y, m, k) = batch_tensors_padded::<B>(&refs, pad, pad_to_multiple_of, device);
         sum += model.loss_sum(t, y, m).into_scalar().elem::<f64>();
         n += k;
     }
@@ -337,7 +353,7 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
     if !eval.is_empty() && st.step == 0 {
         // Baseline eval before the first update (HF `eval_on_start`), so the eval curve
         // starts from the untuned model.
-        let el = evaluate(&model.valid(), &eval, args.per_device_train_batch_size, pad, device);
+        let el = evaluate_padded(&model.valid(), &eval, args.per_device_train_batch_size, pad, args.pad_to_multiple_of, device);
         let m = Metrics { step: 0, epoch: 0.0, loss: None, eval_loss: Some(el), learning_rate: 0.0, grad_norm: None, tokens_per_second: 0.0 };
         writeln!(metrics, "{}", serde_json::to_string(&m).expect("metrics serialise")).map_err(io(&metrics_path))?;
         st.first_eval_loss = Some(el);
@@ -362,7 +378,7 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
         let mut acc = GradientsAccumulator::<Llama<B>>::new();
         let mut loss_sum = 0.0;
         for mb in &micro {
-            let (t, y, m, _) = batch_tensors::<B>(mb, pad, device);
+            let (t, y, m, _) = batch_tensors_padded::<B>(mb, pad, args.pad_to_multiple_of, device);
             st.tokens_done += t.dims()[0] * t.dims()[1];
             let loss = model.loss_sum(t, y, m).div_scalar(n_targets.max(1) as f64);
             loss_sum += loss.clone().into_scalar().elem::<f64>();
@@ -394,7 +410,7 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
         let eval_now = !eval.is_empty() && ((args.eval_steps > 0 && done % args.eval_steps == 0) || done == total);
         if eval_now {
             let valid = model.valid();
-            let el = evaluate(&valid, &eval, args.per_device_train_batch_size, pad, device);
+            let el = evaluate_padded(&valid, &eval, args.per_device_train_batch_size, pad, args.pad_to_multiple_of, device);
             final_eval = Some(el);
             log(&Metrics { step: done, epoch, loss: None, eval_loss: Some(el), learning_rate: lr, grad_norm: None, tokens_per_second: tps }, &mut metrics)?;
         }

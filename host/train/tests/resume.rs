@@ -28,6 +28,7 @@ fn write_dataset(path: &Path) {
 fn args(model: &Path, data: &Path, out: &Path) -> SftArgs {
     SftArgs {
         bf16: false,
+        pad_to_multiple_of: 1,
         model_name_or_path: model.into(),
         dataset: data.into(),
         output_dir: out.into(),

@@ -119,3 +119,19 @@ fn save_then_load_gives_the_same_logits() {
     let y: Vec<f32> = loaded.forward(t).into_data().to_vec().unwrap();
     assert_eq!(x, y);
 }
+
+/// Padding to a multiple adds only masked positions: the loss sum and the target count
+/// stay the same, the length becomes the next multiple.
+#[test]
+fn pad_to_multiple_of_changes_shape_not_loss() {
+    use bagel_train::sft::batch_tensors_padded;
+    type B = burn::backend::NdArray<f32>;
+    let device = Default::default();
+    let a = bagel_train::data::Example { ids: vec![1, 5, 6, 7, 2], mask: vec![false, false, true, true, true], source: "x".into() };
+    let (t, _, m, n) = batch_tensors_padded::<B>(&[&a], 2, 8, &device);
+    assert_eq!(t.dims(), [1, 8]);
+    assert_eq!(n, 3);
+    assert_eq!(m.sum().into_scalar(), 3.0);
+    let (t1, _, _, n1) = batch_tensors_padded::<B>(&[&a], 2, 1, &device);
+    assert_eq!((t1.dims(), n1), ([1, 4], 3));
+}

@@ -313,6 +313,10 @@ struct SftFlags {
     /// activations (for --backend cuda).
     #[arg(long)]
     bf16: bool,
+    /// Pad each batch to a multiple of this many tokens (fewer distinct shapes: on CUDA
+    /// each new shape compiles and autotunes kernels).
+    #[arg(long, default_value_t = 1)]
+    pad_to_multiple_of: usize,
 }
 
 /// `--backend`: where training runs.
@@ -371,6 +375,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         group_by_length: f.group_by_length,
         gradient_checkpointing: f.gradient_checkpointing,
         bf16: f.bf16,
+        pad_to_multiple_of: f.pad_to_multiple_of,
     };
     let kind = f.backend.kind();
     let s = bagel_train::train_sft_on(kind, &args)?;
