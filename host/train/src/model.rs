@@ -221,9 +221,13 @@ impl<B: Backend> Llama<B> {
     }
 }
 
-/// `x W^T` for x [B, S, in] and W [out, in].
+/// `x W^T` for x [B, S, in] and W [out, in], as one [B·S, in] × [in, out] product (one
+/// large GEMM rather than B broadcast ones: GPU matmul kernels are picked and tuned per
+/// shape, and the large-M case is where tensor-core kernels pay).
 pub(crate) fn linear<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>) -> Tensor<B, 3> {
-    x.matmul(w.transpose().unsqueeze::<3>())
+    let [b, s, i] = x.dims();
+    let o = w.dims()[0];
+    x.reshape([b * s, i]).matmul(w.transpose()).reshape([b, s, o])
 }
 
 /// RMSNorm: x / sqrt(mean(x²) + ε) · w.
