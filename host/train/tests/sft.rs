@@ -135,3 +135,23 @@ fn pad_to_multiple_of_changes_shape_not_loss() {
     let (t1, _, _, n1) = batch_tensors_padded::<B>(&[&a], 2, 1, &device);
     assert_eq!((t1.dims(), n1), ([1, 4], 3));
 }
+
+/// The step benchmark on the CPU: the tiny model's parameter count by hand
+/// (embedding 32000·64 tied with the head, per layer q 64·64 + k, v 64·32 + o 64·64 +
+/// SwiGLU 3·64·176 + two norms 2·64, final norm 64), a loss that falls on its fixed batch,
+/// and bf16 refused with a clear error where the backend has no bf16.
+#[test]
+fn step_bench_counts_params_and_refuses_bf16_on_cpu() {
+    use bagel_train::bench::StepBenchArgs;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/models/tiny-llama");
+    let mut args = StepBenchArgs { config_dir: dir, batch: 2, seq: 16, steps: 3, warmup: 1, bf16: false, seed: 7, peak_tflops: 790.0 };
+    let r = bagel_train::bench_sft_step_on(bagel_train::BackendKind::Cpu, &args).unwrap();
+    assert_eq!(r.params, 32000 * 64 + 2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 176 + 2 * 64) + 64);
+    assert_eq!(r.tokens_per_step, 32);
+    assert_eq!(r.losses.len(), 4);
+    assert!(r.losses[3] < r.losses[0], "{:?}", r.losses);
+    assert!((r.losses[0] - (32000f64).ln()).abs() < 0.1, "first loss near ln V: {}", r.losses[0]);
+    args.bf16 = true;
+    let err = bagel_train::bench_sft_step_on(bagel_train::BackendKind::Cpu, &args).unwrap_err();
+    assert!(err.to_string().contains("no bf16 tensors"), "{err}");
+}
