@@ -48,6 +48,7 @@ fn main() {
         chunking: Default::default(),
         progress: false,
         decontam: Default::default(),
+        compression: Default::default(),
     };
     let items = benchmark_items(&opts).unwrap();
     let mut emb = SentenceEmbedder::<bagel_train::CpuInference>::load(&model, &Default::default()).unwrap();

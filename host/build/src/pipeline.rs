@@ -5,7 +5,7 @@ use crate::read::{read_file, RowResult};
 use crate::recipe::{dataset_globs, expand_globs, substitute, Recipe, SourceEntry};
 use crate::report::{BadRow, BuildReport, SourceReport};
 use crate::tokenizer::{special_tokens, SpecialTokens};
-use crate::write::{write_atomic, write_string_parquet};
+use crate::write::{write_atomic, write_string_parquet, OutputCompression};
 use bagel_core::dedup::KnownKeys;
 use bagel_core::refusal::RefusalMode;
 use bagel_core::rng::derive_seed;
@@ -76,6 +76,8 @@ pub struct BuildOptions {
     pub progress: bool,
     /// Decontamination settings (used when the recipe lists benchmarks).
     pub decontam: bagel_decontam::DecontamOptions,
+    /// Parquet compression of sft.parquet and dpo.parquet.
+    pub compression: OutputCompression,
 }
 
 /// Default format order of the reference.
@@ -218,7 +220,7 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
     let sft_path = opts.out.join("sft.parquet");
     let dpo_path = opts.out.join("dpo.parquet");
     let mut fkey = Sha256::new();
-    fkey.update(format!("{key} {bos:?} {eos:?} {:?} {}", opts.chunking, opts.seed));
+    fkey.update(format!("{key} {bos:?} {eos:?} {:?} {} {:?}", opts.chunking, opts.seed, opts.compression));
     for f in &formats {
         fkey.update(format!(" {}={}", f.name, f.sha256));
     }
@@ -300,6 +302,7 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
                     ("chosen", d.iter().map(|r| r.chosen.as_str()).collect()),
                     ("rejected", d.iter().map(|r| r.rejected.as_str()).collect()),
                 ],
+                opts.compression,
             )
         });
         let sft = write_string_parquet(
@@ -310,6 +313,7 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
                 ("input", s.iter().map(|r| r.input.as_str()).collect()),
                 ("output", s.iter().map(|r| r.output.as_str()).collect()),
             ],
+            opts.compression,
         );
         (sft, dpo.join().expect("dpo writer panicked"))
     });

@@ -11,6 +11,29 @@ use parquet::file::properties::WriterProperties;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Compression of the SFT/DPO parquet files (all readable by pyarrow, pandas and HF
+/// `datasets`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OutputCompression {
+    /// Snappy: parquet's and pyarrow's default, what the Python original writes.
+    #[default]
+    Snappy,
+    /// LZ4_RAW (parquet-format 2.9; pyarrow ≥ 9): faster to write, similar size.
+    Lz4,
+    /// Uncompressed.
+    None,
+}
+
+impl OutputCompression {
+    fn codec(self) -> Compression {
+        match self {
+            OutputCompression::Snappy => Compression::SNAPPY,
+            OutputCompression::Lz4 => Compression::LZ4_RAW,
+            OutputCompression::None => Compression::UNCOMPRESSED,
+        }
+    }
+}
+
 /// Rows per parquet row group / record batch.
 pub const ROW_GROUP: usize = 8192;
 
@@ -56,10 +79,10 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Write a parquet file of non-null UTF-8 columns, atomically. `columns[i].1` are the
-/// values of column `columns[i].0`; all columns have the same length. Snappy-compressed,
+/// values of column `columns[i].0`; all columns have the same length. `compression`,
 /// row groups of [`ROW_GROUP`] rows encoded on all cores; byte-identical for identical
 /// input whatever the number of cores.
-pub fn write_string_parquet(dest: &Path, columns: &[(&str, Vec<&str>)]) -> Result<()> {
+pub fn write_string_parquet(dest: &Path, columns: &[(&str, Vec<&str>)], compression: OutputCompression) -> Result<()> {
     let perr = |e: &dyn std::fmt::Display| BuildError::Parquet { path: dest.to_path_buf(), message: e.to_string() };
     let schema = Arc::new(Schema::new(columns.iter().map(|(n, _)| Field::new(*n, DataType::Utf8, false)).collect::<Vec<_>>()));
     let n = columns.first().map(|c| c.1.len()).unwrap_or(0);
@@ -68,7 +91,7 @@ pub fn write_string_parquet(dest: &Path, columns: &[(&str, Vec<&str>)]) -> Resul
     // Long unique texts gain nothing from dictionary encoding or min/max statistics and
     // cost most of the write time; `source` (few distinct values) keeps both.
     let mut props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
+        .set_compression(compression.codec())
         .set_max_row_group_row_count(Some(ROW_GROUP))
         .set_dictionary_enabled(false)
         .set_statistics_enabled(parquet::file::properties::EnabledStatistics::None);

@@ -39,6 +39,7 @@ fn opts(data: &Path, recipe: Recipe, out: &Path, seed: u64) -> BuildOptions {
         chunking: Chunking::Reference,
         progress: false,
         decontam: Default::default(),
+        compression: Default::default(),
     }
 }
 
@@ -88,6 +89,16 @@ fn same_seed_same_bytes_other_seed_differs() {
     assert!(warm.raw_cache_hit);
     assert!(!ra.raw_cache_hit);
     assert_eq!(warm.sft_sha256, ra.sft_sha256);
+    // Another compression: other bytes (the outputs cache must not hand back the snappy
+    // files), the same rows, and the codec recorded in the file.
+    let mut o = opts(&data, demo_recipe(), a.path(), 42);
+    o.compression = bagel_build::write::OutputCompression::Lz4;
+    let lz4 = build(&o).unwrap();
+    assert_ne!(lz4.sft_sha256, ra.sft_sha256);
+    let snappy_rows = read_strings(&b.path().join("sft.parquet"));
+    assert_eq!(read_strings(&a.path().join("sft.parquet")), snappy_rows);
+    let meta = parquet::file::reader::FileReader::metadata(&parquet::file::reader::SerializedFileReader::new(std::fs::File::open(a.path().join("sft.parquet")).unwrap()).unwrap()).clone();
+    assert_eq!(meta.row_group(0).column(2).compression(), parquet::basic::Compression::LZ4_RAW);
 }
 
 #[test]

@@ -43,6 +43,7 @@ fn opts(data: &Path, recipe: Recipe, out: &Path, decontam: DecontamOptions) -> B
         chunking: Chunking::Reference,
         progress: false,
         decontam,
+        compression: Default::default(),
     }
 }
 

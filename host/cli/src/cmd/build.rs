@@ -1,5 +1,6 @@
 //! `bagel build`: recipe → sft.parquet, dpo.parquet, build-report.json.
 use anyhow::{Context, Result};
+use bagel_build::write::OutputCompression;
 use bagel_build::{build_with, BuildOptions, OnBadRow, OnPluginError, Recipe};
 use bagel_core::refusal::RefusalMode;
 use bagel_runtime::Limits;
@@ -56,6 +57,10 @@ pub struct Args {
     /// exactly k-1 of k formats for any count).
     #[arg(long, value_enum, default_value = "reference")]
     chunking: ChunkingArg,
+    /// Parquet compression of sft.parquet and dpo.parquet: snappy (parquet's default, as
+    /// the Python original), lz4 (LZ4_RAW: faster to write) or none.
+    #[arg(long, value_enum, default_value = "snappy")]
+    compression: CompressionArg,
     /// Ignore the cached raw stage.
     #[arg(long)]
     no_cache: bool,
@@ -153,6 +158,13 @@ enum ChunkingArg {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum CompressionArg {
+    Snappy,
+    Lz4,
+    None,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum Refusal {
     Intended,
     Compat,
@@ -200,6 +212,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
             exact: a.decontam_exact,
             embed_chunk: 1024,
             cache_dir: bagel_runtime::cache::default_dir().map(|d| d.with_file_name("decontam")),
+        },
+        compression: match a.compression {
+            CompressionArg::Snappy => OutputCompression::Snappy,
+            CompressionArg::Lz4 => OutputCompression::Lz4,
+            CompressionArg::None => OutputCompression::None,
         },
     };
     if a.decontam_ngram == 0 {
