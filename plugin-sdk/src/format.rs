@@ -102,9 +102,21 @@ pub mod glue {
         let o = opts(o);
         let n = batch.conversation_turns.len();
         let mut out = Out::new(n, batch.text.len() + batch.text.len() / 2);
-        if batch.add_default_system.len() != n || batch.turn_roles.len() != batch.turn_lens.len() {
+        // Check the whole batch before rendering anything, so that a broken batch fails
+        // every item instead of shifting the text under the items after the break.
+        let turns_total: Option<usize> = batch.conversation_turns.iter().try_fold(0usize, |a, &c| a.checked_add(c as usize));
+        let problem = if batch.add_default_system.len() != n || batch.turn_roles.len() != batch.turn_lens.len() || turns_total != Some(batch.turn_lens.len()) {
+            Some("list lengths disagree")
+        } else if batch.turn_roles.iter().any(|&r| r > 2) {
+            Some("a role index is not 0, 1 or 2")
+        } else if !tiles(&batch.text, &batch.turn_lens) {
+            Some("turn lengths do not tile the text on character boundaries")
+        } else {
+            None
+        };
+        if let Some(p) = problem {
             for item in 0..n {
-                out.err(item, bad_batch("list lengths disagree"));
+                out.err(item, bad_batch(p));
             }
             return out.done();
         }
@@ -154,11 +166,24 @@ pub mod glue {
         out.done()
     }
 
+    /// Whether `lens` cut `text` into consecutive pieces on character boundaries that
+    /// use it up exactly.
+    fn tiles(text: &str, lens: &[u32]) -> bool {
+        let mut pos = 0usize;
+        lens.iter().all(|&l| take(text, &mut pos, l).is_some()) && pos == text.len()
+    }
+
     /// Unpack a `dpo-batch`, render each prompt, pack the results (no outputs).
     pub fn render_dpo_prompt<T: Format>(o: wit::RenderOptions, batch: fmt::DpoBatch) -> fmt::RenderedBatch {
         let o = opts(o);
         let n = batch.add_default_system.len();
         let mut out = Out::new(n, batch.text.len());
+        if batch.lens.len() != 2 * n || !tiles(&batch.text, &batch.lens) {
+            for item in 0..n {
+                out.err(item, bad_batch("lengths do not tile the text on character boundaries"));
+            }
+            return out.done();
+        }
         let mut pos = 0usize;
         for (item, &coin) in batch.add_default_system.iter().enumerate() {
             let lens = batch.lens.get(2 * item..2 * item + 2);

@@ -169,6 +169,8 @@ fn read_json_array<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, mut
     let (mut line, mut col) = (1u64, 0u64);
     let bad = |line: u64, col: u64, what: &str| BadFileAt::new(path, &format!("line {line} column {col}"), what);
     let mut state = State::Start;
+    const BOM: [u8; 3] = [0xef, 0xbb, 0xbf];
+    let mut bom = 0usize;
     let mut elem: Vec<u8> = Vec::new();
     let (mut depth, mut in_string, mut escape) = (0usize, false, false);
     let finish = |elem: &mut Vec<u8>, b: &mut Batcher<'_, F>| -> Result<()> {
@@ -218,7 +220,7 @@ fn read_json_array<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, mut
                             b',' | b']' if depth == 0 => {
                                 elem.extend_from_slice(&buf[start.unwrap_or(0)..i]);
                                 start = None;
-                                while elem.last().is_some_and(|b| b.is_ascii_whitespace()) {
+                                while elem.last().is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
                                     elem.pop();
                                 }
                                 finish(&mut elem, b)?;
@@ -228,9 +230,11 @@ fn read_json_array<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, mut
                         }
                     }
                 }
-                _ if c.is_ascii_whitespace() => {}
+                // JSON whitespace (RFC 8259 §2), not all of ASCII's.
+                _ if matches!(c, b' ' | b'\t' | b'\n' | b'\r') => {}
                 State::Start if c == b'[' => state = State::BeforeElement,
-                State::Start if i == 0 && buf.starts_with(b"\xef\xbb\xbf") => i += 2, // UTF-8 BOM
+                // A UTF-8 BOM before the array, possibly split across reads.
+                State::Start if bom < 3 && c == BOM[bom] && line == 1 && col == bom as u64 + 1 => bom += 1,
                 State::Start => return Err(bad(line, col, "not a JSON array (expected `[`)")),
                 State::BeforeElement | State::AfterElement if c == b']' && (state == State::AfterElement || b.count == 0) => state = State::Done,
                 State::BeforeElement if c != b',' && c != b']' => {

@@ -100,12 +100,14 @@ pub fn write_string_parquet(dest: &Path, columns: &[(&str, Vec<&str>)], compress
         props = props.set_column_dictionary_enabled(col.clone(), true).set_column_statistics_enabled(col, parquet::file::properties::EnabledStatistics::Page);
     }
     let props = props.build();
-    // Row groups are encoded and compressed in parallel (one task per row group, as many
-    // workers as cores) and appended in order, so the bytes do not depend on the number
-    // of threads.
+    // Row groups are encoded and compressed in parallel, one task per row group, in
+    // windows of as many groups as there are cores; each window is appended in order
+    // before the next starts, so the bytes do not depend on the number of threads and at
+    // most one window of encoded groups is held in memory. An empty output has no row
+    // group (as `ArrowWriter` writes it).
     let w = ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(|e| perr(&e))?;
     let (mut file_writer, factory) = w.into_serialized_writer().map_err(|e| perr(&e))?;
-    let groups: Vec<(usize, usize)> = if n == 0 { vec![(0, 0)] } else { (0..n).step_by(ROW_GROUP).map(|s| (s, (s + ROW_GROUP).min(n))).collect() };
+    let groups: Vec<(usize, usize)> = (0..n).step_by(ROW_GROUP).map(|s| (s, (s + ROW_GROUP).min(n))).collect();
     let encode = |g: usize| -> std::result::Result<Vec<ArrowColumnChunk>, parquet::errors::ParquetError> {
         let (start, end) = groups[g];
         let mut chunks = Vec::new();
@@ -118,27 +120,20 @@ pub fn write_string_parquet(dest: &Path, columns: &[(&str, Vec<&str>)], compress
         }
         Ok(chunks)
     };
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let slots: Vec<std::sync::Mutex<Option<_>>> = groups.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    let workers = std::thread::available_parallelism().map_or(1, |p| p.get()).min(groups.len());
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| loop {
-                let g = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if g >= groups.len() {
-                    break;
-                }
-                *slots[g].lock().expect("slot") = Some(encode(g));
-            });
+    let workers = std::thread::available_parallelism().map_or(1, |p| p.get());
+    let all: Vec<usize> = (0..groups.len()).collect();
+    for window in all.chunks(workers) {
+        let encoded: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = window.iter().map(|&g| scope.spawn(move || encode(g))).collect();
+            handles.into_iter().map(|h| h.join().expect("row-group encoder panicked")).collect()
+        });
+        for chunks in encoded {
+            let mut rg = file_writer.next_row_group().map_err(|e| perr(&e))?;
+            for chunk in chunks.map_err(|e| perr(&e))? {
+                chunk.append_to_row_group(&mut rg).map_err(|e| perr(&e))?;
+            }
+            rg.close().map_err(|e| perr(&e))?;
         }
-    });
-    for slot in slots {
-        let chunks = slot.into_inner().expect("slot").expect("every row group encoded").map_err(|e| perr(&e))?;
-        let mut rg = file_writer.next_row_group().map_err(|e| perr(&e))?;
-        for chunk in chunks {
-            chunk.append_to_row_group(&mut rg).map_err(|e| perr(&e))?;
-        }
-        rg.close().map_err(|e| perr(&e))?;
     }
     file_writer.close().map_err(|e| perr(&e))?;
     file.commit()

@@ -364,7 +364,7 @@ impl FormatJob {
             FormatInst::V0_2(i) => i.bagel_plugin_format().call_render(s, &opts, &batch),
             FormatInst::V0_1(_) => unreachable!("0.1.0 handled above"),
         })?;
-        let spans = self.unpack(items.len(), "render", out)?;
+        let spans = self.unpack(items.len(), "render", false, out)?;
         Ok(spans.into_iter().map(|r| r.map(|(input, output)| Rendered { input, output })).collect())
     }
 
@@ -391,7 +391,8 @@ impl FormatJob {
     /// Split a packed `rendered-batch` into per-item (input, output) strings, checking
     /// that the lengths tile the text exactly and fall on UTF-8 boundaries and that
     /// errors name items of the batch in order.
-    fn unpack(&mut self, n: usize, call: &'static str, out: fb2::exports::bagel::plugin::format::RenderedBatch) -> Result<Vec<Result<(String, String), PluginError>>, RuntimeError> {
+    /// `prompts_only`: DPO prompts, whose output lengths must be 0 (WIT).
+    fn unpack(&mut self, n: usize, call: &'static str, prompts_only: bool, out: fb2::exports::bagel::plugin::format::RenderedBatch) -> Result<Vec<Result<(String, String), PluginError>>, RuntimeError> {
         let plugin = self.plugin.clone();
         let bad = |row: u64, detail: String| RuntimeError::Malformed { plugin: plugin.clone(), call, row, detail };
         let r = (|| {
@@ -409,6 +410,9 @@ impl FormatJob {
                     }
                     res.push(Err(ferr(e.error)));
                     continue;
+                }
+                if prompts_only && lens[1] != 0 {
+                    return Err(bad(item as u64, format!("a DPO prompt came back with {} bytes of output (must be 0)", lens[1])));
                 }
                 let (a, b) = (pos + lens[0] as usize, pos + lens[0] as usize + lens[1] as usize);
                 let (Some(input), Some(output)) = (out.text.get(pos..a), out.text.get(a..b)) else {
@@ -465,7 +469,7 @@ impl FormatJob {
             FormatInst::V0_2(i) => i.bagel_plugin_format().call_render_dpo_prompt(s, &opts, &batch),
             FormatInst::V0_1(_) => unreachable!("checked above"),
         })?;
-        let spans = self.unpack(items.len(), "render-dpo-prompt", out)?;
+        let spans = self.unpack(items.len(), "render-dpo-prompt", true, out)?;
         Ok(spans.into_iter().map(|r| r.map(|(input, _)| input)).collect())
     }
 }

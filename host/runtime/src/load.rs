@@ -268,30 +268,29 @@ impl Runtime {
             WIT_VERSIONS.iter().position(|v| exports.iter().any(|e| *e == format!("bagel:plugin/{w}@{v}")) && version.is_none_or(|seen| seen == *v))
         };
         let inst_err = |e: wasmtime::Error| RuntimeError::Instantiate { plugin: file_name.clone(), message: format!("{e:#}") };
+        let mut store = self.store(&file_name, 0);
+        // Typed pre-instance of one world and version, plus that plugin's `info()`.
+        macro_rules! pre_and_info {
+            ($ipre:expr, $pre:ty, $iface:ident, $wrap:expr) => {{
+                let pre = <$pre>::new($ipre).map_err(inst_err)?;
+                let inst = pre.instantiate(&mut store).map_err(inst_err)?;
+                (crate::job::guard(&mut store, &file_name, "info", self.limits, |s| inst.$iface().call_info(s))?, $wrap(pre))
+            }};
+        }
         let (kind, pre, v) = if let Some(v) = world("source") {
             let ipre = self.source_linkers[v].instantiate_pre(&component).map_err(inst_err)?;
-            let mut store = self.store(&file_name, 0);
             let (info, pre) = if v == 0 {
-                let pre = sb::SourcePluginPre::new(ipre).map_err(inst_err)?;
-                let inst = pre.instantiate(&mut store).map_err(inst_err)?;
-                (crate::job::guard(&mut store, &file_name, "info", self.limits, |s| inst.bagel_plugin_source().call_info(s))?, SourcePre::V0_1(pre))
+                pre_and_info!(ipre, sb::SourcePluginPre<HostState>, bagel_plugin_source, SourcePre::V0_1)
             } else {
-                let pre = sb2::SourcePluginPre::new(ipre).map_err(inst_err)?;
-                let inst = pre.instantiate(&mut store).map_err(inst_err)?;
-                (crate::job::guard(&mut store, &file_name, "info", self.limits, |s| inst.bagel_plugin_source().call_info(s))?, SourcePre::V0_2(pre))
+                pre_and_info!(ipre, sb2::SourcePluginPre<HostState>, bagel_plugin_source, SourcePre::V0_2)
             };
             (PluginKind::Source(crate::job::conv_source_info(info)), Pre::Source(pre), v)
         } else if let Some(v) = world("format") {
             let ipre = self.format_linkers[v].instantiate_pre(&component).map_err(inst_err)?;
-            let mut store = self.store(&file_name, 0);
             let (info, pre) = if v == 0 {
-                let pre = fb::FormatPluginPre::new(ipre).map_err(inst_err)?;
-                let inst = pre.instantiate(&mut store).map_err(inst_err)?;
-                (crate::job::guard(&mut store, &file_name, "info", self.limits, |s| inst.bagel_plugin_format().call_info(s))?, FormatPre::V0_1(pre))
+                pre_and_info!(ipre, fb::FormatPluginPre<HostState>, bagel_plugin_format, FormatPre::V0_1)
             } else {
-                let pre = fb2::FormatPluginPre::new(ipre).map_err(inst_err)?;
-                let inst = pre.instantiate(&mut store).map_err(inst_err)?;
-                (crate::job::guard(&mut store, &file_name, "info", self.limits, |s| inst.bagel_plugin_format().call_info(s))?, FormatPre::V0_2(pre))
+                pre_and_info!(ipre, fb2::FormatPluginPre<HostState>, bagel_plugin_format, FormatPre::V0_2)
             };
             (PluginKind::Format(FormatInfo { name: info.name, version: info.version, description: info.description }), Pre::Format(pre), v)
         } else {

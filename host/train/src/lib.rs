@@ -100,25 +100,53 @@ pub fn bench_sft_step_on(kind: BackendKind, args: &bench::StepBenchArgs) -> erro
 }
 
 /// Where compiled GPU kernels and autotune results are kept between runs, so that only
-/// the first run on a machine pays for kernel compilation and autotuning (minutes for a
-/// new model shape; bench/RESULTS.md): `$BAGEL_CACHE_DIR/cubecl`, else
-/// `~/.cache/bagel/cubecl`. `None` when neither variable is set.
+/// the first run on a machine pays for kernel compilation and autotuning (about 10 s for
+/// the 0.85B benchmark model; bench/RESULTS.md): `$BAGEL_CACHE_DIR/cubecl`, else
+/// `$XDG_CACHE_HOME/bagel/cubecl`, else `~/.cache/bagel/cubecl`. `None` when none of
+/// these variables is set.
 pub fn gpu_cache_dir() -> Option<std::path::PathBuf> {
-    let base = std::env::var_os("BAGEL_CACHE_DIR").map(std::path::PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/bagel")))?;
+    use std::path::PathBuf;
+    let base = std::env::var_os("BAGEL_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|x| PathBuf::from(x).join("bagel")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/bagel")))?;
     Some(base.join("cubecl"))
 }
 
+/// Whether a CubeCL configuration file applies: `cubecl.toml`/`CubeCL.toml`, or a
+/// `burn.toml`/`Burn.toml` with a `[cubecl…]` section, in the working directory or a
+/// parent (CubeCL's own search).
+pub fn user_cubecl_config() -> Option<std::path::PathBuf> {
+    let mut dir = std::env::current_dir().ok()?;
+    loop {
+        for name in ["cubecl.toml", "CubeCL.toml"] {
+            if dir.join(name).is_file() {
+                return Some(dir.join(name));
+            }
+        }
+        for name in ["burn.toml", "Burn.toml"] {
+            let p = dir.join(name);
+            if std::fs::read_to_string(&p).is_ok_and(|t| t.lines().any(|l| l.trim_start().starts_with("[cubecl"))) {
+                return Some(p);
+            }
+        }
+        if !dir.pop() {
+            return None;
+        }
+    }
+}
+
 /// Point CubeCL's PTX cache and autotune cache at [`gpu_cache_dir`] (CubeCL keeps no PTX
-/// and puts autotune results under the nearest Cargo `target/` by default), unless the
-/// user has a `cubecl.toml`/`burn.toml` in the working directory, which then wins. Call
-/// before the first CUDA tensor is made; later calls do nothing. Returns the directory
-/// used, if any.
+/// and puts autotune results under the nearest Cargo `target/` by default), unless a
+/// CubeCL configuration file applies ([`user_cubecl_config`]), which then wins, or
+/// CubeCL's configuration was already read. Call before the first CUDA tensor is made;
+/// later calls do nothing. Returns the directory used, if any.
 #[cfg(feature = "cuda")]
 pub fn configure_gpu_caches() -> Option<std::path::PathBuf> {
     use burn::cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
     static DONE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
     DONE.get_or_init(|| {
-        if ["cubecl.toml", "CubeCL.toml", "burn.toml", "Burn.toml"].iter().any(|f| std::path::Path::new(f).exists()) {
+        if user_cubecl_config().is_some() || CubeClRuntimeConfig::storage().lock().is_some() {
             return None;
         }
         let dir = gpu_cache_dir()?;
