@@ -10,7 +10,7 @@
 #   BAGEL=target/cuda/release/bagel bench/gpu.sh
 # Settings (environment): CONFIG (examples/models/llama-0.85b), BATCH (8), SEQ (1024),
 # STEPS (10), WARMUP (3), RUNS ("burn-f32 burn-f32 burn-bf16 burn-bf16 torch-eager
-# torch-compile"), LIMIT (seconds per run, 240), OUT_DIR (bench-out).
+# torch-compile"; also torch-f32: PyTorch eager without autocast), LIMIT (seconds per run, 240), OUT_DIR (bench-out).
 set -uo pipefail
 BAGEL=${BAGEL:-target/cuda/release/bagel}
 CONFIG=${CONFIG:-examples/models/llama-0.85b}
@@ -28,6 +28,7 @@ for run in $RUNS; do
     burn-f32) cmd=("$BAGEL" bench sft-step --backend cuda --config "$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --json "$out") ;;
     burn-bf16) cmd=("$BAGEL" bench sft-step --backend cuda --bf16 --config "$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --json "$out") ;;
     torch-eager) cmd=(python3 bench/torch_sft_step.py --config "$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --json "$out") ;;
+    torch-f32) cmd=(python3 bench/torch_sft_step.py --f32 --config "$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --json "$out") ;;
     torch-compile) cmd=(python3 bench/torch_sft_step.py --compile --config "$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --json "$out") ;;
     *) echo "unknown run $run"; continue ;;
   esac
