@@ -120,32 +120,17 @@ pub mod glue {
             }
             return out.done();
         }
+        // The batch is valid from here on: counts add up, roles are 0..=2, and the
+        // lengths tile the text on character boundaries.
         let mut turns: Vec<Turn> = Vec::new();
         let (mut pos, mut next_turn) = (0usize, 0usize);
         for (item, (&count, &coin)) in batch.conversation_turns.iter().zip(&batch.add_default_system).enumerate() {
-            let count = count as usize;
-            let range = next_turn..next_turn.saturating_add(count);
+            let range = next_turn..next_turn + count as usize;
             next_turn = range.end;
-            let (Some(lens), Some(roles)) = (batch.turn_lens.get(range.clone()), batch.turn_roles.get(range)) else {
-                out.err(item, bad_batch("a conversation refers to turns past the end"));
-                continue;
-            };
-            turns.truncate(count);
-            let mut problem = None;
-            for (i, (&len, &role)) in lens.iter().zip(roles).enumerate() {
-                let from = match role {
-                    0 => Role::System,
-                    1 => Role::Human,
-                    2 => Role::Gpt,
-                    _ => {
-                        problem = Some("a role index is not 0, 1 or 2");
-                        break;
-                    }
-                };
-                let Some(value) = take(&batch.text, &mut pos, len) else {
-                    problem = Some("a turn length runs past the text or splits a character");
-                    break;
-                };
+            turns.truncate(range.len());
+            for (i, (&len, &role)) in batch.turn_lens[range.clone()].iter().zip(&batch.turn_roles[range.clone()]).enumerate() {
+                let from = [Role::System, Role::Human, Role::Gpt][role as usize];
+                let value = take(&batch.text, &mut pos, len).expect("lengths checked above");
                 if let Some(t) = turns.get_mut(i) {
                     t.from = from;
                     t.value.clear();
@@ -154,11 +139,7 @@ pub mod glue {
                     turns.push(Turn { from, value: value.to_string() });
                 }
             }
-            if let Some(p) = problem {
-                out.err(item, bad_batch(p));
-                continue;
-            }
-            match T::render(&o, &turns[..count], coin) {
+            match T::render(&o, &turns[..range.len()], coin) {
                 Ok(r) => out.ok(&r.input, &r.output),
                 Err(e) => out.err(item, err(e)),
             }
@@ -185,13 +166,9 @@ pub mod glue {
             return out.done();
         }
         let mut pos = 0usize;
-        for (item, &coin) in batch.add_default_system.iter().enumerate() {
-            let lens = batch.lens.get(2 * item..2 * item + 2);
-            let texts = lens.and_then(|l| Some((take(&batch.text, &mut pos, l[0])?, take(&batch.text, &mut pos, l[1])?)));
-            let Some((prompt, chosen)) = texts else {
-                out.err(item, bad_batch("a length runs past the text or splits a character"));
-                continue;
-            };
+        for (item, (&coin, lens)) in batch.add_default_system.iter().zip(batch.lens.chunks_exact(2)).enumerate() {
+            let prompt = take(&batch.text, &mut pos, lens[0]).expect("lengths checked above");
+            let chosen = take(&batch.text, &mut pos, lens[1]).expect("lengths checked above");
             match T::render_dpo_prompt(&o, prompt, chosen, coin) {
                 Ok(s) => out.ok(&s, ""),
                 Err(e) => out.err(item, err(e)),

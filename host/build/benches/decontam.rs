@@ -65,7 +65,7 @@ fn main() {
 
     // 2. The full benchmark index: embeddings from the user cache (embedded once if missing).
     let key = emb.content_key().unwrap();
-    let cache_dir = std::env::var_os("BAGEL_CACHE_DIR").map(|d| PathBuf::from(d).join("decontam")).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/bagel/decontam")));
+    let cache_dir = bagel_core::cache_root().map(|r| r.join("decontam"));
     let mut cache = EmbeddingCache::open(cache_dir.as_deref(), &key, emb.dim()).unwrap();
     let missing: Vec<&str> = items.iter().map(|i| i.text.as_str()).filter(|t| cache.get(&text_key(t)).is_none()).collect();
     if !missing.is_empty() {

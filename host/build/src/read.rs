@@ -163,7 +163,6 @@ fn read_json_array<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, mut
         Start,
         BeforeElement,
         Element,
-        AfterElement,
         Done,
     }
     let (mut line, mut col) = (1u64, 0u64);
@@ -193,9 +192,7 @@ fn read_json_array<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, mut
         }
         let len = buf.len();
         let mut start = None; // start of this chunk's part of the current element
-        let mut i = 0;
-        while i < len {
-            let c = buf[i];
+        for (i, &c) in buf.iter().enumerate() {
             if c == b'\n' {
                 line += 1;
                 col = 0;
@@ -236,7 +233,8 @@ fn read_json_array<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, mut
                 // A UTF-8 BOM before the array, possibly split across reads.
                 State::Start if bom < 3 && c == BOM[bom] && line == 1 && col == bom as u64 + 1 => bom += 1,
                 State::Start => return Err(bad(line, col, "not a JSON array (expected `[`)")),
-                State::BeforeElement | State::AfterElement if c == b']' && (state == State::AfterElement || b.count == 0) => state = State::Done,
+                // `[]`; after a comma, `]` is a trailing comma (below).
+                State::BeforeElement if c == b']' && b.count == 0 => state = State::Done,
                 State::BeforeElement if c != b',' && c != b']' => {
                     state = State::Element;
                     start = Some(i);
@@ -247,10 +245,9 @@ fn read_json_array<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, mut
                         _ => {}
                     }
                 }
-                State::BeforeElement | State::AfterElement => return Err(bad(line, col, "invalid JSON array: empty element")),
+                State::BeforeElement => return Err(bad(line, col, "invalid JSON array: empty element")),
                 State::Done => return Err(bad(line, col, "invalid JSON array: text after the closing `]`")),
             }
-            i += 1;
         }
         if state == State::Element {
             elem.extend_from_slice(&buf[start.unwrap_or(0)..len]);

@@ -39,36 +39,33 @@ fn plugins_check_fails_on_a_bad_plugin() {
     assert!(text.contains("wasi_importer.wasm") && text.contains("wasi:cli/environment@0.2.0"), "{text}");
 }
 
-#[test]
-fn build_prints_the_report_table() {
-    let out_dir = tempfile::tempdir().unwrap();
-    let out = bagel()
-        .args(["build", "--plugins"])
+/// `bagel build` of the demo recipe on the bundled samples into `out`, with `extra` flags.
+fn build_demo(extra: &[&str], out: &std::path::Path) -> std::process::Output {
+    bagel()
+        .arg("build")
+        .args(extra)
+        .arg("--plugins")
         .arg(ws().join("target/plugins"))
         .arg("--data")
         .arg(ws().join("examples/data"))
         .arg("--recipe")
         .arg(ws().join("examples/recipes/demo.toml"))
         .arg("--out")
-        .arg(out_dir.path())
+        .arg(out)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn build_prints_the_report_table() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = build_demo(&[], out_dir.path());
     // The demo recipe lists benchmarks: without a model the embedding check cannot run.
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--decontam-model DIR") && err.contains("--decontam ngram"), "{err}");
     assert!(!out_dir.path().join("sft.parquet").exists(), "nothing written");
-    let out = bagel()
-        .args(["build", "--decontam", "ngram", "--plugins"])
-        .arg(ws().join("target/plugins"))
-        .arg("--data")
-        .arg(ws().join("examples/data"))
-        .arg("--recipe")
-        .arg(ws().join("examples/recipes/demo.toml"))
-        .arg("--out")
-        .arg(out_dir.path())
-        .output()
-        .unwrap();
+    let out = build_demo(&["--decontam", "ngram"], out_dir.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("TOTAL") && text.contains("sharegpt") && text.contains("hh_rlhf"), "{text}");

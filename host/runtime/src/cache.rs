@@ -10,11 +10,7 @@ use std::path::{Path, PathBuf};
 /// The default cache directory: `$BAGEL_CACHE_DIR`, else `$XDG_CACHE_HOME/bagel`, else
 /// `$HOME/.cache/bagel`; compiled plugins live in its `wasm/` subdirectory.
 pub fn default_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("BAGEL_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|p| PathBuf::from(p).join("bagel")))
-        .or_else(|| std::env::var_os("HOME").map(|p| PathBuf::from(p).join(".cache/bagel")))?;
-    Some(base.join("wasm"))
+    Some(bagel_core::cache_root()?.join("wasm"))
 }
 
 /// Cache key of a component for an engine: `<sha256 hex>-<engine hash hex>`.

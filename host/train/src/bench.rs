@@ -12,7 +12,7 @@ use crate::config::LlamaConfig;
 use crate::error::{Result, TrainError};
 use crate::model::{Llama, RandomInit};
 use crate::sft::clip_global_norm;
-use burn::module::{AutodiffModule, Module};
+use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Distribution, ElementConversion, Int, Tensor};
@@ -92,8 +92,7 @@ pub fn bench_sft_step<B: AutodiffBackend>(args: &StepBenchArgs, device: &B::Devi
     for step in 0..args.warmup + args.steps {
         let t = Instant::now();
         let loss = model.loss_sum(inputs.clone(), targets.clone(), mask.clone()).div_scalar(n_targets);
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let mut grads = grads;
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
         clip_global_norm(&model, &mut grads, 1.0);
         model = optim.step(1e-4, model, grads);
         losses.push(loss.into_scalar().elem::<f64>());
@@ -106,7 +105,6 @@ pub fn bench_sft_step<B: AutodiffBackend>(args: &StepBenchArgs, device: &B::Devi
         }
         tracing::info!(step, loss = losses[step], seconds = t.elapsed().as_secs_f64(), "bench step");
     }
-    let _ = model.valid();
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];

@@ -25,12 +25,12 @@
 use crate::data::{Example, Tok};
 use crate::error::{io, Result, TrainError};
 use crate::model::Llama;
-use crate::sft::{batch_tensors, clip_global_norm, linear_lr, load_latest_checkpoint, save_checkpoint, TrainerState};
+use crate::sft::{adamw, batch_tensors, clip_global_norm, linear_lr, load_latest_checkpoint, save_checkpoint, schedule, TrainerState};
 use crate::weights::{load_model, save_model};
 use arrow_array::StringArray;
 use burn::module::AutodiffModule;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::activation::{log_sigmoid, relu};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
@@ -382,14 +382,8 @@ pub fn train_dpo<B: AutodiffBackend>(args: &DpoArgs, device: &B::Device) -> Resu
     };
 
     let per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps;
-    let total = args.max_steps.unwrap_or_else(|| ((args.num_train_epochs * train_idx.len() as f64) / per_step as f64).ceil().max(1.0) as usize);
-    let warmup = (args.warmup_ratio * total as f64).ceil() as usize;
-    let mut optim = AdamWConfig::new()
-        .with_beta_1(args.adam_beta1 as f32)
-        .with_beta_2(args.adam_beta2 as f32)
-        .with_epsilon(args.adam_epsilon as f32)
-        .with_weight_decay(args.weight_decay as f32)
-        .init::<B, Llama<B>>();
+    let (total, warmup) = schedule(args.max_steps, args.num_train_epochs, train_idx.len(), per_step, args.warmup_ratio);
+    let mut optim = adamw(args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.weight_decay).init::<B, Llama<B>>();
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
     let mut st = TrainerState { step: 0, cursor: 0, rng, order: (0..train_idx.len()).collect(), seen: 0, tokens_done: 0, first_loss: f64::NAN, first_eval_loss: None };
     crate::data::shuffle(&mut st.order, &mut st.rng);

@@ -105,12 +105,7 @@ pub fn bench_sft_step_on(kind: BackendKind, args: &bench::StepBenchArgs) -> erro
 /// `$XDG_CACHE_HOME/bagel/cubecl`, else `~/.cache/bagel/cubecl`. `None` when none of
 /// these variables is set.
 pub fn gpu_cache_dir() -> Option<std::path::PathBuf> {
-    use std::path::PathBuf;
-    let base = std::env::var_os("BAGEL_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|x| PathBuf::from(x).join("bagel")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/bagel")))?;
-    Some(base.join("cubecl"))
+    Some(bagel_core::cache_root()?.join("cubecl"))
 }
 
 /// Whether a CubeCL configuration file applies: `cubecl.toml`/`CubeCL.toml`, or a

@@ -103,6 +103,18 @@ pub struct SftArgs {
     pub pad_to_multiple_of: usize,
 }
 
+/// AdamW (Loshchilov & Hutter 2019) with HF Trainer's knobs; shared by SFT and DPO.
+pub(crate) fn adamw(beta1: f64, beta2: f64, epsilon: f64, weight_decay: f64) -> AdamWConfig {
+    AdamWConfig::new().with_beta_1(beta1 as f32).with_beta_2(beta2 as f32).with_epsilon(epsilon as f32).with_weight_decay(weight_decay as f32)
+}
+
+/// (total optimizer steps, warm-up steps) as HF Trainer derives them: `max_steps`, else
+/// ⌈epochs · examples / examples per step⌉ (at least 1); warm-up ⌈ratio · total⌉.
+pub(crate) fn schedule(max_steps: Option<usize>, epochs: f64, examples: usize, per_step: usize, warmup_ratio: f64) -> (usize, usize) {
+    let total = max_steps.unwrap_or_else(|| ((epochs * examples as f64) / per_step as f64).ceil().max(1.0) as usize);
+    (total, (warmup_ratio * total as f64).ceil() as usize)
+}
+
 /// HF's `LengthGroupedSampler` mega-batch factor.
 pub const MEGABATCH_MULT: usize = 50;
 
@@ -308,16 +320,10 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
         return Err(TrainError::Args(format!("no training examples left in {} ({data_report:?})", args.dataset.display())));
     }
     let per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps;
-    let total = args.max_steps.unwrap_or_else(|| ((args.num_train_epochs * train.len() as f64) / per_step as f64).ceil().max(1.0) as usize);
-    let warmup = (args.warmup_ratio * total as f64).ceil() as usize;
+    let (total, warmup) = schedule(args.max_steps, args.num_train_epochs, train.len(), per_step, args.warmup_ratio);
     std::fs::create_dir_all(&args.output_dir).map_err(io(&args.output_dir))?;
     std::fs::write(args.output_dir.join("training_args.json"), serde_json::to_vec_pretty(args).expect("args serialise")).map_err(io(&args.output_dir))?;
-    let mut optim = AdamWConfig::new()
-        .with_beta_1(args.adam_beta1 as f32)
-        .with_beta_2(args.adam_beta2 as f32)
-        .with_epsilon(args.adam_epsilon as f32)
-        .with_weight_decay(args.weight_decay as f32)
-        .init::<B, Llama<B>>();
+    let mut optim = adamw(args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.weight_decay).init::<B, Llama<B>>();
     let pad = tok.eos.1;
     let megabatch = MEGABATCH_MULT * args.per_device_train_batch_size;
     let lengths: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();

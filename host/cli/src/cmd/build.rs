@@ -211,7 +211,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             ngram_max_items: a.decontam_ngram_max_items,
             exact: a.decontam_exact,
             embed_chunk: 1024,
-            cache_dir: bagel_runtime::cache::default_dir().map(|d| d.with_file_name("decontam")),
+            cache_dir: bagel_core::cache_root().map(|r| r.join("decontam")),
         },
         compression: match a.compression {
             CompressionArg::Snappy => OutputCompression::Snappy,
