@@ -91,11 +91,25 @@ struct Resolved<'a> {
 }
 
 /// Output of one source job (before dedup).
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default)]
 struct SourceRun {
     report: SourceReport,
-    records: Vec<(String, bagel_core::DedupMode, String, bagel_core::Payload)>,
+    /// Emitted records, in emit order.
+    records: Vec<SourceRecord>,
     bad_rows: Vec<BadRow>,
+}
+
+/// One emitted record before dedup.
+#[derive(Debug)]
+struct SourceRecord {
+    /// Dedup key text (a benchmark's item id).
+    key: String,
+    /// uuid5 of `key`, computed on the source's worker thread so that the sequential
+    /// dedup only consults the set.
+    id: String,
+    mode: bagel_core::DedupMode,
+    label: String,
+    payload: bagel_core::Payload,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -189,7 +203,7 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
     let key = stage_key(opts, &resolved)?;
     let cache_dir = opts.out.join(".bagel-cache");
     let cache_file = cache_dir.join(format!("raw-{key}.json"));
-    let raw: RawStage = match (opts.use_stage_cache, std::fs::read(&cache_file)) {
+    let mut raw: RawStage = match (opts.use_stage_cache, std::fs::read(&cache_file)) {
         (true, Ok(bytes)) => match serde_json::from_slice::<RawStage>(&bytes) {
             Ok(r) if r.key == key => {
                 report.raw_cache_hit = true;
@@ -199,7 +213,8 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
         },
         _ => run_raw(opts, &rt, &resolved, key.clone(), &mut report)?,
     };
-    if !report.raw_cache_hit && !raw.reports.iter().any(|r| r.failed.is_some()) {
+    let save_raw = !report.raw_cache_hit && !raw.reports.iter().any(|r| r.failed.is_some());
+    let write_raw_cache = |raw: &RawStage| -> Result<()> {
         std::fs::create_dir_all(&cache_dir).map_err(io(&cache_dir))?;
         // Keep only the newest raw stage.
         if let Ok(rd) = std::fs::read_dir(&cache_dir) {
@@ -209,9 +224,9 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
                 }
             }
         }
-        let bytes = serde_json::to_vec(&raw).map_err(|e| BuildError::Io { path: cache_file.clone(), source: e.into() })?;
-        write_atomic(&cache_file, &bytes)?;
-    }
+        let bytes = serde_json::to_vec(raw).map_err(|e| BuildError::Io { path: cache_file.clone(), source: e.into() })?;
+        write_atomic(&cache_file, &bytes)
+    };
     report.sources = raw.reports.clone();
     report.bad_rows = raw.bad_rows.clone();
 
@@ -260,12 +275,15 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
 
     // Decontamination.
     let decontam_path = opts.out.join(crate::decontam::REPORT_FILE);
-    let mut records = raw.records;
     let mut removed = None;
+    let mut kept_records = None;
     if decontam_on {
+        if save_raw {
+            write_raw_cache(&raw)?;
+        }
         let t = Instant::now();
         let items = run_benchmarks(opts, &rt, &benches)?;
-        let (kept, gone, summary) = crate::decontam::decontaminate(records, items, embedder, &opts.decontam)?;
+        let (kept, gone, summary) = crate::decontam::decontaminate(std::mem::take(&mut raw.records), items, embedder, &opts.decontam)?;
         for r in &gone {
             if let Some(&o) = raw.origins.get(r.index) {
                 let rep = &mut report.sources[o as usize];
@@ -273,15 +291,23 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
                 rep.kept -= 1;
             }
         }
-        records = kept;
+        kept_records = Some(kept);
         report.decontamination = Some(summary);
         removed = Some(gone);
         report.stages.decontam = t.elapsed().as_secs_f64();
     }
 
-    // Format stage.
+    // Format stage. Without decontamination the raw stage is saved to the cache on
+    // another thread meanwhile (it only reads the records).
     let t = Instant::now();
-    let formatted = format_records(&rt, &formats, &records, &bos, &eos, opts.seed, opts.chunking)?;
+    let records: &[Record] = kept_records.as_deref().unwrap_or(&raw.records);
+    let (formatted, saved) = std::thread::scope(|scope| {
+        let saved = (save_raw && !decontam_on).then(|| scope.spawn(|| write_raw_cache(&raw)));
+        let formatted = format_records(&rt, &formats, records, &bos, &eos, opts.seed, opts.chunking);
+        (formatted, saved.map(|h| h.join().expect("raw-stage cache writer panicked")))
+    });
+    let formatted = formatted?;
+    saved.transpose()?;
     report.stages.format = t.elapsed().as_secs_f64();
     report.format_stats = formatted.stats;
     report.dropped_by_expansion = formatted.dropped_by_expansion;
@@ -317,8 +343,8 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
         );
         (sft, dpo.join().expect("dpo writer panicked"))
     });
-    sft_res?;
-    dpo_res?;
+    report.sft_sha256 = sft_res?;
+    report.dpo_sha256 = dpo_res?;
     match &removed {
         Some(rows) => crate::decontam::write_report(&decontam_path, rows)?,
         None => {
@@ -330,14 +356,16 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
     }
     report.sft_rows = s.len() as u64;
     report.dpo_rows = d.len() as u64;
-    report.sft_sha256 = sha256_file(&sft_path)?;
-    report.dpo_sha256 = sha256_file(&dpo_path)?;
     report.stages.write = t.elapsed().as_secs_f64();
     report.stages.total = t_total.elapsed().as_secs_f64();
     let json = serde_json::to_vec_pretty(&report).expect("report serialises");
     write_atomic(&opts.out.join("build-report.json"), &json)?;
     let stamp = OutputsStamp { key: fkey, sft: file_stamp(&sft_path), dpo: file_stamp(&dpo_path), report: report.clone() };
     write_atomic(&outputs_file, &serde_json::to_vec(&stamp).expect("stamp serialises"))?;
+    // Freeing some 300,000 strings takes tens of ms (bench/RESULTS.md, issue 3) that the
+    // caller need not wait for: a thread frees them.
+    let (sft, dpo) = (formatted.sft, formatted.dpo);
+    std::thread::spawn(move || drop((sft, dpo, raw, kept_records)));
     Ok(report)
 }
 
@@ -378,7 +406,7 @@ fn run_benchmarks(opts: &BuildOptions, rt: &Runtime, benches: &[Resolved]) -> Re
     let mut items = Vec::new();
     for b in benches {
         let run = run_source(opts, rt, b)?;
-        for (key, _, label, payload) in run.records {
+        for SourceRecord { key, label, payload, .. } in run.records {
             if let Some(text) = crate::decontam::bench_text(&payload) {
                 items.push(bagel_decontam::BenchItem { benchmark: label, id: key, text: text.to_string() });
             }
@@ -393,11 +421,6 @@ pub fn benchmark_items(opts: &BuildOptions) -> Result<Vec<bagel_decontam::BenchI
     let (rt, plugins) = load_plugins(opts)?;
     let benches = resolve_benchmarks(opts, &plugins)?;
     run_benchmarks(opts, &rt, &benches)
-}
-
-fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
 fn resolve<'a>(opts: &BuildOptions, plugin: &'a Plugin, info: &'a SourceInfo, entry: &'a SourceEntry) -> Result<Resolved<'a>> {
@@ -463,18 +486,20 @@ fn run_raw(opts: &BuildOptions, rt: &Runtime, resolved: &[Resolved], key: String
     let t = Instant::now();
     let pb = progress(opts.progress, resolved.len() as u64, "sources");
     // Convert in parallel (bounded by `jobs`), then dedup sequentially in load order:
-    // the result equals the sequential reference.
+    // the result equals the sequential reference. Sources start largest input first
+    // (longest-processing-time-first scheduling), so the longest one does not start last.
     let jobs = opts.jobs.max(1);
     let mut runs: Vec<Option<Result<SourceRun>>> = (0..resolved.len()).map(|_| None).collect();
+    let input_bytes = |r: &Resolved| -> u64 { r.inputs.iter().flat_map(|(_, _, files)| files).filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum() };
+    let mut start_order: Vec<usize> = (0..resolved.len()).collect();
+    start_order.sort_by_key(|&i| std::cmp::Reverse(input_bytes(&resolved[i])));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..jobs.min(resolved.len().max(1)) {
             s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= resolved.len() {
-                    break;
-                }
+                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&i) = start_order.get(k) else { break };
                 let r = run_source(opts, rt, &resolved[i]);
                 pb.inc(1);
                 results.lock().unwrap().push((i, r));
@@ -505,8 +530,7 @@ fn run_raw(opts: &BuildOptions, rt: &Runtime, resolved: &[Resolved], key: String
             Err(e) => return Err(e),
         };
         let mut rep = run.report;
-        for (key_text, mode, label, payload) in run.records {
-            let id = uid(&key_text);
+        for SourceRecord { id, mode, label, payload, .. } in run.records {
             if known.admit(&id, mode) {
                 records.push(Record { id, source: label, payload });
                 origins.push(reports.len() as u32);
@@ -621,7 +645,7 @@ fn absorb(opts: &BuildOptions, name: &str, file: &Path, file_start: u64, out: ba
     }
     run.report.emitted += out.records.len() as u64;
     for Emitted { key, mode, label, payload, .. } in out.records {
-        run.records.push((key, mode, label, payload));
+        run.records.push(SourceRecord { id: uid(&key), key, mode, label, payload });
     }
     Ok(())
 }

@@ -2,14 +2,18 @@
 //! and is renamed into place only when complete, so an interrupted build never leaves a
 //! partial `sft.parquet`/`dpo.parquet`/`build-report.json`.
 use crate::error::{io, BuildError, Result};
-use arrow_array::{ArrayRef, RecordBatch, StringArray};
+use arrow_array::builder::StringBuilder;
+use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnChunk};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use sha2::{Digest, Sha256};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// Compression of the SFT/DPO parquet files (all readable by pyarrow, pandas and HF
 /// `datasets`).
@@ -81,13 +85,14 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
 /// Write a parquet file of non-null UTF-8 columns, atomically. `columns[i].1` are the
 /// values of column `columns[i].0`; all columns have the same length. `compression`,
 /// row groups of [`ROW_GROUP`] rows encoded on all cores; byte-identical for identical
-/// input whatever the number of cores.
-pub fn write_string_parquet(dest: &Path, columns: &[(&str, Vec<&str>)], compression: OutputCompression) -> Result<()> {
+/// input whatever the number of cores. Returns the file's sha256 (lowercase hex), hashed
+/// as it is written (the file is not read back).
+pub fn write_string_parquet(dest: &Path, columns: &[(&str, Vec<&str>)], compression: OutputCompression) -> Result<String> {
     let perr = |e: &dyn std::fmt::Display| BuildError::Parquet { path: dest.to_path_buf(), message: e.to_string() };
     let schema = Arc::new(Schema::new(columns.iter().map(|(n, _)| Field::new(*n, DataType::Utf8, false)).collect::<Vec<_>>()));
     let n = columns.first().map(|c| c.1.len()).unwrap_or(0);
     let file = AtomicFile::new(dest);
-    let out = std::fs::File::create(file.path()).map_err(io(file.path()))?;
+    let out = HashingWriter { inner: std::fs::File::create(file.path()).map_err(io(file.path()))?, hasher: Sha256::new() };
     // Long unique texts gain nothing from dictionary encoding or min/max statistics and
     // cost most of the write time; `source` (few distinct values) keeps both.
     let mut props = WriterProperties::builder()
@@ -100,11 +105,11 @@ pub fn write_string_parquet(dest: &Path, columns: &[(&str, Vec<&str>)], compress
         props = props.set_column_dictionary_enabled(col.clone(), true).set_column_statistics_enabled(col, parquet::file::properties::EnabledStatistics::Page);
     }
     let props = props.build();
-    // Row groups are encoded and compressed in parallel, one task per row group, in
-    // windows of as many groups as there are cores; each window is appended in order
-    // before the next starts, so the bytes do not depend on the number of threads and at
-    // most one window of encoded groups is held in memory. An empty output has no row
-    // group (as `ArrowWriter` writes it).
+    // Row groups are encoded and compressed on `workers` threads while this thread appends
+    // them to the file strictly in order, so the bytes do not depend on the number of
+    // threads. A worker starts group g only once fewer than `window` encoded groups wait
+    // to be appended, which bounds memory. An empty output has no row group (as
+    // `ArrowWriter` writes it).
     let w = ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(|e| perr(&e))?;
     let (mut file_writer, factory) = w.into_serialized_writer().map_err(|e| perr(&e))?;
     let groups: Vec<(usize, usize)> = (0..n).step_by(ROW_GROUP).map(|s| (s, (s + ROW_GROUP).min(n))).collect();
@@ -112,7 +117,13 @@ pub fn write_string_parquet(dest: &Path, columns: &[(&str, Vec<&str>)], compress
         let (start, end) = groups[g];
         let mut chunks = Vec::new();
         for (mut writer, ((_, values), field)) in factory.create_column_writers(g)?.into_iter().zip(columns.iter().zip(schema.fields())) {
-            let array: ArrayRef = Arc::new(StringArray::from(values[start..end].to_vec()));
+            let values = &values[start..end];
+            // Sized up front: growing the value buffer string by string re-copies it.
+            let mut builder = StringBuilder::with_capacity(values.len(), values.iter().map(|v| v.len()).sum());
+            for v in values {
+                builder.append_value(v);
+            }
+            let array: ArrayRef = Arc::new(builder.finish());
             for leaf in compute_leaves(field, &array)? {
                 writer.write(&leaf)?;
             }
@@ -120,23 +131,86 @@ pub fn write_string_parquet(dest: &Path, columns: &[(&str, Vec<&str>)], compress
         }
         Ok(chunks)
     };
-    let workers = std::thread::available_parallelism().map_or(1, |p| p.get());
-    let all: Vec<usize> = (0..groups.len()).collect();
-    for window in all.chunks(workers) {
-        let encoded: Vec<_> = std::thread::scope(|scope| {
-            let handles: Vec<_> = window.iter().map(|&g| scope.spawn(move || encode(g))).collect();
-            handles.into_iter().map(|h| h.join().expect("row-group encoder panicked")).collect()
-        });
-        for chunks in encoded {
+    let workers = std::thread::available_parallelism().map_or(1, |p| p.get()).min(groups.len());
+    let window = workers + 1;
+    type Encoded = std::result::Result<Vec<ArrowColumnChunk>, parquet::errors::ParquetError>;
+    struct Queue {
+        encoded: Vec<Option<Encoded>>,
+        appended: usize,
+        stop: bool,
+    }
+    let queue = Mutex::new(Queue { encoded: (0..groups.len()).map(|_| None).collect(), appended: 0, stop: false });
+    let changed = Condvar::new();
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|scope| -> Result<()> {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let g = next.fetch_add(1, Ordering::Relaxed);
+                if g >= groups.len() {
+                    break;
+                }
+                {
+                    let mut q = queue.lock().expect("row-group queue");
+                    while g >= q.appended + window && !q.stop {
+                        q = changed.wait(q).expect("row-group queue");
+                    }
+                    if q.stop {
+                        break;
+                    }
+                }
+                let encoded = encode(g);
+                queue.lock().expect("row-group queue").encoded[g] = Some(encoded);
+                changed.notify_all();
+            });
+        }
+        let mut append = |g: usize| -> Result<()> {
+            let chunks = {
+                let mut q = queue.lock().expect("row-group queue");
+                loop {
+                    if let Some(e) = q.encoded[g].take() {
+                        break e;
+                    }
+                    q = changed.wait(q).expect("row-group queue");
+                }
+            };
             let mut rg = file_writer.next_row_group().map_err(|e| perr(&e))?;
             for chunk in chunks.map_err(|e| perr(&e))? {
                 chunk.append_to_row_group(&mut rg).map_err(|e| perr(&e))?;
             }
             rg.close().map_err(|e| perr(&e))?;
+            queue.lock().expect("row-group queue").appended = g + 1;
+            changed.notify_all();
+            Ok(())
+        };
+        let res = (0..groups.len()).try_for_each(&mut append);
+        if res.is_err() {
+            // Release workers waiting for room; they stop without encoding more.
+            queue.lock().expect("row-group queue").stop = true;
+            changed.notify_all();
         }
+        res
+    })?;
+    let out = file_writer.into_inner().map_err(|e| perr(&e))?;
+    let sha256 = hex::encode(out.hasher.finalize());
+    file.commit()?;
+    Ok(sha256)
+}
+
+/// A writer that hashes (sha256) what it passes on.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
     }
-    file_writer.close().map_err(|e| perr(&e))?;
-    file.commit()
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Write one record batch as a snappy parquet file, atomically (small files: reports).

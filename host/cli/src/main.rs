@@ -3,6 +3,12 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 
+/// mimalloc instead of glibc malloc: a build allocates and frees hundreds of thousands of
+/// strings and tens of MB of buffers; glibc maps and faults in fresh pages for each large
+/// buffer and frees slowly (bench/RESULTS.md, issue 3).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Build a composite LLM fine-tuning dataset from sandboxed WASM plugins.
 #[derive(Parser)]
 #[command(name = "bagel", version, about, args_override_self = true)]
