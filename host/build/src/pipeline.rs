@@ -224,8 +224,14 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
                 }
             }
         }
-        let bytes = serde_json::to_vec(raw).map_err(|e| BuildError::Io { path: cache_file.clone(), source: e.into() })?;
-        write_atomic(&cache_file, &bytes)
+        // Streamed to the file: the JSON (16 MB for the anchor recipe) is never held.
+        let file = crate::write::AtomicFile::new(&cache_file);
+        let out = std::fs::File::create(file.path()).map_err(io(file.path()))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+        serde_json::to_writer(&mut out, raw).map_err(|e| BuildError::Io { path: cache_file.clone(), source: e.into() })?;
+        std::io::Write::flush(&mut out).map_err(io(file.path()))?;
+        drop(out);
+        file.commit()
     };
     report.sources = raw.reports.clone();
     report.bad_rows = raw.bad_rows.clone();
