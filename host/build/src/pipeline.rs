@@ -99,13 +99,21 @@ struct SourceRun {
     bad_rows: Vec<BadRow>,
 }
 
+/// What a source job's records are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunFor {
+    /// A build source: records carry the uuid5 of their key for dedup.
+    Build,
+    /// A benchmark: records carry their key text (the benchmark item id).
+    Benchmark,
+}
+
 /// One emitted record before dedup.
 #[derive(Debug)]
 struct SourceRecord {
-    /// Dedup key text (a benchmark's item id).
-    key: String,
-    /// uuid5 of `key`, computed on the source's worker thread so that the sequential
-    /// dedup only consults the set.
+    /// [`RunFor::Build`]: uuid5 of the dedup key text, computed on the source's worker
+    /// thread so that the sequential dedup only consults the set.
+    /// [`RunFor::Benchmark`]: the key text itself (the item id).
     id: String,
     mode: bagel_core::DedupMode,
     label: String,
@@ -143,7 +151,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     build_with(opts, None)
 }
 
-/// Run a build; returns the report (also written to `out/build-report.json`).
+/// Run a build; returns the report (also written to `out/build-report.json`). The rows
+/// and records are freed on a short-lived background thread after the outputs are
+/// written, so memory may still fall for some tens of ms after this returns.
 /// `embedder` serves the embedding check of decontamination. Errors: [`BuildError`]
 /// naming the plugin, file and row, or the stage that failed; outputs are left as they were.
 pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Embedder>) -> Result<BuildReport> {
@@ -369,9 +379,10 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
     let stamp = OutputsStamp { key: fkey, sft: file_stamp(&sft_path), dpo: file_stamp(&dpo_path), report: report.clone() };
     write_atomic(&outputs_file, &serde_json::to_vec(&stamp).expect("stamp serialises"))?;
     // Freeing some 300,000 strings takes tens of ms (bench/RESULTS.md, issue 3) that the
-    // caller need not wait for: a thread frees them.
+    // caller need not wait for: a short-lived thread frees them (inline if no thread can
+    // be started).
     let (sft, dpo) = (formatted.sft, formatted.dpo);
-    std::thread::spawn(move || drop((sft, dpo, raw, kept_records)));
+    let _ = std::thread::Builder::new().name("bagel-free".into()).spawn(move || drop((sft, dpo, raw, kept_records)));
     Ok(report)
 }
 
@@ -411,10 +422,10 @@ fn resolve_benchmarks<'a>(opts: &'a BuildOptions, plugins: &'a [Plugin]) -> Resu
 fn run_benchmarks(opts: &BuildOptions, rt: &Runtime, benches: &[Resolved]) -> Result<Vec<bagel_decontam::BenchItem>> {
     let mut items = Vec::new();
     for b in benches {
-        let run = run_source(opts, rt, b)?;
-        for SourceRecord { key, label, payload, .. } in run.records {
+        let run = run_source(opts, rt, b, RunFor::Benchmark)?;
+        for SourceRecord { id, label, payload, .. } in run.records {
             if let Some(text) = crate::decontam::bench_text(&payload) {
-                items.push(bagel_decontam::BenchItem { benchmark: label, id: key, text: text.to_string() });
+                items.push(bagel_decontam::BenchItem { benchmark: label, id, text: text.to_string() });
             }
         }
     }
@@ -506,7 +517,7 @@ fn run_raw(opts: &BuildOptions, rt: &Runtime, resolved: &[Resolved], key: String
             s.spawn(|| loop {
                 let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(&i) = start_order.get(k) else { break };
-                let r = run_source(opts, rt, &resolved[i]);
+                let r = run_source(opts, rt, &resolved[i], RunFor::Build);
                 pb.inc(1);
                 results.lock().unwrap().push((i, r));
             });
@@ -565,7 +576,7 @@ fn progress(show: bool, len: u64, what: &str) -> indicatif::ProgressBar {
     pb
 }
 
-fn run_source(opts: &BuildOptions, rt: &Runtime, r: &Resolved) -> Result<SourceRun> {
+fn run_source(opts: &BuildOptions, rt: &Runtime, r: &Resolved, run_for: RunFor) -> Result<SourceRun> {
     let name = &r.info.name;
     let mut job = SourceJob::start(rt, r.plugin, derive_seed(opts.seed, name))?;
     job.configure(&r.params)?;
@@ -615,7 +626,7 @@ fn run_source(opts: &BuildOptions, rt: &Runtime, r: &Resolved) -> Result<SourceR
                         end += 1;
                     }
                     let out = job.push_rows(input, good_rows[start], &good[start..end])?;
-                    absorb(opts, name, file, file_start, out, &mut run)?;
+                    absorb(opts, name, file, file_start, out, run_for, &mut run)?;
                     start = end;
                 }
                 plugin_secs += t.elapsed().as_secs_f64();
@@ -627,14 +638,14 @@ fn run_source(opts: &BuildOptions, rt: &Runtime, r: &Resolved) -> Result<SourceR
     }
     let t = Instant::now();
     let out = job.finish()?;
-    absorb(opts, name, Path::new("<finish>"), 0, out, &mut run)?;
+    absorb(opts, name, Path::new("<finish>"), 0, out, run_for, &mut run)?;
     plugin_secs += t.elapsed().as_secs_f64();
     run.report.seconds_plugin = plugin_secs;
     run.report.seconds_read = (t_all.elapsed().as_secs_f64() - plugin_secs).max(0.0);
     Ok(run)
 }
 
-fn absorb(opts: &BuildOptions, name: &str, file: &Path, file_start: u64, out: bagel_runtime::BatchOutput, run: &mut SourceRun) -> Result<()> {
+fn absorb(opts: &BuildOptions, name: &str, file: &Path, file_start: u64, out: bagel_runtime::BatchOutput, run_for: RunFor, run: &mut SourceRun) -> Result<()> {
     for inv in out.invalid {
         run.report.invalid += 1;
         let row = inv.row.saturating_sub(file_start) + 1;
@@ -651,7 +662,11 @@ fn absorb(opts: &BuildOptions, name: &str, file: &Path, file_start: u64, out: ba
     }
     run.report.emitted += out.records.len() as u64;
     for Emitted { key, mode, label, payload, .. } in out.records {
-        run.records.push(SourceRecord { id: uid(&key), key, mode, label, payload });
+        let id = match run_for {
+            RunFor::Build => uid(&key),
+            RunFor::Benchmark => key,
+        };
+        run.records.push(SourceRecord { id, mode, label, payload });
     }
     Ok(())
 }

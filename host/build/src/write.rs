@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 /// Compression of the SFT/DPO parquet files (all readable by pyarrow, pandas and HF
 /// `datasets`).
@@ -107,9 +107,11 @@ pub fn write_string_parquet(dest: &Path, columns: &[(&str, Vec<&str>)], compress
     let props = props.build();
     // Row groups are encoded and compressed on `workers` threads while this thread appends
     // them to the file strictly in order, so the bytes do not depend on the number of
-    // threads. A worker starts group g only once fewer than `window` encoded groups wait
-    // to be appended, which bounds memory. An empty output has no row group (as
-    // `ArrowWriter` writes it).
+    // threads. A worker starts group g only while g < appended + `window` (at most
+    // `window` groups in flight past the last appended one), which bounds memory. A panic
+    // while encoding is caught and re-raised here; whatever way this thread leaves, the
+    // workers are told to stop. An empty output has no row group (as `ArrowWriter`
+    // writes it).
     let w = ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(|e| perr(&e))?;
     let (mut file_writer, factory) = w.into_serialized_writer().map_err(|e| perr(&e))?;
     let groups: Vec<(usize, usize)> = (0..n).step_by(ROW_GROUP).map(|s| (s, (s + ROW_GROUP).min(n))).collect();
@@ -133,12 +135,6 @@ pub fn write_string_parquet(dest: &Path, columns: &[(&str, Vec<&str>)], compress
     };
     let workers = std::thread::available_parallelism().map_or(1, |p| p.get()).min(groups.len());
     let window = workers + 1;
-    type Encoded = std::result::Result<Vec<ArrowColumnChunk>, parquet::errors::ParquetError>;
-    struct Queue {
-        encoded: Vec<Option<Encoded>>,
-        appended: usize,
-        stop: bool,
-    }
     let queue = Mutex::new(Queue { encoded: (0..groups.len()).map(|_| None).collect(), appended: 0, stop: false });
     let changed = Condvar::new();
     let next = AtomicUsize::new(0);
@@ -150,50 +146,75 @@ pub fn write_string_parquet(dest: &Path, columns: &[(&str, Vec<&str>)], compress
                     break;
                 }
                 {
-                    let mut q = queue.lock().expect("row-group queue");
+                    let mut q = lock(&queue);
                     while g >= q.appended + window && !q.stop {
-                        q = changed.wait(q).expect("row-group queue");
+                        q = changed.wait(q).unwrap_or_else(PoisonError::into_inner);
                     }
                     if q.stop {
                         break;
                     }
                 }
-                let encoded = encode(g);
-                queue.lock().expect("row-group queue").encoded[g] = Some(encoded);
+                let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encode(g)));
+                lock(&queue).encoded[g] = Some(encoded);
                 changed.notify_all();
             });
         }
-        let mut append = |g: usize| -> Result<()> {
-            let chunks = {
-                let mut q = queue.lock().expect("row-group queue");
+        let _stop = StopOnExit { queue: &queue, changed: &changed };
+        for g in 0..groups.len() {
+            let encoded = {
+                let mut q = lock(&queue);
                 loop {
                     if let Some(e) = q.encoded[g].take() {
                         break e;
                     }
-                    q = changed.wait(q).expect("row-group queue");
+                    q = changed.wait(q).unwrap_or_else(PoisonError::into_inner);
                 }
             };
+            let chunks = encoded.unwrap_or_else(|panic| std::panic::resume_unwind(panic)).map_err(|e| perr(&e))?;
             let mut rg = file_writer.next_row_group().map_err(|e| perr(&e))?;
-            for chunk in chunks.map_err(|e| perr(&e))? {
+            for chunk in chunks {
                 chunk.append_to_row_group(&mut rg).map_err(|e| perr(&e))?;
             }
             rg.close().map_err(|e| perr(&e))?;
-            queue.lock().expect("row-group queue").appended = g + 1;
-            changed.notify_all();
-            Ok(())
-        };
-        let res = (0..groups.len()).try_for_each(&mut append);
-        if res.is_err() {
-            // Release workers waiting for room; they stop without encoding more.
-            queue.lock().expect("row-group queue").stop = true;
+            lock(&queue).appended = g + 1;
             changed.notify_all();
         }
-        res
+        Ok(())
     })?;
     let out = file_writer.into_inner().map_err(|e| perr(&e))?;
     let sha256 = hex::encode(out.hasher.finalize());
     file.commit()?;
     Ok(sha256)
+}
+
+/// Encoded column chunks of one row group, or the encoder's error, or its panic.
+type Encoded = std::thread::Result<std::result::Result<Vec<ArrowColumnChunk>, parquet::errors::ParquetError>>;
+
+/// Row groups between the encoding workers and the appending thread.
+struct Queue {
+    /// `encoded[g]`: group g, once encoded and until appended.
+    encoded: Vec<Option<Encoded>>,
+    /// Groups appended so far.
+    appended: usize,
+    /// Set when the appending thread leaves (done, error or panic): workers stop.
+    stop: bool,
+}
+
+fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
+    queue.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Tells the workers to stop when dropped, including while unwinding.
+struct StopOnExit<'a> {
+    queue: &'a Mutex<Queue>,
+    changed: &'a Condvar,
+}
+
+impl Drop for StopOnExit<'_> {
+    fn drop(&mut self) {
+        lock(self.queue).stop = true;
+        self.changed.notify_all();
+    }
 }
 
 /// A writer that hashes (sha256) what it passes on.
