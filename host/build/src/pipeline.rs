@@ -280,10 +280,8 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
                 cached.report.stages = Default::default();
                 cached.report.stages.load_plugins = report.stages.load_plugins;
                 cached.report.stages.total = t_total.elapsed().as_secs_f64();
-                let report_path = opts.out.join("build-report.json");
-                if !report_path.exists() {
-                    write_atomic(&report_path, &serde_json::to_vec_pretty(&cached.report).expect("report serialises"))?;
-                }
+                // The report on disk describes this run (cache hits, stage times).
+                write_atomic(&opts.out.join("build-report.json"), &serde_json::to_vec_pretty(&cached.report).expect("report serialises"))?;
                 return Ok(cached.report);
             }
         }

@@ -89,6 +89,11 @@ fn same_seed_same_bytes_other_seed_differs() {
     assert!(warm.raw_cache_hit);
     assert!(!ra.raw_cache_hit);
     assert_eq!(warm.sft_sha256, ra.sft_sha256);
+    assert!(warm.outputs_cache_hit, "nothing changed: the outputs are reused");
+    // The report on disk describes this run, not the one that wrote the outputs.
+    let on_disk: serde_json::Value = serde_json::from_slice(&std::fs::read(a.path().join("build-report.json")).unwrap()).unwrap();
+    assert_eq!(on_disk["outputs_cache_hit"], true);
+    assert_eq!(on_disk["sft_sha256"].as_str(), Some(ra.sft_sha256.as_str()));
     // Another compression: other bytes (the outputs cache must not hand back the snappy
     // files), the same rows, and the codec recorded in the file.
     let mut o = opts(&data, demo_recipe(), a.path(), 42);

@@ -21,7 +21,7 @@ pub struct Vectors {
 impl Vectors {
     /// Number of vectors.
     pub fn len(&self) -> usize {
-        if self.dim == 0 { 0 } else { self.data.len() / self.dim }
+        self.data.len().checked_div(self.dim).unwrap_or(0)
     }
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
