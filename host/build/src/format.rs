@@ -21,22 +21,59 @@ use bagel_core::rng::{derive_seed, Rng};
 use bagel_core::{uid, Payload, Record, Turn};
 use bagel_runtime::{FormatJob, Plugin, RenderItem, Runtime};
 use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Items per render call.
 pub const RENDER_BATCH: usize = 512;
+
+/// A row's text: a byte range of a text it may share with other rows (a format
+/// plugin's rendered batch), so that rendered rows are not copied into `String`s of
+/// their own on their way to the parquet writer.
+#[derive(Debug, Clone)]
+pub struct RowText {
+    text: Arc<String>,
+    range: Range<usize>,
+}
+
+impl RowText {
+    /// A text of its own.
+    pub fn owned(text: String) -> RowText {
+        let range = 0..text.len();
+        RowText { text: Arc::new(text), range }
+    }
+    /// Bytes `range` of a shared text. Panics unless `range` lies in `text` on character
+    /// boundaries (the runtime checks a plugin's ranges before handing them out).
+    pub fn slice(text: &Arc<String>, range: Range<usize>) -> RowText {
+        assert!(text.get(range.clone()).is_some(), "row text range {range:?} is not a slice of the {}-byte batch text", text.len());
+        RowText { text: Arc::clone(text), range }
+    }
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.text[self.range.clone()]
+    }
+}
+
+impl PartialEq for RowText {
+    fn eq(&self, other: &RowText) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for RowText {}
 
 /// One SFT output row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SftRow {
     /// Row id (uuid5).
     pub id: String,
-    /// `<label>_<format>` or `<label>_plain_text`.
-    pub source: String,
+    /// `<label>_<format>` or `<label>_plain_text` (shared by the rows of one source).
+    pub source: Arc<str>,
     /// Rendered input ("" for plain text).
-    pub input: String,
+    pub input: RowText,
     /// Rendered output.
-    pub output: String,
+    pub output: RowText,
 }
 
 /// One DPO output row.
@@ -125,9 +162,11 @@ pub fn format_records(rt: &Runtime, formats: &[&Plugin], records: &[Record], bos
         out.dpo.extend(dpo);
         out.stats.push(stats);
     }
+    let mut plain_sources: BTreeMap<&str, Arc<str>> = BTreeMap::new();
     for r in records {
         if let Payload::Text(t) = &r.payload {
-            out.sft.push(SftRow { id: r.id.clone(), source: format!("{}_plain_text", r.source), input: String::new(), output: t.clone() });
+            let source = plain_sources.entry(&r.source).or_insert_with(|| format!("{}_plain_text", r.source).into()).clone();
+            out.sft.push(SftRow { id: r.id.clone(), source, input: RowText::owned(String::new()), output: RowText::owned(t.clone()) });
         }
     }
     Rng::new(derive_seed(seed, "sft-final")).shuffle(&mut out.sft);
@@ -153,12 +192,18 @@ fn render_one(
     let mut coins = Rng::new(derive_seed(seed, &format!("coin:{name}")));
     let mut stats = FormatReport { name: name.clone(), ..Default::default() };
     let mut sft = Vec::with_capacity(sft_idx.len());
+    let mut sources: BTreeMap<&str, Arc<str>> = BTreeMap::new();
     for chunk in sft_idx.chunks(RENDER_BATCH) {
         let items: Vec<RenderItem> = chunk.iter().map(|&i| RenderItem { conversation: &instructions[i].conversation, add_default_system: coins.coin(0.5) }).collect();
-        let rendered = job.render(bos, eos, &items)?;
-        for (&i, r) in chunk.iter().zip(rendered) {
+        let rendered = job.render_batch(bos, eos, &items)?;
+        let text = Arc::new(rendered.text);
+        for (&i, r) in chunk.iter().zip(rendered.items) {
             match r {
-                Ok(r) => sft.push(SftRow { id: instructions[i].id.clone(), source: format!("{}_{name}", instructions[i].source), input: r.input, output: r.output }),
+                Ok((input, output)) => {
+                    let label = instructions[i].source;
+                    let source = sources.entry(label).or_insert_with(|| format!("{label}_{name}").into()).clone();
+                    sft.push(SftRow { id: instructions[i].id.clone(), source, input: RowText::slice(&text, input), output: RowText::slice(&text, output) });
+                }
                 Err(e) => {
                     stats.errors += 1;
                     tracing::warn!(format = %name, id = %instructions[i].id, "format refused an item: {e}");

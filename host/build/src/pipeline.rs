@@ -349,7 +349,7 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
             &sft_path,
             &[
                 ("id", s.iter().map(|r| r.id.as_str()).collect()),
-                ("source", s.iter().map(|r| r.source.as_str()).collect()),
+                ("source", s.iter().map(|r| &*r.source).collect()),
                 ("input", s.iter().map(|r| r.input.as_str()).collect()),
                 ("output", s.iter().map(|r| r.output.as_str()).collect()),
             ],

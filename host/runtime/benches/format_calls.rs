@@ -72,29 +72,41 @@ fn main() {
         Ok(v) => v.split(',').map(|b| b.trim().parse().expect("BAGEL_BENCH_BATCHES: comma-separated sizes")).collect(),
         Err(_) => vec![1, 64, 512, 4096],
     };
-    for batch in batches {
-        let mut times = Vec::new();
-        let mut check = 0usize;
-        for _ in 0..reps {
-            let mut job = FormatJob::start(&rt, &plugin, 0).unwrap();
-            let t = Instant::now();
-            for chunk in convs.chunks(batch) {
-                let items: Vec<RenderItem> = chunk.iter().map(|c| RenderItem { conversation: c, add_default_system: c.len() % 2 == 0 }).collect();
-                for r in job.render("<s>", "</s>", &items).unwrap() {
-                    let r = r.unwrap();
-                    check += r.input.len() + r.output.len();
+    // `render`: two `String`s per row, like the native call. `render_batch` (packed): the
+    // rows stay byte ranges of the plugin's one answer text (what `bagel build` uses).
+    for packed in [false, true] {
+        for &batch in &batches {
+            let mut times = Vec::new();
+            let mut check = 0usize;
+            for _ in 0..reps {
+                let mut job = FormatJob::start(&rt, &plugin, 0).unwrap();
+                let t = Instant::now();
+                for chunk in convs.chunks(batch) {
+                    let items: Vec<RenderItem> = chunk.iter().map(|c| RenderItem { conversation: c, add_default_system: c.len() % 2 == 0 }).collect();
+                    if packed {
+                        let out = job.render_batch("<s>", "</s>", &items).unwrap();
+                        for r in &out.items {
+                            let (i, o) = r.as_ref().unwrap();
+                            check += out.text[i.clone()].len() + out.text[o.clone()].len();
+                        }
+                    } else {
+                        for r in job.render("<s>", "</s>", &items).unwrap() {
+                            let r = r.unwrap();
+                            check += r.input.len() + r.output.len();
+                        }
+                    }
                 }
+                times.push(t.elapsed().as_secs_f64());
             }
-            times.push(t.elapsed().as_secs_f64());
+            assert_eq!(check, check_native, "runtime and native outputs differ in size");
+            rows.push((if packed { format!("wasm, batch {batch}, packed") } else { format!("wasm, batch {batch}") }, median(times)));
         }
-        assert_eq!(check, check_native, "runtime and native outputs differ in size");
-        rows.push((batch, median(times)));
     }
     let nat = median(native);
     println!("format plugin `llama2`, {n} conversations (1–3 turns), median of {reps} runs");
-    println!("{:<22} {:>12} {:>14} {:>10}", "path", "ns/row", "rows/s", "× native");
-    println!("{:<22} {:>12.0} {:>14.0} {:>10.2}", "native (rlib)", nat / n as f64 * 1e9, n as f64 / nat, 1.0);
-    for (batch, t) in rows {
-        println!("{:<22} {:>12.0} {:>14.0} {:>10.2}", format!("wasm, batch {batch}"), t / n as f64 * 1e9, n as f64 / t, t / nat);
+    println!("{:<28} {:>12} {:>14} {:>10}", "path", "ns/row", "rows/s", "× native");
+    println!("{:<28} {:>12.0} {:>14.0} {:>10.2}", "native (rlib)", nat / n as f64 * 1e9, n as f64 / nat, 1.0);
+    for (path, t) in rows {
+        println!("{:<28} {:>12.0} {:>14.0} {:>10.2}", path, t / n as f64 * 1e9, n as f64 / t, t / nat);
     }
 }

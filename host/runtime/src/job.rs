@@ -5,6 +5,7 @@ use crate::load::{FormatPre, InputFormat, InputSpec, ParamSpec, Plugin, Pre, Rec
 use crate::{Limits, PluginError, Runtime, RuntimeError};
 use bagel_core::record::validate_turns;
 use bagel_core::{DedupMode, DpoPair, Payload, Role, Turn};
+use std::ops::Range;
 use wasmtime::{Store, Trap};
 
 /// Run one call under the limits and turn failures into typed errors.
@@ -289,6 +290,26 @@ pub struct Rendered {
     pub output: String,
 }
 
+/// A rendered batch as the plugin answered it: the inputs and outputs of all items back
+/// to back in one text, and per item the byte ranges of its input and output in that
+/// text (on UTF-8 boundaries, checked), or the plugin's error for that item. Lets the
+/// host keep rendered rows as slices of one buffer instead of two `String`s each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedBatch {
+    /// Inputs and outputs, back to back.
+    pub text: String,
+    /// Per item, in order: (input range, output range) in `text` (bytes), or its error.
+    pub items: Vec<Result<(Range<usize>, Range<usize>), PluginError>>,
+}
+
+impl RenderedBatch {
+    /// One `Rendered` (two new `String`s) per item, in order.
+    pub fn into_rendered(self) -> Vec<Result<Rendered, PluginError>> {
+        let text = self.text;
+        self.items.into_iter().map(|r| r.map(|(i, o)| Rendered { input: text[i].to_string(), output: text[o].to_string() })).collect()
+    }
+}
+
 /// A running format job.
 pub struct FormatJob {
     store: Store<HostState>,
@@ -333,10 +354,26 @@ impl FormatJob {
     /// returned text ([`RuntimeError::Malformed`]); a plugin's own per-item error is the
     /// inner `Err`.
     pub fn render(&mut self, bos: &str, eos: &str, items: &[RenderItem<'_>]) -> Result<Vec<Result<Rendered, PluginError>>, RuntimeError> {
+        Ok(self.render_batch(bos, eos, items)?.into_rendered())
+    }
+
+    /// Render a batch and keep the answer packed ([`RenderedBatch`]): no per-item
+    /// `String`s. Errors: as [`FormatJob::render`].
+    pub fn render_batch(&mut self, bos: &str, eos: &str, items: &[RenderItem<'_>]) -> Result<RenderedBatch, RuntimeError> {
         use fb::bagel::plugin::types as t;
         let opts = t::RenderOptions { bos: bos.to_string(), eos: eos.to_string() };
         if let FormatInst::V0_1(_) = self.inst {
-            return self.render_0_1(&opts, items);
+            // 0.1.0 answers one record per item: pack it.
+            let mut packed = RenderedBatch { text: String::new(), items: Vec::with_capacity(items.len()) };
+            for r in self.render_0_1(&opts, items)? {
+                packed.items.push(r.map(|r| {
+                    let start = packed.text.len();
+                    packed.text.push_str(&r.input);
+                    packed.text.push_str(&r.output);
+                    (start..start + r.input.len(), start + r.input.len()..packed.text.len())
+                }));
+            }
+            return Ok(packed);
         }
         use fb2::exports::bagel::plugin::format as f;
         let n_turns = items.iter().map(|i| i.conversation.len()).sum();
@@ -364,8 +401,7 @@ impl FormatJob {
             FormatInst::V0_2(i) => i.bagel_plugin_format().call_render(s, &opts, &batch),
             FormatInst::V0_1(_) => unreachable!("0.1.0 handled above"),
         })?;
-        let spans = self.unpack(items.len(), "render", false, out)?;
-        Ok(spans.into_iter().map(|r| r.map(|(input, output)| Rendered { input, output })).collect())
+        self.unpack(items.len(), "render", false, out)
     }
 
     fn render_0_1(&mut self, opts: &fb::bagel::plugin::types::RenderOptions, items: &[RenderItem<'_>]) -> Result<Vec<Result<Rendered, PluginError>>, RuntimeError> {
@@ -388,11 +424,11 @@ impl FormatJob {
         Ok(out.into_iter().map(|r| r.map(|r| Rendered { input: r.input, output: r.output }).map_err(ferr)).collect())
     }
 
-    /// Split a packed `rendered-batch` into per-item (input, output) strings, checking
-    /// that the lengths tile the text exactly and fall on UTF-8 boundaries and that
-    /// errors name items of the batch in order.
+    /// Turn a packed `rendered-batch` into per-item (input, output) byte ranges of its
+    /// text, checking that the lengths tile the text exactly and fall on UTF-8
+    /// boundaries and that errors name items of the batch in order.
     /// `prompts_only`: DPO prompts, whose output lengths must be 0 (WIT).
-    fn unpack(&mut self, n: usize, call: &'static str, prompts_only: bool, out: fb2::exports::bagel::plugin::format::RenderedBatch) -> Result<Vec<Result<(String, String), PluginError>>, RuntimeError> {
+    fn unpack(&mut self, n: usize, call: &'static str, prompts_only: bool, out: fb2::exports::bagel::plugin::format::RenderedBatch) -> Result<RenderedBatch, RuntimeError> {
         let plugin = self.plugin.clone();
         let bad = |row: u64, detail: String| RuntimeError::Malformed { plugin: plugin.clone(), call, row, detail };
         let r = (|| {
@@ -415,11 +451,11 @@ impl FormatJob {
                     return Err(bad(item as u64, format!("a DPO prompt came back with {} bytes of output (must be 0)", lens[1])));
                 }
                 let (a, b) = (pos + lens[0] as usize, pos + lens[0] as usize + lens[1] as usize);
-                let (Some(input), Some(output)) = (out.text.get(pos..a), out.text.get(a..b)) else {
+                if out.text.get(pos..a).is_none() || out.text.get(a..b).is_none() {
                     return Err(bad(item as u64, format!("lengths {}+{} at byte {pos} do not fit the {}-byte text on character boundaries", lens[0], lens[1], out.text.len())));
-                };
+                }
+                res.push(Ok((pos..a, a..b)));
                 pos = b;
-                res.push(Ok((input.to_string(), output.to_string())));
             }
             if let Some(e) = errors.next() {
                 return Err(bad(u64::from(e.item), "an error names no item of the batch, or errors are out of order".into()));
@@ -427,7 +463,7 @@ impl FormatJob {
             if pos != out.text.len() {
                 return Err(bad(0, format!("lengths cover {pos} of {} bytes of text", out.text.len())));
             }
-            Ok(res)
+            Ok(RenderedBatch { text: out.text, items: res })
         })();
         if r.is_err() {
             self.poisoned = true;
@@ -469,8 +505,9 @@ impl FormatJob {
             FormatInst::V0_2(i) => i.bagel_plugin_format().call_render_dpo_prompt(s, &opts, &batch),
             FormatInst::V0_1(_) => unreachable!("checked above"),
         })?;
-        let spans = self.unpack(items.len(), "render-dpo-prompt", true, out)?;
-        Ok(spans.into_iter().map(|r| r.map(|(input, _)| input)).collect())
+        let packed = self.unpack(items.len(), "render-dpo-prompt", true, out)?;
+        let text = packed.text;
+        Ok(packed.items.into_iter().map(|r| r.map(|(input, _)| text[input].to_string())).collect())
     }
 }
 

@@ -18,7 +18,7 @@ mod job;
 mod load;
 
 pub use error::{PluginError, RuntimeError};
-pub use job::{BatchOutput, DropReason, Emitted, FormatJob, InvalidRow, RenderItem, Rendered, SourceJob};
+pub use job::{BatchOutput, DropReason, Emitted, FormatJob, InvalidRow, RenderItem, Rendered, RenderedBatch, SourceJob};
 pub use load::{FormatInfo, WIT_VERSIONS, InputFormat, InputSpec, ParamSpec, Plugin, PluginKind, RecordKind, Runtime, SourceInfo};
 
 use std::time::Duration;

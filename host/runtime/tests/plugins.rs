@@ -98,7 +98,17 @@ fn format_vectors_in_one_batch_with_a_bad_item() {
             let mut items: Vec<RenderItem> = convs.iter().zip(&group).map(|(conv, c)| RenderItem { conversation: conv, add_default_system: c["coin"] == "default_system" }).collect();
             let mid = items.len() / 2;
             items.insert(mid, RenderItem { conversation: &bad, add_default_system: true });
+            // Packed: the items' ranges lie back to back in the one answer text (the
+            // failed item has none) and give the same strings as `render`.
+            let packed = job.render_batch(&bos, &eos, &items).unwrap();
+            let mut end = 0;
+            for r in packed.items.iter().flatten() {
+                assert_eq!((r.0.start, r.1.start), (end, r.0.end), "ranges tile the text");
+                end = r.1.end;
+            }
+            assert_eq!(end, packed.text.len());
             let out = job.render(&bos, &eos, &items).unwrap();
+            assert_eq!(packed.clone().into_rendered(), out);
             assert_eq!(out.len(), group.len() + 1);
             assert!(matches!(&out[mid], Err(bagel_runtime::PluginError::BadInput(_))), "{:?}", out[mid]);
             let ok: Vec<_> = out.iter().enumerate().filter(|(i, _)| *i != mid).map(|(_, r)| r.as_ref().unwrap()).collect();
