@@ -163,10 +163,11 @@ pub fn format_records(rt: &Runtime, formats: &[&Plugin], records: &[Record], bos
         out.stats.push(stats);
     }
     let mut plain_sources: BTreeMap<&str, Arc<str>> = BTreeMap::new();
+    let empty = Arc::new(String::new());
     for r in records {
         if let Payload::Text(t) = &r.payload {
             let source = plain_sources.entry(&r.source).or_insert_with(|| format!("{}_plain_text", r.source).into()).clone();
-            out.sft.push(SftRow { id: r.id.clone(), source, input: RowText::owned(String::new()), output: RowText::owned(t.clone()) });
+            out.sft.push(SftRow { id: r.id.clone(), source, input: RowText::slice(&empty, 0..0), output: RowText::owned(t.clone()) });
         }
     }
     Rng::new(derive_seed(seed, "sft-final")).shuffle(&mut out.sft);

@@ -296,14 +296,16 @@ pub struct Rendered {
 /// host keep rendered rows as slices of one buffer instead of two `String`s each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedBatch {
-    /// Inputs and outputs, back to back.
+    /// Inputs and outputs, back to back (a failed item adds no bytes).
     pub text: String,
     /// Per item, in order: (input range, output range) in `text` (bytes), or its error.
     pub items: Vec<Result<(Range<usize>, Range<usize>), PluginError>>,
 }
 
 impl RenderedBatch {
-    /// One `Rendered` (two new `String`s) per item, in order.
+    /// One `Rendered` (two new `String`s) per item, in order. Panics if a range is not a
+    /// character-boundary range of `text` (never for a batch from
+    /// [`FormatJob::render_batch`], whose ranges are checked).
     pub fn into_rendered(self) -> Vec<Result<Rendered, PluginError>> {
         let text = self.text;
         self.items.into_iter().map(|r| r.map(|(i, o)| Rendered { input: text[i].to_string(), output: text[o].to_string() })).collect()
@@ -354,6 +356,11 @@ impl FormatJob {
     /// returned text ([`RuntimeError::Malformed`]); a plugin's own per-item error is the
     /// inner `Err`.
     pub fn render(&mut self, bos: &str, eos: &str, items: &[RenderItem<'_>]) -> Result<Vec<Result<Rendered, PluginError>>, RuntimeError> {
+        if let FormatInst::V0_1(_) = self.inst {
+            // 0.1.0 answers one record per item already.
+            let opts = fb::bagel::plugin::types::RenderOptions { bos: bos.to_string(), eos: eos.to_string() };
+            return self.render_0_1(&opts, items);
+        }
         Ok(self.render_batch(bos, eos, items)?.into_rendered())
     }
 
@@ -364,8 +371,10 @@ impl FormatJob {
         let opts = t::RenderOptions { bos: bos.to_string(), eos: eos.to_string() };
         if let FormatInst::V0_1(_) = self.inst {
             // 0.1.0 answers one record per item: pack it.
-            let mut packed = RenderedBatch { text: String::new(), items: Vec::with_capacity(items.len()) };
-            for r in self.render_0_1(&opts, items)? {
+            let rendered = self.render_0_1(&opts, items)?;
+            let bytes = rendered.iter().flatten().map(|r| r.input.len() + r.output.len()).sum();
+            let mut packed = RenderedBatch { text: String::with_capacity(bytes), items: Vec::with_capacity(items.len()) };
+            for r in rendered {
                 packed.items.push(r.map(|r| {
                     let start = packed.text.len();
                     packed.text.push_str(&r.input);

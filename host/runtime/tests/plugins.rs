@@ -138,6 +138,19 @@ fn plugins_built_for_wit_0_1_0_still_work() {
     let b = FormatJob::start(&rt, &new, 0).unwrap().render_dpo_prompt("<s>", "</s>", &items).unwrap();
     assert_eq!(a, b);
     assert_eq!(a[1].as_ref().unwrap(), "[INST] 2+2? [/INST]");
+    // A batch with a bad item in the middle, packed from 0.1.0's per-item answers: the
+    // same results as `render`, and as the 0.2.0 build's packed answer.
+    let convs = [
+        vec![Turn::new(Role::Human, "Hi"), Turn::new(Role::Gpt, "\n\nHello.")],
+        vec![Turn::new(Role::Gpt, "a"), Turn::new(Role::Human, "b")],
+        vec![Turn::new(Role::System, "Be brief."), Turn::new(Role::Human, "2+2?"), Turn::new(Role::Gpt, "4")],
+    ];
+    let items: Vec<RenderItem> = convs.iter().map(|c| RenderItem { conversation: c, add_default_system: true }).collect();
+    let old = FormatJob::start(&rt, &plugin, 0).unwrap().render_batch("<s>", "</s>", &items).unwrap();
+    assert!(matches!(old.items[1], Err(bagel_runtime::PluginError::BadInput(_))));
+    assert_eq!(old.clone().into_rendered(), FormatJob::start(&rt, &plugin, 0).unwrap().render("<s>", "</s>", &items).unwrap());
+    let current = FormatJob::start(&rt, &new, 0).unwrap().render_batch("<s>", "</s>", &items).unwrap();
+    assert_eq!(old.into_rendered(), current.into_rendered());
     // A 0.1.0 source gives exactly what the 0.2.0 build of the same plugin gives.
     let rows: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(common::workspace().join("examples/data/ai2_arc/ARC-Easy/train.json")).unwrap()).unwrap();
     let text: Vec<String> = rows.iter().take(50).map(|r| r.to_string()).collect();
