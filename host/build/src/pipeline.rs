@@ -5,7 +5,7 @@ use crate::read::{read_file, RowResult};
 use crate::recipe::{dataset_globs, expand_globs, substitute, Recipe, SourceEntry};
 use crate::report::{BadRow, BuildReport, SourceReport};
 use crate::tokenizer::{special_tokens, SpecialTokens};
-use crate::write::{write_atomic, write_string_parquet, OutputCompression};
+use crate::write::{write_atomic, write_atomic_with, write_string_parquet, OutputCompression};
 use bagel_core::dedup::KnownKeys;
 use bagel_core::refusal::RefusalMode;
 use bagel_core::rng::derive_seed;
@@ -235,13 +235,7 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
             }
         }
         // Streamed to the file: the JSON (16 MB for the anchor recipe) is never held.
-        let file = crate::write::AtomicFile::new(&cache_file);
-        let out = std::fs::File::create(file.path()).map_err(io(file.path()))?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
-        serde_json::to_writer(&mut out, raw).map_err(|e| BuildError::Io { path: cache_file.clone(), source: e.into() })?;
-        std::io::Write::flush(&mut out).map_err(io(file.path()))?;
-        drop(out);
-        file.commit()
+        write_atomic_with(&cache_file, |w| serde_json::to_writer(w, raw).map_err(std::io::Error::from))
     };
     report.sources = raw.reports.clone();
     report.bad_rows = raw.bad_rows.clone();
@@ -281,7 +275,7 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
                 cached.report.stages.load_plugins = report.stages.load_plugins;
                 cached.report.stages.total = t_total.elapsed().as_secs_f64();
                 // The report on disk describes this run (cache hits, stage times).
-                write_atomic(&opts.out.join("build-report.json"), &serde_json::to_vec_pretty(&cached.report).expect("report serialises"))?;
+                write_report(&opts.out, &cached.report)?;
                 return Ok(cached.report);
             }
         }
@@ -372,8 +366,7 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
     report.dpo_rows = d.len() as u64;
     report.stages.write = t.elapsed().as_secs_f64();
     report.stages.total = t_total.elapsed().as_secs_f64();
-    let json = serde_json::to_vec_pretty(&report).expect("report serialises");
-    write_atomic(&opts.out.join("build-report.json"), &json)?;
+    write_report(&opts.out, &report)?;
     let stamp = OutputsStamp { key: fkey, sft: file_stamp(&sft_path), dpo: file_stamp(&dpo_path), report: report.clone() };
     write_atomic(&outputs_file, &serde_json::to_vec(&stamp).expect("stamp serialises"))?;
     // Freeing some 300,000 strings takes tens of ms (bench/RESULTS.md, issue 3) that the
@@ -436,6 +429,11 @@ pub fn benchmark_items(opts: &BuildOptions) -> Result<Vec<bagel_decontam::BenchI
     let (rt, plugins) = load_plugins(opts)?;
     let benches = resolve_benchmarks(opts, &plugins)?;
     run_benchmarks(opts, &rt, &benches)
+}
+
+/// Write `out/build-report.json` (pretty JSON), atomically.
+fn write_report(out: &Path, report: &BuildReport) -> Result<()> {
+    write_atomic(&out.join("build-report.json"), &serde_json::to_vec_pretty(report).expect("report serialises"))
 }
 
 fn resolve<'a>(opts: &BuildOptions, plugin: &'a Plugin, info: &'a SourceInfo, entry: &'a SourceEntry) -> Result<Resolved<'a>> {

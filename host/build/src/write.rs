@@ -77,8 +77,17 @@ impl Drop for AtomicFile {
 
 /// Write bytes atomically.
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(dest, |w| w.write_all(bytes))
+}
+
+/// Stream a file atomically: `fill` writes it through a 1 MiB buffer, so large contents
+/// are never held whole. An error from `fill` (naming `dest`) leaves nothing behind.
+pub fn write_atomic_with(dest: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
     let f = AtomicFile::new(dest);
-    std::fs::write(f.path(), bytes).map_err(io(f.path()))?;
+    let file = std::fs::File::create(f.path()).map_err(io(f.path()))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    fill(&mut out).and_then(|()| out.flush()).map_err(io(dest))?;
+    drop(out);
     f.commit()
 }
 
