@@ -16,7 +16,7 @@
 use crate::error::Result;
 use crate::report::FormatReport;
 use bagel_core::chunk::{chunks, Chunking};
-use bagel_core::expand::expand;
+use bagel_core::expand::expansion_prefixes;
 use bagel_core::rng::{derive_seed, Rng};
 use bagel_core::{uid, Payload, Record, Turn};
 use bagel_runtime::{FormatJob, Plugin, RenderItem, Runtime};
@@ -41,13 +41,23 @@ impl RowText {
     /// A text of its own.
     pub fn owned(text: String) -> RowText {
         let range = 0..text.len();
-        RowText { text: Arc::new(text), range }
+        RowText {
+            text: Arc::new(text),
+            range,
+        }
     }
     /// Bytes `range` of a shared text. Panics unless `range` lies in `text` on character
     /// boundaries (the runtime checks a plugin's ranges before handing them out).
     pub fn slice(text: &Arc<String>, range: Range<usize>) -> RowText {
-        assert!(text.get(range.clone()).is_some(), "row text range {range:?} is not a slice of the {}-byte batch text", text.len());
-        RowText { text: Arc::clone(text), range }
+        assert!(
+            text.get(range.clone()).is_some(),
+            "row text range {range:?} is not a slice of the {}-byte batch text",
+            text.len()
+        );
+        RowText {
+            text: Arc::clone(text),
+            range,
+        }
     }
     /// The text.
     pub fn as_str(&self) -> &str {
@@ -109,29 +119,48 @@ pub struct Formatted {
 struct Instruction<'a> {
     id: String,
     source: &'a str,
-    conversation: std::borrow::Cow<'a, [Turn]>,
+    /// The record's conversation or, for an expanded example, a prefix of it (borrowed:
+    /// expansion copies no text).
+    conversation: &'a [Turn],
 }
 
 /// Run the format stage over deduplicated records (in load order).
-pub fn format_records(rt: &Runtime, formats: &[&Plugin], records: &[Record], bos: &str, eos: &str, seed: u64, chunking: Chunking) -> Result<Formatted> {
+pub fn format_records(
+    rt: &Runtime,
+    formats: &[&Plugin],
+    records: &[Record],
+    bos: &str,
+    eos: &str,
+    seed: u64,
+    chunking: Chunking,
+) -> Result<Formatted> {
     let mut out = Formatted::default();
     let mut multi: Vec<Instruction> = Vec::new();
     let mut single: Vec<Instruction> = Vec::new();
     for r in records {
-        let Some(conv) = r.conversation() else { continue };
-        if conv.len() > 3 {
-            let ex = expand(conv);
-            if ex.is_empty() {
-                *out.dropped_by_expansion.entry(r.source.clone()).or_default() += 1;
+        let Some(conv) = r.conversation() else {
+            continue;
+        };
+        let mut prefixes = expansion_prefixes(conv).peekable();
+        if prefixes.peek().is_none() {
+            *out.dropped_by_expansion
+                .entry(r.source.clone())
+                .or_default() += 1;
+        } else if conv.len() > 3 {
+            for (k, len) in prefixes.enumerate() {
+                out.expanded_examples += 1;
+                multi.push(Instruction {
+                    id: uid(&format!("{}/{}", r.id, k)),
+                    source: &r.source,
+                    conversation: &conv[..len],
+                });
             }
-            out.expanded_examples += ex.len() as u64;
-            for (k, c) in ex.into_iter().enumerate() {
-                multi.push(Instruction { id: uid(&format!("{}/{}", r.id, k)), source: &r.source, conversation: c.into() });
-            }
-        } else if expand(conv).is_empty() {
-            *out.dropped_by_expansion.entry(r.source.clone()).or_default() += 1;
         } else {
-            single.push(Instruction { id: r.id.clone(), source: &r.source, conversation: conv.into() });
+            single.push(Instruction {
+                id: r.id.clone(),
+                source: &r.source,
+                conversation: conv,
+            });
         }
     }
     let mut instructions = multi;
@@ -139,7 +168,10 @@ pub fn format_records(rt: &Runtime, formats: &[&Plugin], records: &[Record], bos
     Rng::new(derive_seed(seed, "sft-shuffle")).shuffle(&mut instructions);
     out.instructions = instructions.len() as u64;
 
-    let dpo_records: Vec<&Record> = records.iter().filter(|r| matches!(r.payload, Payload::Dpo(_))).collect();
+    let dpo_records: Vec<&Record> = records
+        .iter()
+        .filter(|r| matches!(r.payload, Payload::Dpo(_)))
+        .collect();
     let k = formats.len();
     let sft_chunks = chunks(instructions.len(), k, chunking);
     let dpo_chunks = chunks(dpo_records.len(), k, chunking);
@@ -150,11 +182,27 @@ pub fn format_records(rt: &Runtime, formats: &[&Plugin], records: &[Record], bos
             .iter()
             .enumerate()
             .map(|(i, plugin)| {
-                let (instructions, dpo_records, sft_idx, dpo_idx) = (&instructions, &dpo_records, &sft_chunks[i], &dpo_chunks[i]);
-                s.spawn(move || render_one(rt, plugin, instructions, sft_idx, dpo_records, dpo_idx, bos, eos, seed))
+                let (instructions, dpo_records, sft_idx, dpo_idx) =
+                    (&instructions, &dpo_records, &sft_chunks[i], &dpo_chunks[i]);
+                s.spawn(move || {
+                    render_one(
+                        rt,
+                        plugin,
+                        instructions,
+                        sft_idx,
+                        dpo_records,
+                        dpo_idx,
+                        bos,
+                        eos,
+                        seed,
+                    )
+                })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("format thread panicked")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("format thread panicked"))
+            .collect()
     });
     for r in results {
         let (sft, dpo, stats) = r?;
@@ -166,8 +214,16 @@ pub fn format_records(rt: &Runtime, formats: &[&Plugin], records: &[Record], bos
     let empty = Arc::new(String::new());
     for r in records {
         if let Payload::Text(t) = &r.payload {
-            let source = plain_sources.entry(&r.source).or_insert_with(|| format!("{}_plain_text", r.source).into()).clone();
-            out.sft.push(SftRow { id: r.id.clone(), source, input: RowText::slice(&empty, 0..0), output: RowText::owned(t.clone()) });
+            let source = plain_sources
+                .entry(&r.source)
+                .or_insert_with(|| format!("{}_plain_text", r.source).into())
+                .clone();
+            out.sft.push(SftRow {
+                id: r.id.clone(),
+                source,
+                input: RowText::slice(&empty, 0..0),
+                output: RowText::owned(t.clone()),
+            });
         }
     }
     Rng::new(derive_seed(seed, "sft-final")).shuffle(&mut out.sft);
@@ -191,19 +247,36 @@ fn render_one(
     let name = &plugin.name;
     let mut job = FormatJob::start(rt, plugin, derive_seed(seed, name))?;
     let mut coins = Rng::new(derive_seed(seed, &format!("coin:{name}")));
-    let mut stats = FormatReport { name: name.clone(), ..Default::default() };
+    let mut stats = FormatReport {
+        name: name.clone(),
+        ..Default::default()
+    };
     let mut sft = Vec::with_capacity(sft_idx.len());
     let mut sources: BTreeMap<&str, Arc<str>> = BTreeMap::new();
     for chunk in sft_idx.chunks(RENDER_BATCH) {
-        let items: Vec<RenderItem> = chunk.iter().map(|&i| RenderItem { conversation: &instructions[i].conversation, add_default_system: coins.coin(0.5) }).collect();
+        let items: Vec<RenderItem> = chunk
+            .iter()
+            .map(|&i| RenderItem {
+                conversation: instructions[i].conversation,
+                add_default_system: coins.coin(0.5),
+            })
+            .collect();
         let rendered = job.render_batch(bos, eos, &items)?;
         let text = Arc::new(rendered.text);
         for (&i, r) in chunk.iter().zip(rendered.items) {
             match r {
                 Ok((input, output)) => {
                     let label = instructions[i].source;
-                    let source = sources.entry(label).or_insert_with(|| format!("{label}_{name}").into()).clone();
-                    sft.push(SftRow { id: instructions[i].id.clone(), source, input: RowText::slice(&text, input), output: RowText::slice(&text, output) });
+                    let source = sources
+                        .entry(label)
+                        .or_insert_with(|| format!("{label}_{name}").into())
+                        .clone();
+                    sft.push(SftRow {
+                        id: instructions[i].id.clone(),
+                        source,
+                        input: RowText::slice(&text, input),
+                        output: RowText::slice(&text, output),
+                    });
                 }
                 Err(e) => {
                     stats.errors += 1;
@@ -221,11 +294,19 @@ fn render_one(
                 _ => unreachable!("filtered to DPO records"),
             })
             .collect();
-        let items: Vec<(&str, &str, bool)> = pairs.iter().map(|p| (p.prompt.as_str(), p.chosen.as_str(), coins.coin(0.5))).collect();
+        let items: Vec<(&str, &str, bool)> = pairs
+            .iter()
+            .map(|p| (p.prompt.as_str(), p.chosen.as_str(), coins.coin(0.5)))
+            .collect();
         let rendered = job.render_dpo_prompt(bos, eos, &items)?;
         for ((&i, p), r) in chunk.iter().zip(&pairs).zip(rendered) {
             match r {
-                Ok(prompt) => dpo.push(DpoRow { source: dpo_records[i].source.clone(), prompt, chosen: bagel_text::collapse_newlines(&p.chosen), rejected: p.rejected.clone() }),
+                Ok(prompt) => dpo.push(DpoRow {
+                    source: dpo_records[i].source.clone(),
+                    prompt,
+                    chosen: bagel_text::collapse_newlines(&p.chosen),
+                    rejected: p.rejected.clone(),
+                }),
                 Err(e) => {
                     stats.errors += 1;
                     tracing::warn!(format = %name, id = %dpo_records[i].id, "format refused a DPO prompt: {e}");

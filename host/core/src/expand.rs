@@ -5,24 +5,40 @@
 //!   yields nothing. Vectors: `../shared/vectors/expand_vectors.json`.
 use crate::record::{Role, Turn};
 
-/// Expand one conversation into training examples (prefixes ending at each gpt turn).
+/// Expand one conversation into training examples (prefixes ending at each gpt turn),
+/// each an owned copy. [`expansion_prefixes`] gives the same examples without copying.
 pub fn expand(conv: &[Turn]) -> Vec<Vec<Turn>> {
+    expansion_prefixes(conv)
+        .map(|len| conv[..len].to_vec())
+        .collect()
+}
+
+/// The examples [`expand`] makes of `conv`, as prefix lengths (turns): example k is
+/// `conv[..len_k]`, lengths increasing. Empty when the conversation yields nothing.
+pub fn expansion_prefixes(conv: &[Turn]) -> impl Iterator<Item = usize> {
     let n = conv.len();
-    if n <= 3 {
+    let (first, step) = if n <= 3 {
+        // One example, the whole conversation, when it ends human → gpt.
         if n >= 2 && conv[n - 1].from == Role::Gpt && conv[n - 2].from == Role::Human {
-            return vec![conv.to_vec()];
+            (n, n)
+        } else {
+            (n + 1, 1)
         }
-        return Vec::new();
-    }
-    let offset = usize::from(conv[0].from == Role::System);
-    if conv[n - 1].from != Role::Gpt {
-        return Vec::new();
-    }
-    for (idx, t) in conv.iter().enumerate().skip(offset) {
-        let expected = if idx % 2 == offset { Role::Human } else { Role::Gpt };
-        if t.from != expected {
-            return Vec::new();
+    } else {
+        let offset = usize::from(conv[0].from == Role::System);
+        let alternates = conv.iter().enumerate().skip(offset).all(|(idx, t)| {
+            t.from
+                == if idx % 2 == offset {
+                    Role::Human
+                } else {
+                    Role::Gpt
+                }
+        });
+        if conv[n - 1].from == Role::Gpt && alternates {
+            (offset + 2, 2)
+        } else {
+            (n + 1, 1)
         }
-    }
-    (offset..n).step_by(2).map(|idx| conv[..idx + 2].to_vec()).collect()
+    };
+    (first..=n).step_by(step)
 }
