@@ -253,9 +253,9 @@ pub fn build_with(
     // Raw stage (sources + dedup), cached.
     let key = stage_key(opts, &resolved)?;
     let cache_dir = opts.out.join(".bagel-cache");
-    let cache_file = cache_dir.join(format!("raw-{key}.json"));
+    let cache_file = cache_dir.join(format!("raw-{key}.msgpack"));
     let mut raw: RawStage = match (opts.use_stage_cache, std::fs::read(&cache_file)) {
-        (true, Ok(bytes)) => match serde_json::from_slice::<RawStage>(&bytes) {
+        (true, Ok(bytes)) => match rmp_serde::from_slice::<RawStage>(&bytes) {
             Ok(r) if r.key == key => {
                 report.raw_cache_hit = true;
                 r
@@ -275,9 +275,10 @@ pub fn build_with(
                 }
             }
         }
-        // Streamed to the file: the JSON (16 MB for the anchor recipe) is never held.
-        write_atomic_with(&cache_file, |w| {
-            serde_json::to_writer(w, raw).map_err(std::io::Error::from)
+        // MessagePack with named fields, streamed to the file: strings are copied, not
+        // escaped as in JSON (about 2.5x less time to write; 15 MB for the anchor recipe).
+        write_atomic_with(&cache_file, |mut w| {
+            rmp_serde::encode::write_named(&mut w, raw).map_err(std::io::Error::other)
         })
     };
     report.sources = raw.reports.clone();

@@ -17,6 +17,8 @@
 use bagel_plugin_sdk::source::Source;
 use bagel_plugin_sdk::text::py_strip;
 use bagel_plugin_sdk::*;
+use serde::Deserialize;
+use std::borrow::Cow;
 
 /// Plugin state (none: the source is a pure row-by-row conversion).
 pub struct ShareGpt;
@@ -80,24 +82,11 @@ impl Source for ShareGpt {
 /// Apply rules 1–6 to one row. `Err` = invalid row; `Ok(Err(reason))` = filtered;
 /// `Ok(Ok(turns))` = a clean conversation (refusals not yet checked).
 pub fn convert(text: &str) -> Result<Result<Vec<Turn>, &'static str>, String> {
-    let row = Row::parse(text)?;
-    let raw = row.array("conversations")?;
-    let mut turns: Vec<(&str, &str)> = Vec::with_capacity(raw.len());
-    for (k, t) in raw.iter().enumerate() {
-        let from = t
-            .get("from")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| format!("conversations[{k}].from is missing or not a string"))?;
-        let value = t
-            .get("value")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| format!("conversations[{k}].value is missing or not a string"))?;
-        turns.push((from, value));
-    }
+    let mut turns = parse_turns(text)?;
     if turns.is_empty() {
         return Ok(Err("empty conversation"));
     }
-    if turns[0].0 == "system" && py_strip(turns[0].1).is_empty() {
+    if turns[0].0 == "system" && py_strip(&turns[0].1).is_empty() {
         turns.remove(0);
     }
     let start = usize::from(turns.first().is_some_and(|t| t.0 == "system"));
@@ -121,14 +110,126 @@ pub fn convert(text: &str) -> Result<Result<Vec<Turn>, &'static str>, String> {
     Ok(Ok(turns
         .into_iter()
         .map(|(from, value)| {
-            let role = match from {
+            let role = match &*from {
                 "system" => Role::System,
                 "human" => Role::Human,
                 _ => Role::Gpt,
             };
-            Turn::new(role, value)
+            Turn::new(role, value.into_owned())
         })
         .collect()))
 }
 
+/// A row as the typed fast path reads it: only `conversations` (`from`, `value`), other
+/// fields skipped unparsed, strings borrowed from the row text unless they hold escapes.
+#[derive(Deserialize)]
+struct FastRow<'a> {
+    #[serde(borrow)]
+    conversations: Vec<FastTurn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FastTurn<'a> {
+    #[serde(borrow)]
+    from: Cow<'a, str>,
+    #[serde(borrow)]
+    value: Cow<'a, str>,
+}
+
+/// The row's `(from, value)` pairs. A well-formed row takes the typed fast path; anything
+/// it rejects (a missing or non-string field, a duplicate key, invalid JSON) is read again
+/// through [`Row`], which accepts what the format allows and words the error.
+fn parse_turns(text: &str) -> Result<Vec<(Cow<'_, str>, Cow<'_, str>)>, String> {
+    // (serde would also read a struct from a JSON array: only objects take the fast path.)
+    if text.trim_start().starts_with('{') {
+        if let Ok(row) = serde_json::from_str::<FastRow>(text) {
+            return Ok(row
+                .conversations
+                .into_iter()
+                .map(|t| (t.from, t.value))
+                .collect());
+        }
+    }
+    dynamic_turns(text)
+}
+
+/// The `(from, value)` pairs read through [`Row`] (the reference for the fast path).
+fn dynamic_turns(text: &str) -> Result<Vec<(Cow<'_, str>, Cow<'_, str>)>, String> {
+    let row = Row::parse(text)?;
+    let raw = row.array("conversations")?;
+    let mut turns = Vec::with_capacity(raw.len());
+    for (k, t) in raw.iter().enumerate() {
+        let from = t
+            .get("from")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| format!("conversations[{k}].from is missing or not a string"))?;
+        let value = t
+            .get("value")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| format!("conversations[{k}].value is missing or not a string"))?;
+        turns.push((Cow::Owned(from.to_string()), Cow::Owned(value.to_string())));
+    }
+    Ok(turns)
+}
+
 export_source!(ShareGpt);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_path_reads_what_the_row_reader_reads() {
+        let rows = [
+            // escapes (owned strings), unicode, extra fields before and after, nesting
+            r#"{"id":"x","meta":{"a":[1,{"b":"}"}]},"conversations":[{"from":"human","value":"a\n\"b\" \u00e9\ud83d\ude00","x":1},{"value":"ok","from":"gpt"}],"z":null}"#,
+            r#"{"conversations":[]}"#,
+            // a duplicate key: the last one wins, as in the row reader
+            r#"{"conversations":[{"from":"human","from":"gpt","value":"v"}]}"#,
+            // errors are the row reader's words
+            r#"{"conversations":[{"from":null,"value":"v"}]}"#,
+            r#"{"conversations":[{"from":"human","value":7}]}"#,
+            r#"{"conversations":null}"#,
+            r#"{"id":1}"#,
+            r#"[[{"from":"human","value":"v"}]]"#,
+            r#"{"conversations":[{"from":"human","value":"v"}"#,
+        ];
+        for text in rows {
+            let owned = |r: Result<Vec<(Cow<str>, Cow<str>)>, String>| {
+                r.map(|v| {
+                    v.into_iter()
+                        .map(|(a, b)| (a.into_owned(), b.into_owned()))
+                        .collect::<Vec<_>>()
+                })
+            };
+            assert_eq!(
+                owned(parse_turns(text)),
+                owned(dynamic_turns(text)),
+                "{text}"
+            );
+        }
+        let first = parse_turns(rows[0]).unwrap();
+        assert_eq!(
+            first,
+            vec![
+                (
+                    Cow::Borrowed("human"),
+                    Cow::Owned("a\n\"b\" é😀".to_string())
+                ),
+                (Cow::Borrowed("gpt"), Cow::Borrowed("ok"))
+            ]
+        );
+        assert!(
+            matches!(first[1].1, Cow::Borrowed(_)),
+            "an unescaped value is borrowed"
+        );
+        assert_eq!(
+            parse_turns(rows[2]).unwrap(),
+            vec![(Cow::Borrowed("gpt"), Cow::Borrowed("v"))]
+        );
+        assert_eq!(
+            parse_turns(rows[3]).unwrap_err(),
+            "conversations[0].from is missing or not a string"
+        );
+    }
+}
