@@ -386,8 +386,11 @@ pub fn build_with(
     report.expanded_examples = formatted.expanded_examples;
     report.instructions = formatted.instructions;
 
-    // Write.
+    // Write. The records are not needed any more: a short-lived thread frees them
+    // meanwhile, so that the writers reuse their memory instead of touching fresh pages
+    // (see `free_later`).
     let t = Instant::now();
+    free_later((std::mem::take(&mut raw.records), kept_records.take()));
     let s = &formatted.sft;
     let d = &formatted.dpo;
     let (sft_res, dpo_res) = std::thread::scope(|scope| {
@@ -441,14 +444,16 @@ pub fn build_with(
         &outputs_file,
         &serde_json::to_vec(&stamp).expect("stamp serialises"),
     )?;
-    // Freeing some 300,000 strings takes tens of ms (bench/RESULTS.md, issue 3) that the
-    // caller need not wait for: a short-lived thread frees them (inline if no thread can
-    // be started).
-    let (sft, dpo) = (formatted.sft, formatted.dpo);
-    let _ = std::thread::Builder::new()
-        .name("bagel-free".into())
-        .spawn(move || drop((sft, dpo, raw, kept_records)));
+    free_later((formatted.sft, formatted.dpo, raw));
     Ok(report)
+}
+
+/// Drop `value` on a short-lived thread (inline if no thread can be started). Freeing
+/// some 300,000 strings takes tens of ms (bench/RESULTS.md, issue 3) that the build need
+/// not wait for.
+fn free_later<T: Send + 'static>(value: T) {
+    // If the thread cannot start, `spawn` drops the closure, and `value` with it, here.
+    let _ = std::thread::Builder::new().name("bagel-free".into()).spawn(move || drop(value));
 }
 
 /// Load every plugin under `opts.plugins` (failures skipped or fatal per
