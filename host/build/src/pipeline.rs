@@ -577,7 +577,7 @@ fn resolve<'a>(
         if !info.inputs.iter().any(|i| &i.name == name) {
             let known: Vec<&str> = info.inputs.iter().map(|i| i.name.as_str()).collect();
             return Err(BuildError::Recipe {
-                path: "<recipe>".into(),
+                path: opts.recipe.path.clone().unwrap_or_else(|| "<recipe>".into()),
                 message: format!(
                     "source {}: unknown input `{name}` (inputs: {})",
                     info.name,

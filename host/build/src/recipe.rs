@@ -39,6 +39,10 @@ pub struct Recipe {
     /// record label names the benchmark and the key is the item id).
     #[serde(rename = "benchmark", default)]
     pub benchmarks: Vec<SourceEntry>,
+    /// The file it was read from ([`Recipe::load`]); `None` for a recipe built in code.
+    /// Errors about the recipe name it (or `<recipe>`).
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
 }
 
 /// One `[[source]]` entry.
@@ -66,10 +70,12 @@ impl Recipe {
     /// Read and parse a recipe file. Errors: [`BuildError::Recipe`] naming the file.
     pub fn load(path: &Path) -> Result<Recipe> {
         let text = std::fs::read_to_string(path).map_err(crate::error::io(path))?;
-        toml::from_str(&text).map_err(|e| BuildError::Recipe {
+        let mut recipe: Recipe = toml::from_str(&text).map_err(|e| BuildError::Recipe {
             path: path.to_path_buf(),
             message: e.to_string(),
-        })
+        })?;
+        recipe.path = Some(path.to_path_buf());
+        Ok(recipe)
     }
 }
 

@@ -283,6 +283,21 @@ fn assert_no_outputs(out: &Path) {
 }
 
 #[test]
+fn unknown_input_names_the_recipe_file() {
+    let data = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let path = data.path().join("mine.toml");
+    std::fs::write(&path, "[[source]]\nplugin = \"ai2_arc\"\nfiles = { questions = [\"arc.json\"] }\n").unwrap();
+    let err = build(&opts(data.path(), Recipe::load(&path).unwrap(), out.path(), 1)).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(&err, BuildError::Recipe { path: p, .. } if *p == path), "{msg}");
+    assert!(msg.contains("mine.toml") && msg.contains("unknown input `questions`") && msg.contains("inputs: data"), "{msg}");
+    // A recipe built in code has no file to name.
+    let err = build(&opts(data.path(), toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap(), out.path(), 1)).unwrap_err();
+    assert!(err.to_string().contains("<recipe>"), "{err}");
+}
+
+#[test]
 fn truncated_json_array_fails_with_position_and_no_output() {
     let data = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
