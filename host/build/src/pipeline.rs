@@ -418,8 +418,12 @@ pub fn build_with(
         );
         (sft, dpo.join().expect("dpo writer panicked"))
     });
-    report.sft_sha256 = sft_res?;
-    report.dpo_sha256 = dpo_res?;
+    // Both outputs or neither: a failure in either writer leaves the previous pair.
+    let ((sft_file, sft_sha256), (dpo_file, dpo_sha256)) = (sft_res?, dpo_res?);
+    sft_file.commit()?;
+    dpo_file.commit()?;
+    report.sft_sha256 = sft_sha256;
+    report.dpo_sha256 = dpo_sha256;
     match &removed {
         Some(rows) => crate::decontam::write_report(&decontam_path, rows)?,
         None => {

@@ -103,16 +103,18 @@ pub fn write_atomic_with(
     f.commit()
 }
 
-/// Write a parquet file of non-null UTF-8 columns, atomically. `columns[i].1` are the
-/// values of column `columns[i].0`; all columns have the same length. `compression`,
-/// row groups of [`ROW_GROUP`] rows encoded on all cores; byte-identical for identical
-/// input whatever the number of cores. Returns the file's sha256 (lowercase hex), hashed
-/// as it is written (the file is not read back).
+/// Write a parquet file of non-null UTF-8 columns to a temp file next to `dest`.
+/// `columns[i].1` are the values of column `columns[i].0`; all columns have the same
+/// length. `compression`, row groups of [`ROW_GROUP`] rows encoded on all cores;
+/// byte-identical for identical input whatever the number of cores. Returns the written
+/// file, still at its temp name (commit it to rename it to `dest`, so that files written
+/// together can be put in place together; dropped, it is removed), and its sha256
+/// (lowercase hex), hashed as it is written (the file is not read back).
 pub fn write_string_parquet(
     dest: &Path,
     columns: &[(&str, Vec<&str>)],
     compression: OutputCompression,
-) -> Result<String> {
+) -> Result<(AtomicFile, String)> {
     let perr = |e: &dyn std::fmt::Display| BuildError::Parquet {
         path: dest.to_path_buf(),
         message: e.to_string(),
@@ -243,8 +245,7 @@ pub fn write_string_parquet(
     })?;
     let out = file_writer.into_inner().map_err(|e| perr(&e))?;
     let sha256 = hex::encode(out.hasher.finalize());
-    file.commit()?;
-    Ok(sha256)
+    Ok((file, sha256))
 }
 
 /// Encoded column chunks of one row group, or the encoder's error, or its panic.
@@ -331,7 +332,9 @@ mod tests {
             ("id", ids.iter().map(String::as_str).collect::<Vec<_>>()),
             ("output", texts.iter().map(String::as_str).collect()),
         ];
-        let sha = write_string_parquet(&dest, &cols, OutputCompression::Snappy).unwrap();
+        let (file, sha) = write_string_parquet(&dest, &cols, OutputCompression::Snappy).unwrap();
+        assert!(!dest.exists(), "not in place before the commit");
+        file.commit().unwrap();
         let bytes = std::fs::read(&dest).unwrap();
         assert_eq!(sha, hex::encode(Sha256::digest(&bytes)));
         assert!(

@@ -283,6 +283,27 @@ fn assert_no_outputs(out: &Path) {
 }
 
 #[test]
+fn a_failed_output_writer_leaves_the_previous_pair() {
+    let out = tempfile::tempdir().unwrap();
+    let data = ws().join("examples/data");
+    let first = build(&opts(&data, demo_recipe(), out.path(), 42)).unwrap();
+    // The DPO writer cannot create its temp file (a directory has its name): the build
+    // fails, and the SFT file it already wrote is not put in place either.
+    let blocker = out.path().join(format!(".dpo.parquet.tmp-{}", std::process::id()));
+    std::fs::create_dir(&blocker).unwrap();
+    let mut o = opts(&data, demo_recipe(), out.path(), 7);
+    o.use_stage_cache = false;
+    let err = build(&o).unwrap_err();
+    assert!(err.to_string().contains(".dpo.parquet.tmp-"), "{err}");
+    let sha = |name: &str| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(out.path().join(name)).unwrap()));
+    assert_eq!(sha("sft.parquet"), first.sft_sha256);
+    assert_eq!(sha("dpo.parquet"), first.dpo_sha256);
+    std::fs::remove_dir(&blocker).unwrap();
+    let names: Vec<String> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    assert!(names.iter().all(|n| !n.contains(".tmp-")), "temp files left: {names:?}");
+}
+
+#[test]
 fn unknown_input_names_the_recipe_file() {
     let data = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
