@@ -158,9 +158,11 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     build_with(opts, None)
 }
 
-/// Run a build; returns the report (also written to `out/build-report.json`). The rows
-/// and records are freed on a short-lived background thread after the outputs are
-/// written, so memory may still fall for some tens of ms after this returns.
+/// Run a build; returns the report (also written to `out/build-report.json`). The records
+/// are freed on a short-lived background thread as writing starts (so that, with an
+/// allocator that reuses freed pages across threads such as the CLI's mimalloc, the
+/// writers need less fresh memory), the rows once the outputs are written; memory may
+/// still fall for some tens of ms after this returns.
 /// `embedder` serves the embedding check of decontamination. Errors: [`BuildError`]
 /// naming the plugin, file and row, or the stage that failed; outputs are left as they were.
 pub fn build_with(
@@ -418,7 +420,9 @@ pub fn build_with(
         );
         (sft, dpo.join().expect("dpo writer panicked"))
     });
-    // Both outputs or neither: a failure in either writer leaves the previous pair.
+    // Put in place only once both writers succeeded: a failure in either writer leaves
+    // the previous pair. (Should the second rename fail, the outputs stamp below is not
+    // written, so the next build redoes both.)
     let ((sft_file, sft_sha256), (dpo_file, dpo_sha256)) = (sft_res?, dpo_res?);
     sft_file.commit()?;
     dpo_file.commit()?;
@@ -457,7 +461,9 @@ pub fn build_with(
 /// not wait for.
 fn free_later<T: Send + 'static>(value: T) {
     // If the thread cannot start, `spawn` drops the closure, and `value` with it, here.
-    let _ = std::thread::Builder::new().name("bagel-free".into()).spawn(move || drop(value));
+    let _ = std::thread::Builder::new()
+        .name("bagel-free".into())
+        .spawn(move || drop(value));
 }
 
 /// Load every plugin under `opts.plugins` (failures skipped or fatal per
@@ -581,7 +587,11 @@ fn resolve<'a>(
         if !info.inputs.iter().any(|i| &i.name == name) {
             let known: Vec<&str> = info.inputs.iter().map(|i| i.name.as_str()).collect();
             return Err(BuildError::Recipe {
-                path: opts.recipe.path.clone().unwrap_or_else(|| "<recipe>".into()),
+                path: opts
+                    .recipe
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| "<recipe>".into()),
                 message: format!(
                     "source {}: unknown input `{name}` (inputs: {})",
                     info.name,

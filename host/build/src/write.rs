@@ -42,6 +42,7 @@ impl OutputCompression {
 pub const ROW_GROUP: usize = 8192;
 
 /// A temp file that is removed unless committed.
+#[must_use = "an AtomicFile is removed when dropped unless committed"]
 pub struct AtomicFile {
     tmp: PathBuf,
     dest: PathBuf,

@@ -289,18 +289,30 @@ fn a_failed_output_writer_leaves_the_previous_pair() {
     let first = build(&opts(&data, demo_recipe(), out.path(), 42)).unwrap();
     // The DPO writer cannot create its temp file (a directory has its name): the build
     // fails, and the SFT file it already wrote is not put in place either.
-    let blocker = out.path().join(format!(".dpo.parquet.tmp-{}", std::process::id()));
+    let blocker = out
+        .path()
+        .join(format!(".dpo.parquet.tmp-{}", std::process::id()));
     std::fs::create_dir(&blocker).unwrap();
     let mut o = opts(&data, demo_recipe(), out.path(), 7);
     o.use_stage_cache = false;
     let err = build(&o).unwrap_err();
     assert!(err.to_string().contains(".dpo.parquet.tmp-"), "{err}");
-    let sha = |name: &str| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(out.path().join(name)).unwrap()));
+    let sha = |name: &str| {
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            std::fs::read(out.path().join(name)).unwrap(),
+        ))
+    };
     assert_eq!(sha("sft.parquet"), first.sft_sha256);
     assert_eq!(sha("dpo.parquet"), first.dpo_sha256);
     std::fs::remove_dir(&blocker).unwrap();
-    let names: Vec<String> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
-    assert!(names.iter().all(|n| !n.contains(".tmp-")), "temp files left: {names:?}");
+    let names: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.contains(".tmp-")),
+        "temp files left: {names:?}"
+    );
 }
 
 #[test]
@@ -308,13 +320,37 @@ fn unknown_input_names_the_recipe_file() {
     let data = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let path = data.path().join("mine.toml");
-    std::fs::write(&path, "[[source]]\nplugin = \"ai2_arc\"\nfiles = { questions = [\"arc.json\"] }\n").unwrap();
-    let err = build(&opts(data.path(), Recipe::load(&path).unwrap(), out.path(), 1)).unwrap_err();
+    std::fs::write(
+        &path,
+        "[[source]]\nplugin = \"ai2_arc\"\nfiles = { questions = [\"arc.json\"] }\n",
+    )
+    .unwrap();
+    let err = build(&opts(
+        data.path(),
+        Recipe::load(&path).unwrap(),
+        out.path(),
+        1,
+    ))
+    .unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(&err, BuildError::Recipe { path: p, .. } if *p == path), "{msg}");
-    assert!(msg.contains("mine.toml") && msg.contains("unknown input `questions`") && msg.contains("inputs: data"), "{msg}");
+    assert!(
+        matches!(&err, BuildError::Recipe { path: p, .. } if *p == path),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("mine.toml")
+            && msg.contains("unknown input `questions`")
+            && msg.contains("inputs: data"),
+        "{msg}"
+    );
     // A recipe built in code has no file to name.
-    let err = build(&opts(data.path(), toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap(), out.path(), 1)).unwrap_err();
+    let err = build(&opts(
+        data.path(),
+        toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap(),
+        out.path(),
+        1,
+    ))
+    .unwrap_err();
     assert!(err.to_string().contains("<recipe>"), "{err}");
 }
 

@@ -17,6 +17,7 @@
 use bagel_plugin_sdk::source::Source;
 use bagel_plugin_sdk::text::py_strip;
 use bagel_plugin_sdk::*;
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::borrow::Cow;
 
@@ -120,35 +121,163 @@ pub fn convert(text: &str) -> Result<Result<Vec<Turn>, &'static str>, String> {
         .collect()))
 }
 
-/// A row as the typed fast path reads it: only `conversations` (`from`, `value`), other
-/// fields skipped unparsed, strings borrowed from the row text unless they hold escapes.
-#[derive(Deserialize)]
+// The typed fast path. Its types are deserialized by hand so that it accepts exactly what
+// the `Row` reader (a `serde_json::Value`) accepts: JSON objects only (serde's derive also
+// takes an array for a struct), every other field fully checked (numbers in range, `\u`
+// escapes valid: serde's skipping checks neither), and a duplicate key is an error here
+// (the `Row` reader keeps the last one, so such rows take the slow path).
+
+/// A row: its `conversations`.
 struct FastRow<'a> {
-    #[serde(borrow)]
     conversations: Vec<FastTurn<'a>>,
 }
 
-#[derive(Deserialize)]
+/// One turn: `from` and `value`.
 struct FastTurn<'a> {
-    #[serde(borrow)]
     from: Cow<'a, str>,
-    #[serde(borrow)]
     value: Cow<'a, str>,
+}
+
+/// A string, borrowed from the row text unless it holds escapes.
+struct Text<'a>(Cow<'a, str>);
+
+/// Any JSON value, checked as `serde_json::Value` would parse it, and not kept.
+struct Checked;
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Checked;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_unit<E>(self) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Checked, A::Error> {
+                while a.next_element::<Checked>()?.is_some() {}
+                Ok(Checked)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Checked, A::Error> {
+                while a.next_key::<Text>()?.is_some() {
+                    a.next_value::<Checked>()?;
+                }
+                Ok(Checked)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for FastRow<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FastRow<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a row object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<FastRow<'de>, A::Error> {
+                let mut conversations = None;
+                while let Some(Text(key)) = a.next_key()? {
+                    match &*key {
+                        "conversations" if conversations.is_some() => {
+                            return Err(de::Error::duplicate_field("conversations"))
+                        }
+                        "conversations" => conversations = Some(a.next_value()?),
+                        _ => {
+                            a.next_value::<Checked>()?;
+                        }
+                    }
+                }
+                let conversations =
+                    conversations.ok_or_else(|| de::Error::missing_field("conversations"))?;
+                Ok(FastRow { conversations })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for FastTurn<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FastTurn<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a turn object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<FastTurn<'de>, A::Error> {
+                let (mut from, mut value) = (None, None);
+                while let Some(Text(key)) = a.next_key()? {
+                    let slot = match &*key {
+                        "from" => &mut from,
+                        "value" => &mut value,
+                        _ => {
+                            a.next_value::<Checked>()?;
+                            continue;
+                        }
+                    };
+                    if slot.is_some() {
+                        return Err(de::Error::custom("duplicate field"));
+                    }
+                    *slot = Some(a.next_value::<Text>()?.0);
+                }
+                Ok(FastTurn {
+                    from: from.ok_or_else(|| de::Error::missing_field("from"))?,
+                    value: value.ok_or_else(|| de::Error::missing_field("value"))?,
+                })
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// The row's `(from, value)` pairs. A well-formed row takes the typed fast path; anything
 /// it rejects (a missing or non-string field, a duplicate key, invalid JSON) is read again
 /// through [`Row`], which accepts what the format allows and words the error.
 fn parse_turns(text: &str) -> Result<Vec<(Cow<'_, str>, Cow<'_, str>)>, String> {
-    // (serde would also read a struct from a JSON array: only objects take the fast path.)
-    if text.trim_start().starts_with('{') {
-        if let Ok(row) = serde_json::from_str::<FastRow>(text) {
-            return Ok(row
-                .conversations
-                .into_iter()
-                .map(|t| (t.from, t.value))
-                .collect());
-        }
+    if let Ok(row) = serde_json::from_str::<FastRow>(text) {
+        return Ok(row
+            .conversations
+            .into_iter()
+            .map(|t| (t.from, t.value))
+            .collect());
     }
     dynamic_turns(text)
 }
@@ -193,6 +322,17 @@ mod tests {
             r#"{"id":1}"#,
             r#"[[{"from":"human","value":"v"}]]"#,
             r#"{"conversations":[{"from":"human","value":"v"}"#,
+            // turns as arrays (serde's derive would read a struct from one)
+            r#"{"conversations":[["human","hi"],["gpt","yo"]]}"#,
+            // skipped fields are checked as the row reader checks them: numbers in range,
+            // valid \u escapes, in the row and in a turn, in values and in keys
+            r#"{"x":1e400,"conversations":[{"from":"human","value":"v"}]}"#,
+            r#"{"conversations":[{"from":"human","value":"v","n":[-1e999]}]}"#,
+            r#"{"x":"\ud800","conversations":[{"from":"human","value":"v"}]}"#,
+            r#"{"conversations":[{"from":"human","value":"v","\udc00":1}]}"#,
+            r#"{"conversations":[{"from":"human","value":"\ud800"}]}"#,
+            r#"{"conversations":[{"from":"human","value":"v"}],"conversations":[]}"#,
+            r#"{"conversations":[{"from":"human","value":"v"}],"big":18446744073709551616,"e":[1.5e300,true,null,{}]}"#,
         ];
         for text in rows {
             let owned = |r: Result<Vec<(Cow<str>, Cow<str>)>, String>| {
