@@ -79,10 +79,20 @@ pub fn collapse_newlines(s: &str) -> String {
 }
 
 /// The dedup key / row id: `uuid5(NAMESPACE_OID, text)` as a lowercase hyphenated string
-/// of 36 characters (SOURCES.md §1.1; RFC 4122 §4.3).
+/// of 36 characters (SOURCES.md §1.1; RFC 4122 §4.3: the first 16 bytes of
+/// SHA-1(namespace ‖ name) with the version and variant bits set). SHA-1 comes from the
+/// `sha1` crate, which uses the CPU's SHA instructions where it has them (the `uuid`
+/// crate's own v5 hashes in portable code, 3–4× slower on long keys).
 pub fn uid(text: &str) -> String {
-    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, text.as_bytes())
-        .hyphenated()
+    use sha1::{Digest, Sha1};
+    let digest = Sha1::new()
+        .chain_update(uuid::Uuid::NAMESPACE_OID.as_bytes())
+        .chain_update(text.as_bytes())
+        .finalize();
+    let bytes: [u8; 16] = digest[..16].try_into().expect("SHA-1 digests are 20 bytes");
+    let id = uuid::Builder::from_sha1_bytes(bytes).into_uuid();
+    id.hyphenated()
+        .encode_lower(&mut uuid::Uuid::encode_buffer())
         .to_string()
 }
 
