@@ -24,19 +24,10 @@ pub trait Format: 'static {
     fn info() -> FormatInfo;
     /// Render `conversation` (ends human → gpt; optional leading system turn).
     /// `add_default_system` is the host's seeded coin (p = 0.5 in the reference).
-    fn render(
-        opts: &RenderOptions,
-        conversation: &[Turn],
-        add_default_system: bool,
-    ) -> Result<Rendered, PluginError>;
+    fn render(opts: &RenderOptions, conversation: &[Turn], add_default_system: bool) -> Result<Rendered, PluginError>;
     /// Render a DPO prompt. Default (the reference `_dpo_format`): render the
     /// conversation `[human: prompt, gpt: collapse_newlines(chosen)]` and return its input.
-    fn render_dpo_prompt(
-        opts: &RenderOptions,
-        prompt: &str,
-        chosen: &str,
-        add_default_system: bool,
-    ) -> Result<String, PluginError> {
+    fn render_dpo_prompt(opts: &RenderOptions, prompt: &str, chosen: &str, add_default_system: bool) -> Result<String, PluginError> {
         let conv = [
             Turn::new(Role::Human, prompt),
             Turn::new(Role::Gpt, bagel_text::collapse_newlines(chosen)),
@@ -59,19 +50,12 @@ pub mod glue {
     }
 
     fn opts(o: wit::RenderOptions) -> RenderOptions {
-        RenderOptions {
-            bos: o.bos,
-            eos: o.eos,
-        }
+        RenderOptions { bos: o.bos, eos: o.eos }
     }
 
     pub fn info<T: Format>() -> wit::FormatInfo {
         let i = T::info();
-        wit::FormatInfo {
-            name: i.name,
-            version: i.version,
-            description: i.description,
-        }
+        wit::FormatInfo { name: i.name, version: i.version, description: i.description }
     }
 
     /// Take the next `len` bytes of `text` from `*pos` (on character boundaries).
@@ -95,11 +79,7 @@ pub mod glue {
 
     impl Out {
         fn new(items: usize, text_hint: usize) -> Out {
-            Out {
-                text: String::with_capacity(text_hint),
-                lens: Vec::with_capacity(2 * items),
-                errors: Vec::new(),
-            }
+            Out { text: String::with_capacity(text_hint), lens: Vec::with_capacity(2 * items), errors: Vec::new() }
         }
         fn ok(&mut self, input: &str, output: &str) {
             self.text.push_str(input);
@@ -108,17 +88,10 @@ pub mod glue {
         }
         fn err(&mut self, item: usize, error: wit::PluginError) {
             self.lens.extend([0, 0]);
-            self.errors.push(fmt::ItemError {
-                item: item as u32,
-                error,
-            });
+            self.errors.push(fmt::ItemError { item: item as u32, error });
         }
         fn done(self) -> fmt::RenderedBatch {
-            fmt::RenderedBatch {
-                text: self.text,
-                lens: self.lens,
-                errors: self.errors,
-            }
+            fmt::RenderedBatch { text: self.text, lens: self.lens, errors: self.errors }
         }
     }
 
@@ -131,14 +104,8 @@ pub mod glue {
         let mut out = Out::new(n, batch.text.len() + batch.text.len() / 2);
         // Check the whole batch before rendering anything, so that a broken batch fails
         // every item instead of shifting the text under the items after the break.
-        let turns_total: Option<usize> = batch
-            .conversation_turns
-            .iter()
-            .try_fold(0usize, |a, &c| a.checked_add(c as usize));
-        let problem = if batch.add_default_system.len() != n
-            || batch.turn_roles.len() != batch.turn_lens.len()
-            || turns_total != Some(batch.turn_lens.len())
-        {
+        let turns_total: Option<usize> = batch.conversation_turns.iter().try_fold(0usize, |a, &c| a.checked_add(c as usize));
+        let problem = if batch.add_default_system.len() != n || batch.turn_roles.len() != batch.turn_lens.len() || turns_total != Some(batch.turn_lens.len()) {
             Some("list lengths disagree")
         } else if batch.turn_roles.iter().any(|&r| r > 2) {
             Some("a role index is not 0, 1 or 2")
@@ -157,20 +124,11 @@ pub mod glue {
         // lengths tile the text on character boundaries.
         let mut turns: Vec<Turn> = Vec::new();
         let (mut pos, mut next_turn) = (0usize, 0usize);
-        for (item, (&count, &coin)) in batch
-            .conversation_turns
-            .iter()
-            .zip(&batch.add_default_system)
-            .enumerate()
-        {
+        for (item, (&count, &coin)) in batch.conversation_turns.iter().zip(&batch.add_default_system).enumerate() {
             let range = next_turn..next_turn + count as usize;
             next_turn = range.end;
             turns.truncate(range.len());
-            for (i, (&len, &role)) in batch.turn_lens[range.clone()]
-                .iter()
-                .zip(&batch.turn_roles[range.clone()])
-                .enumerate()
-            {
+            for (i, (&len, &role)) in batch.turn_lens[range.clone()].iter().zip(&batch.turn_roles[range.clone()]).enumerate() {
                 let from = [Role::System, Role::Human, Role::Gpt][role as usize];
                 let value = take(&batch.text, &mut pos, len).expect("lengths checked above");
                 if let Some(t) = turns.get_mut(i) {
@@ -178,10 +136,7 @@ pub mod glue {
                     t.value.clear();
                     t.value.push_str(value);
                 } else {
-                    turns.push(Turn {
-                        from,
-                        value: value.to_string(),
-                    });
+                    turns.push(Turn { from, value: value.to_string() });
                 }
             }
             match T::render(&o, &turns[..range.len()], coin) {
@@ -200,29 +155,18 @@ pub mod glue {
     }
 
     /// Unpack a `dpo-batch`, render each prompt, pack the results (no outputs).
-    pub fn render_dpo_prompt<T: Format>(
-        o: wit::RenderOptions,
-        batch: fmt::DpoBatch,
-    ) -> fmt::RenderedBatch {
+    pub fn render_dpo_prompt<T: Format>(o: wit::RenderOptions, batch: fmt::DpoBatch) -> fmt::RenderedBatch {
         let o = opts(o);
         let n = batch.add_default_system.len();
         let mut out = Out::new(n, batch.text.len());
         if batch.lens.len() != 2 * n || !tiles(&batch.text, &batch.lens) {
             for item in 0..n {
-                out.err(
-                    item,
-                    bad_batch("lengths do not tile the text on character boundaries"),
-                );
+                out.err(item, bad_batch("lengths do not tile the text on character boundaries"));
             }
             return out.done();
         }
         let mut pos = 0usize;
-        for (item, (&coin, lens)) in batch
-            .add_default_system
-            .iter()
-            .zip(batch.lens.chunks_exact(2))
-            .enumerate()
-        {
+        for (item, (&coin, lens)) in batch.add_default_system.iter().zip(batch.lens.chunks_exact(2)).enumerate() {
             let prompt = take(&batch.text, &mut pos, lens[0]).expect("lengths checked above");
             let chosen = take(&batch.text, &mut pos, lens[1]).expect("lengths checked above");
             match T::render_dpo_prompt(&o, prompt, chosen, coin) {
@@ -248,12 +192,7 @@ pub fn check_shape(conversation: &[Turn]) -> Result<usize, PluginError> {
     for (i, t) in rest.iter().enumerate() {
         let want = if i % 2 == 0 { Role::Human } else { Role::Gpt };
         if t.from != want {
-            return Err(PluginError::BadInput(format!(
-                "turn {} is {:?}, expected {:?}",
-                i + offset,
-                t.from,
-                want
-            )));
+            return Err(PluginError::BadInput(format!("turn {} is {:?}, expected {:?}", i + offset, t.from, want)));
         }
     }
     Ok(offset)

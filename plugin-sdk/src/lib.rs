@@ -33,10 +33,10 @@ pub mod source;
 /// crate) there is no host: [`has_refusal`] falls back to the no-op `false`, [`rng`] is
 /// seeded with 0 and logging goes to stderr.
 mod hostcalls {
-    #[cfg(all(target_arch = "wasm32", feature = "format", not(feature = "source")))]
-    use crate::format::bindings::bagel::plugin::{host, types::Level};
     #[cfg(all(target_arch = "wasm32", feature = "source"))]
     use crate::source::bindings::bagel::plugin::{host, types::Level};
+    #[cfg(all(target_arch = "wasm32", feature = "format", not(feature = "source")))]
+    use crate::format::bindings::bagel::plugin::{host, types::Level};
 
     pub(crate) fn seed() -> u64 {
         #[cfg(all(target_arch = "wasm32", any(feature = "source", feature = "format")))]
@@ -121,13 +121,7 @@ mod readme {
     fn readme_plugin_is_the_example_crate() {
         let readme = include_str!("../README.md");
         let code = include_str!("../example-source/src/lib.rs");
-        assert!(
-            readme.contains(code),
-            "plugin-sdk/README.md and example-source/src/lib.rs differ"
-        );
-        assert!(
-            code.lines().count() < 40,
-            "the README promises a plugin in under 40 lines"
-        );
+        assert!(readme.contains(code), "plugin-sdk/README.md and example-source/src/lib.rs differ");
+        assert!(code.lines().count() < 40, "the README promises a plugin in under 40 lines");
     }
 }

@@ -23,10 +23,7 @@ pub struct Turn {
 impl Turn {
     /// A turn with the given role and text.
     pub fn new(from: Role, value: impl Into<String>) -> Self {
-        Turn {
-            from,
-            value: value.into(),
-        }
+        Turn { from, value: value.into() }
     }
 }
 
@@ -198,41 +195,16 @@ pub struct Output {
 
 impl Output {
     /// Emit a conversation record.
-    pub fn conversation(
-        &mut self,
-        row: u64,
-        label: &str,
-        key: String,
-        mode: DedupMode,
-        turns: Vec<Turn>,
-    ) {
-        self.records.push(Record {
-            row,
-            label: label.to_string(),
-            key,
-            mode,
-            payload: Payload::Conversation(turns),
-        });
+    pub fn conversation(&mut self, row: u64, label: &str, key: String, mode: DedupMode, turns: Vec<Turn>) {
+        self.records.push(Record { row, label: label.to_string(), key, mode, payload: Payload::Conversation(turns) });
     }
     /// Emit a DPO record.
     pub fn dpo(&mut self, row: u64, label: &str, key: String, mode: DedupMode, pair: DpoPair) {
-        self.records.push(Record {
-            row,
-            label: label.to_string(),
-            key,
-            mode,
-            payload: Payload::Dpo(pair),
-        });
+        self.records.push(Record { row, label: label.to_string(), key, mode, payload: Payload::Dpo(pair) });
     }
     /// Emit a plain-text record.
     pub fn text(&mut self, row: u64, label: &str, key: String, mode: DedupMode, text: String) {
-        self.records.push(Record {
-            row,
-            label: label.to_string(),
-            key,
-            mode,
-            payload: Payload::Text(text),
-        });
+        self.records.push(Record { row, label: label.to_string(), key, mode, payload: Payload::Text(text) });
     }
     /// Record a refusal drop.
     pub fn refused(&mut self, row: u64) {
@@ -240,8 +212,7 @@ impl Output {
     }
     /// Record a filter drop.
     pub fn filtered(&mut self, row: u64, why: &str) {
-        self.dropped
-            .push((row, DropReason::Filtered(why.to_string())));
+        self.dropped.push((row, DropReason::Filtered(why.to_string())));
     }
     /// Record an invalid row.
     pub fn invalid(&mut self, row: u64, message: impl Into<String>) {
@@ -271,10 +242,7 @@ pub struct RenderOptions {
 
 impl Default for RenderOptions {
     fn default() -> Self {
-        RenderOptions {
-            bos: "<s>".into(),
-            eos: "</s>".into(),
-        }
+        RenderOptions { bos: "<s>".into(), eos: "</s>".into() }
     }
 }
 

@@ -52,16 +52,9 @@ impl Row {
         match self.get(path) {
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|v| {
-                    v.as_str().ok_or_else(|| {
-                        format!("field `{path}` holds {}, expected strings", kind(v))
-                    })
-                })
+                .map(|v| v.as_str().ok_or_else(|| format!("field `{path}` holds {}, expected strings", kind(v))))
                 .collect(),
-            Some(v) => Err(format!(
-                "field `{path}` is {}, expected a list of strings",
-                kind(v)
-            )),
+            Some(v) => Err(format!("field `{path}` is {}, expected a list of strings", kind(v))),
             None => Err(format!("missing field `{path}`")),
         }
     }
@@ -69,17 +62,9 @@ impl Row {
     /// A required integer field (JSON number, or a string holding an integer).
     pub fn int(&self, path: &str) -> Result<i64, String> {
         match self.get(path) {
-            Some(Value::Number(n)) => n
-                .as_i64()
-                .ok_or_else(|| format!("field `{path}` is not an integer")),
-            Some(Value::String(s)) => s
-                .trim()
-                .parse()
-                .map_err(|_| format!("field `{path}` is not an integer: {s:?}")),
-            Some(v) => Err(format!(
-                "field `{path}` is {}, expected an integer",
-                kind(v)
-            )),
+            Some(Value::Number(n)) => n.as_i64().ok_or_else(|| format!("field `{path}` is not an integer")),
+            Some(Value::String(s)) => s.trim().parse().map_err(|_| format!("field `{path}` is not an integer: {s:?}")),
+            Some(v) => Err(format!("field `{path}` is {}, expected an integer", kind(v))),
             None => Err(format!("missing field `{path}`")),
         }
     }
@@ -119,26 +104,18 @@ pub struct Params {
 impl Params {
     /// Build from (name, JSON text) pairs, over `defaults` (name, JSON text). Unknown
     /// names and malformed JSON are errors naming the parameter.
-    pub fn from_pairs(
-        defaults: &[(String, String)],
-        given: &[(String, String)],
-    ) -> Result<Params, String> {
+    pub fn from_pairs(defaults: &[(String, String)], given: &[(String, String)]) -> Result<Params, String> {
         let mut values = Map::new();
         for (k, v) in defaults {
-            let parsed = serde_json::from_str(v)
-                .map_err(|e| format!("default of `{k}` is not JSON: {e}"))?;
+            let parsed = serde_json::from_str(v).map_err(|e| format!("default of `{k}` is not JSON: {e}"))?;
             values.insert(k.clone(), parsed);
         }
         for (k, v) in given {
             if !values.contains_key(k) {
                 let known: Vec<&str> = defaults.iter().map(|(k, _)| k.as_str()).collect();
-                return Err(format!(
-                    "unknown parameter `{k}` (known: {})",
-                    known.join(", ")
-                ));
+                return Err(format!("unknown parameter `{k}` (known: {})", known.join(", ")));
             }
-            let parsed =
-                serde_json::from_str(v).map_err(|e| format!("parameter `{k}` is not JSON: {e}"))?;
+            let parsed = serde_json::from_str(v).map_err(|e| format!("parameter `{k}` is not JSON: {e}"))?;
             values.insert(k.clone(), parsed);
         }
         Ok(Params { values })
@@ -146,32 +123,19 @@ impl Params {
 
     /// A string parameter.
     pub fn str(&self, name: &str) -> Result<String, String> {
-        self.values
-            .get(name)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| format!("parameter `{name}` must be a string"))
+        self.values.get(name).and_then(Value::as_str).map(str::to_string).ok_or_else(|| format!("parameter `{name}` must be a string"))
     }
     /// A boolean parameter.
     pub fn bool(&self, name: &str) -> Result<bool, String> {
-        self.values
-            .get(name)
-            .and_then(Value::as_bool)
-            .ok_or_else(|| format!("parameter `{name}` must be a boolean"))
+        self.values.get(name).and_then(Value::as_bool).ok_or_else(|| format!("parameter `{name}` must be a boolean"))
     }
     /// A float parameter.
     pub fn f64(&self, name: &str) -> Result<f64, String> {
-        self.values
-            .get(name)
-            .and_then(Value::as_f64)
-            .ok_or_else(|| format!("parameter `{name}` must be a number"))
+        self.values.get(name).and_then(Value::as_f64).ok_or_else(|| format!("parameter `{name}` must be a number"))
     }
     /// A non-negative integer parameter.
     pub fn u64(&self, name: &str) -> Result<u64, String> {
-        self.values
-            .get(name)
-            .and_then(Value::as_u64)
-            .ok_or_else(|| format!("parameter `{name}` must be a non-negative integer"))
+        self.values.get(name).and_then(Value::as_u64).ok_or_else(|| format!("parameter `{name}` must be a non-negative integer"))
     }
 }
 
@@ -181,34 +145,16 @@ impl Params {
 /// label equals the key). This is the reference's ai2_arc/openbookqa instruction (without
 /// any suffix) and also the first ARC-Challenge decontamination rendering (SOURCES.md §6.2).
 /// Errors: a missing field, label/text lists of different lengths, a key not among the labels.
-pub fn multiple_choice(
-    text: &str,
-    question_field: &str,
-) -> Result<(String, String, String), String> {
+pub fn multiple_choice(text: &str, question_field: &str) -> Result<(String, String, String), String> {
     let row = Row::parse(text)?;
     let question = row.str(question_field)?;
     let labels = row.str_list("choices.label")?;
     let texts = row.str_list("choices.text")?;
     if labels.len() != texts.len() {
-        return Err(format!(
-            "choices.label has {} items but choices.text has {}",
-            labels.len(),
-            texts.len()
-        ));
+        return Err(format!("choices.label has {} items but choices.text has {}", labels.len(), texts.len()));
     }
     let key = row.str("answerKey")?;
-    let idx = labels
-        .iter()
-        .position(|l| *l == key)
-        .ok_or_else(|| format!("answerKey {key:?} is not among the labels {labels:?}"))?;
-    let lines: Vec<String> = labels
-        .iter()
-        .zip(&texts)
-        .map(|(l, t)| format!("{l}. {t}"))
-        .collect();
-    Ok((
-        format!("{question}\n{}", lines.join("\n")),
-        key.to_string(),
-        texts[idx].to_string(),
-    ))
+    let idx = labels.iter().position(|l| *l == key).ok_or_else(|| format!("answerKey {key:?} is not among the labels {labels:?}"))?;
+    let lines: Vec<String> = labels.iter().zip(&texts).map(|(l, t)| format!("{l}. {t}")).collect();
+    Ok((format!("{question}\n{}", lines.join("\n")), key.to_string(), texts[idx].to_string()))
 }

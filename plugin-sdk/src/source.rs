@@ -29,13 +29,7 @@ pub trait Source: Sized + 'static {
     /// Build the state from parameters (declared defaults already merged in).
     fn configure(params: &Params) -> Result<Self, PluginError>;
     /// Convert one batch; `rows[i]` is row `first_row + i` of input `input`.
-    fn push_rows(
-        &mut self,
-        input: &str,
-        first_row: u64,
-        rows: &[String],
-        out: &mut Output,
-    ) -> Result<(), PluginError>;
+    fn push_rows(&mut self, input: &str, first_row: u64, rows: &[String], out: &mut Output) -> Result<(), PluginError>;
     /// Emit anything held back. Default: nothing.
     fn finish(&mut self, _out: &mut Output) -> Result<(), PluginError> {
         Ok(())
@@ -57,20 +51,14 @@ pub mod glue {
 
     pub fn configure<T: Source>(params: Vec<(String, String)>) -> Result<(), wit::PluginError> {
         let info = T::info();
-        let defaults: Vec<(String, String)> = info
-            .params
-            .iter()
-            .map(|p| (p.name.clone(), p.default.clone()))
-            .collect();
+        let defaults: Vec<(String, String)> = info.params.iter().map(|p| (p.name.clone(), p.default.clone())).collect();
         let params = Params::from_pairs(&defaults, &params).map_err(wit::PluginError::BadParam)?;
         let state = T::configure(&params).map_err(to_wit_err)?;
         STATE.with(|s| *s.borrow_mut() = Some(Box::new(state)));
         Ok(())
     }
 
-    fn with_state<T: Source, R>(
-        f: impl FnOnce(&mut T) -> Result<R, PluginError>,
-    ) -> Result<R, wit::PluginError> {
+    fn with_state<T: Source, R>(f: impl FnOnce(&mut T) -> Result<R, PluginError>) -> Result<R, wit::PluginError> {
         STATE.with(|s| {
             let mut guard = s.borrow_mut();
             let state = guard
@@ -81,11 +69,7 @@ pub mod glue {
         })
     }
 
-    pub fn push_rows<T: Source>(
-        input: String,
-        first_row: u64,
-        rows: Vec<String>,
-    ) -> Result<wit::BatchOutput, wit::PluginError> {
+    pub fn push_rows<T: Source>(input: String, first_row: u64, rows: Vec<String>) -> Result<wit::BatchOutput, wit::PluginError> {
         let mut out = Output::default();
         with_state::<T, ()>(|s| s.push_rows(&input, first_row, &rows, &mut out))?;
         Ok(to_wit_output(out))
@@ -158,11 +142,7 @@ fn to_wit_output(out: Output) -> wit::BatchOutput {
                 },
             })
             .collect(),
-        invalid: out
-            .invalid
-            .into_iter()
-            .map(|(row, message)| wit::InvalidRow { row, message })
-            .collect(),
+        invalid: out.invalid.into_iter().map(|(row, message)| wit::InvalidRow { row, message }).collect(),
     }
 }
 
@@ -200,11 +180,7 @@ fn to_wit_info(i: SourceInfo) -> wit::SourceInfo {
         params: i
             .params
             .into_iter()
-            .map(|p| wit::ParamSpec {
-                name: p.name,
-                default: p.default,
-                description: p.description,
-            })
+            .map(|p| wit::ParamSpec { name: p.name, default: p.default, description: p.description })
             .collect(),
         description: i.description,
     }

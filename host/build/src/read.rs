@@ -30,10 +30,7 @@ pub type RowResult = std::result::Result<String, String>;
 
 /// Decide the format from the hint or the file name; returns (format, gzip).
 pub fn detect(path: &Path, hint: InputFormat) -> Result<(FileFormat, bool)> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_lowercase())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
     let gz = name.ends_with(".gz");
     let base = name.trim_end_matches(".gz");
     let by_name = if base.ends_with(".jsonl") || base.ends_with(".ndjson") {
@@ -58,11 +55,7 @@ pub fn detect(path: &Path, hint: InputFormat) -> Result<(FileFormat, bool)> {
         InputFormat::Parquet => FileFormat::Parquet,
     };
     if fmt == FileFormat::Parquet && gz {
-        return Err(BadFileAt::new(
-            path,
-            "byte 0",
-            "gzip-compressed parquet is not supported (parquet compresses internally)",
-        ));
+        return Err(BadFileAt::new(path, "byte 0", "gzip-compressed parquet is not supported (parquet compresses internally)"));
     }
     Ok((fmt, gz))
 }
@@ -70,11 +63,7 @@ pub fn detect(path: &Path, hint: InputFormat) -> Result<(FileFormat, bool)> {
 struct BadFileAt;
 impl BadFileAt {
     fn new(path: &Path, position: &str, message: &str) -> BuildError {
-        BuildError::BadFile {
-            path: path.to_path_buf(),
-            position: position.to_string(),
-            message: message.to_string(),
-        }
+        BuildError::BadFile { path: path.to_path_buf(), position: position.to_string(), message: message.to_string() }
     }
 }
 
@@ -86,20 +75,10 @@ fn open(path: &Path, gz: bool) -> Result<Box<dyn BufRead>> {
     let mut magic = [0u8; 2];
     let n = file.read(&mut magic).map_err(io(path))?;
     if n < 2 || magic != [0x1f, 0x8b] {
-        return Err(BadFileAt::new(
-            path,
-            "byte 0",
-            &format!(
-                "named .gz but is not gzip (first bytes {:02x?})",
-                &magic[..n]
-            ),
-        ));
+        return Err(BadFileAt::new(path, "byte 0", &format!("named .gz but is not gzip (first bytes {:02x?})", &magic[..n])));
     }
     let file = File::open(path).map_err(io(path))?;
-    Ok(Box::new(BufReader::with_capacity(
-        1 << 20,
-        flate2::read::MultiGzDecoder::new(BufReader::new(file)),
-    )))
+    Ok(Box::new(BufReader::with_capacity(1 << 20, flate2::read::MultiGzDecoder::new(BufReader::new(file)))))
 }
 
 /// Stream `path` in batches of up to `batch_size` rows. `f(first_row, rows)` gets the
@@ -108,20 +87,9 @@ fn open(path: &Path, gz: bool) -> Result<Box<dyn BufRead>> {
 /// Errors: [`BuildError::BadFile`] when the file as a whole is broken (not gzip,
 /// truncated JSON array, unreadable parquet), with the position; errors of `f` pass
 /// through. A malformed single row is an `Err` row, not an error.
-pub fn read_file(
-    path: &Path,
-    hint: InputFormat,
-    batch_size: usize,
-    mut f: impl FnMut(u64, Vec<RowResult>) -> Result<()>,
-) -> Result<u64> {
+pub fn read_file(path: &Path, hint: InputFormat, batch_size: usize, mut f: impl FnMut(u64, Vec<RowResult>) -> Result<()>) -> Result<u64> {
     let (fmt, gz) = detect(path, hint)?;
-    let mut batcher = Batcher {
-        batch: Vec::with_capacity(batch_size),
-        size: batch_size.max(1),
-        first: 0,
-        count: 0,
-        f: &mut f,
-    };
+    let mut batcher = Batcher { batch: Vec::with_capacity(batch_size), size: batch_size.max(1), first: 0, count: 0, f: &mut f };
     match fmt {
         FileFormat::Jsonl => read_jsonl(path, open(path, gz)?, &mut batcher)?,
         FileFormat::Json => read_json_array(path, open(path, gz)?, &mut batcher)?,
@@ -161,22 +129,12 @@ impl<F: FnMut(u64, Vec<RowResult>) -> Result<()>> Batcher<'_, F> {
     }
 }
 
-fn read_jsonl<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(
-    path: &Path,
-    mut r: Box<dyn BufRead>,
-    b: &mut Batcher<'_, F>,
-) -> Result<()> {
+fn read_jsonl<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, mut r: Box<dyn BufRead>, b: &mut Batcher<'_, F>) -> Result<()> {
     let mut line = String::new();
     let mut lineno = 0u64;
     loop {
         line.clear();
-        let n = r.read_line(&mut line).map_err(|e| {
-            BadFileAt::new(
-                path,
-                &format!("line {}", lineno + 1),
-                &format!("read failed: {e}"),
-            )
-        })?;
+        let n = r.read_line(&mut line).map_err(|e| BadFileAt::new(path, &format!("line {}", lineno + 1), &format!("read failed: {e}")))?;
         if n == 0 {
             return Ok(());
         }
@@ -199,11 +157,7 @@ fn read_jsonl<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(
 /// memory holds one element at a time), and each element is then checked on its own
 /// with serde_json's slice parser. A broken element is an `Err` row; a broken array
 /// (no `[`, truncated, text after `]`) is a [`BuildError::BadFile`] with line and column.
-fn read_json_array<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(
-    path: &Path,
-    mut r: Box<dyn BufRead>,
-    b: &mut Batcher<'_, F>,
-) -> Result<()> {
+fn read_json_array<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, mut r: Box<dyn BufRead>, b: &mut Batcher<'_, F>) -> Result<()> {
     #[derive(PartialEq)]
     enum State {
         Start,
@@ -280,18 +234,11 @@ fn read_json_array<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(
                             b',' | b']' if depth == 0 => {
                                 elem.extend_from_slice(&buf[start.unwrap_or(0)..i]);
                                 start = None;
-                                while elem
-                                    .last()
-                                    .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-                                {
+                                while elem.last().is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
                                     elem.pop();
                                 }
                                 finish(&mut elem, b)?;
-                                state = if c == b',' {
-                                    State::BeforeElement
-                                } else {
-                                    State::Done
-                                };
+                                state = if c == b',' { State::BeforeElement } else { State::Done };
                             }
                             _ => {}
                         }
@@ -340,51 +287,26 @@ fn read_json_array<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(
     }
     let col = base - line_start;
     if state != State::Done {
-        return Err(bad(
-            line,
-            col,
-            "truncated JSON array (end of file before the closing `]`)",
-        ));
+        return Err(bad(line, col, "truncated JSON array (end of file before the closing `]`)"));
     }
     Ok(())
 }
 
-fn read_csv<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(
-    path: &Path,
-    r: Box<dyn BufRead>,
-    delim: u8,
-    b: &mut Batcher<'_, F>,
-) -> Result<()> {
-    let mut rd = csv::ReaderBuilder::new()
-        .delimiter(delim)
-        .has_headers(true)
-        .flexible(false)
-        .from_reader(r);
-    let headers = rd
-        .headers()
-        .map_err(|e| BadFileAt::new(path, "line 1", &format!("cannot read the header row: {e}")))?
-        .clone();
+fn read_csv<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, r: Box<dyn BufRead>, delim: u8, b: &mut Batcher<'_, F>) -> Result<()> {
+    let mut rd = csv::ReaderBuilder::new().delimiter(delim).has_headers(true).flexible(false).from_reader(r);
+    let headers = rd.headers().map_err(|e| BadFileAt::new(path, "line 1", &format!("cannot read the header row: {e}")))?.clone();
     let mut rec = csv::StringRecord::new();
     loop {
         match rd.read_record(&mut rec) {
             Ok(false) => return Ok(()),
             Ok(true) => {
-                let obj: serde_json::Map<String, serde_json::Value> = headers
-                    .iter()
-                    .zip(rec.iter())
-                    .map(|(h, v)| (h.to_string(), serde_json::Value::String(v.to_string())))
-                    .collect();
+                let obj: serde_json::Map<String, serde_json::Value> = headers.iter().zip(rec.iter()).map(|(h, v)| (h.to_string(), serde_json::Value::String(v.to_string()))).collect();
                 b.push(Ok(serde_json::Value::Object(obj).to_string()))?;
             }
             Err(e) => match e.kind() {
-                csv::ErrorKind::UnequalLengths { .. } | csv::ErrorKind::Utf8 { .. } => {
-                    b.push(Err(format!("{e}")))?
-                }
+                csv::ErrorKind::UnequalLengths { .. } | csv::ErrorKind::Utf8 { .. } => b.push(Err(format!("{e}")))?,
                 _ => {
-                    let pos = e
-                        .position()
-                        .map(|p| format!("line {}", p.line()))
-                        .unwrap_or_else(|| "unknown position".into());
+                    let pos = e.position().map(|p| format!("line {}", p.line())).unwrap_or_else(|| "unknown position".into());
                     return Err(BadFileAt::new(path, &pos, &e.to_string()));
                 }
             },
@@ -392,11 +314,7 @@ fn read_csv<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(
     }
 }
 
-fn read_parquet<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(
-    path: &Path,
-    batch_size: usize,
-    b: &mut Batcher<'_, F>,
-) -> Result<()> {
+fn read_parquet<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, batch_size: usize, b: &mut Batcher<'_, F>) -> Result<()> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let file = File::open(path).map_err(io(path))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
@@ -405,24 +323,14 @@ fn read_parquet<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(
         .build()
         .map_err(|e| BadFileAt::new(path, "footer", &e.to_string()))?;
     for batch in reader {
-        let batch = batch
-            .map_err(|e| BadFileAt::new(path, &format!("row {}", b.count + 1), &e.to_string()))?;
+        let batch = batch.map_err(|e| BadFileAt::new(path, &format!("row {}", b.count + 1), &e.to_string()))?;
         let mut buf = Vec::new();
         {
             let mut w = arrow_json::LineDelimitedWriter::new(&mut buf);
-            w.write(&batch).map_err(|e| {
-                BadFileAt::new(
-                    path,
-                    &format!("row {}", b.count + 1),
-                    &format!("cannot convert to JSON: {e}"),
-                )
-            })?;
-            w.finish().map_err(|e| {
-                BadFileAt::new(path, &format!("row {}", b.count + 1), &e.to_string())
-            })?;
+            w.write(&batch).map_err(|e| BadFileAt::new(path, &format!("row {}", b.count + 1), &format!("cannot convert to JSON: {e}")))?;
+            w.finish().map_err(|e| BadFileAt::new(path, &format!("row {}", b.count + 1), &e.to_string()))?;
         }
-        let text = String::from_utf8(buf)
-            .map_err(|e| BadFileAt::new(path, &format!("row {}", b.count + 1), &e.to_string()))?;
+        let text = String::from_utf8(buf).map_err(|e| BadFileAt::new(path, &format!("row {}", b.count + 1), &e.to_string()))?;
         for line in text.lines().filter(|l| !l.is_empty()) {
             b.push(Ok(line.to_string()))?;
         }
@@ -453,14 +361,8 @@ mod tests {
         let rows = collect(&p).unwrap();
         assert_eq!(rows.len(), 4);
         assert_eq!(rows[0].as_deref(), Ok("{\"a\":1}"));
-        assert!(rows[1]
-            .as_ref()
-            .unwrap_err()
-            .starts_with("line 3: invalid JSON"));
-        assert!(rows[2]
-            .as_ref()
-            .unwrap_err()
-            .contains("line 4: not a JSON object"));
+        assert!(rows[1].as_ref().unwrap_err().starts_with("line 3: invalid JSON"));
+        assert!(rows[2].as_ref().unwrap_err().contains("line 4: not a JSON object"));
         assert_eq!(rows[3].as_deref(), Ok("{\"b\":\"é\"}"));
     }
 
@@ -470,62 +372,26 @@ mod tests {
         let p = d.path().join("x.json");
         std::fs::write(&p, "[{\"a\":1},\n {\"a\":2}, {\"a\":3}]").unwrap();
         let rows = collect(&p).unwrap();
-        assert_eq!(
-            rows,
-            vec![
-                Ok("{\"a\":1}".into()),
-                Ok("{\"a\":2}".into()),
-                Ok("{\"a\":3}".into())
-            ]
-        );
+        assert_eq!(rows, vec![Ok("{\"a\":1}".into()), Ok("{\"a\":2}".into()), Ok("{\"a\":3}".into())]);
         std::fs::write(&p, "[{\"a\":1},\n {\"a\":2}, {\"a\"").unwrap();
         let err = collect(&p).unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.contains("x.json")
-                && msg.contains("truncated JSON array")
-                && msg.contains("line 2 column 14"),
-            "{msg}"
-        );
+        assert!(msg.contains("x.json") && msg.contains("truncated JSON array") && msg.contains("line 2 column 14"), "{msg}");
         // Strings hide brackets and commas; escapes hide quotes; a broken element is a
         // bad row, not a broken file; a BOM, nesting and an empty array are fine.
-        std::fs::write(
-            &p,
-            "\u{feff}[ {\"a\":\"],[{\\\"\",\"b\":[1,{\"c\":2}]} ,{oops}, 7,{\"z\":\"\u{e9}\"}\n]\n",
-        )
-        .unwrap();
+        std::fs::write(&p, "\u{feff}[ {\"a\":\"],[{\\\"\",\"b\":[1,{\"c\":2}]} ,{oops}, 7,{\"z\":\"\u{e9}\"}\n]\n").unwrap();
         let rows = collect(&p).unwrap();
-        assert_eq!(
-            rows[0].as_deref(),
-            Ok("{\"a\":\"],[{\\\"\",\"b\":[1,{\"c\":2}]}")
-        );
-        assert!(
-            rows[1]
-                .as_ref()
-                .unwrap_err()
-                .starts_with("element 2: invalid JSON"),
-            "{:?}",
-            rows[1]
-        );
-        assert_eq!(
-            rows[2].as_ref().unwrap_err(),
-            "element 3 is not a JSON object"
-        );
+        assert_eq!(rows[0].as_deref(), Ok("{\"a\":\"],[{\\\"\",\"b\":[1,{\"c\":2}]}"));
+        assert!(rows[1].as_ref().unwrap_err().starts_with("element 2: invalid JSON"), "{:?}", rows[1]);
+        assert_eq!(rows[2].as_ref().unwrap_err(), "element 3 is not a JSON object");
         assert_eq!(rows[3].as_deref(), Ok("{\"z\":\"\u{e9}\"}"));
         assert_eq!(rows.len(), 4);
         std::fs::write(&p, " [ ] ").unwrap();
         assert!(collect(&p).unwrap().is_empty());
-        for (text, what) in [
-            ("{\"a\":1}", "expected `[`"),
-            ("[{\"a\":1},]", "empty element"),
-            ("[{\"a\":1}] x", "after the closing"),
-        ] {
+        for (text, what) in [("{\"a\":1}", "expected `[`"), ("[{\"a\":1},]", "empty element"), ("[{\"a\":1}] x", "after the closing")] {
             std::fs::write(&p, text).unwrap();
             let msg = collect(&p).unwrap_err().to_string();
-            assert!(
-                msg.contains(what) && msg.contains("line 1 column"),
-                "{text}: {msg}"
-            );
+            assert!(msg.contains(what) && msg.contains("line 1 column"), "{text}: {msg}");
         }
     }
 
@@ -609,20 +475,14 @@ mod tests {
         let p = d.path().join("x.jsonl.gz");
         std::fs::write(&p, "{\"a\":1}\n").unwrap();
         let msg = collect(&p).unwrap_err().to_string();
-        assert!(
-            msg.contains("x.jsonl.gz") && msg.contains("not gzip") && msg.contains("byte 0"),
-            "{msg}"
-        );
+        assert!(msg.contains("x.jsonl.gz") && msg.contains("not gzip") && msg.contains("byte 0"), "{msg}");
     }
 
     #[test]
     fn gzip_jsonl_and_csv_tsv() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("x.jsonl.gz");
-        let mut enc = flate2::write::GzEncoder::new(
-            std::fs::File::create(&p).unwrap(),
-            flate2::Compression::default(),
-        );
+        let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&p).unwrap(), flate2::Compression::default());
         enc.write_all(b"{\"q\":\"a\"}\n{\"q\":\"b\"}\n").unwrap();
         enc.finish().unwrap();
         assert_eq!(collect(&p).unwrap().len(), 2);
@@ -634,9 +494,6 @@ mod tests {
         assert_eq!(rows.len(), 3);
         let t = d.path().join("x.tsv");
         std::fs::write(&t, "q\ta\nx, y\t1\n").unwrap();
-        assert_eq!(
-            collect(&t).unwrap()[0].as_deref(),
-            Ok("{\"a\":\"1\",\"q\":\"x, y\"}")
-        );
+        assert_eq!(collect(&t).unwrap()[0].as_deref(), Ok("{\"a\":\"1\",\"q\":\"x, y\"}"));
     }
 }

@@ -82,10 +82,7 @@ impl Recipe {
 impl SourceEntry {
     /// Parameters as (name, JSON text) pairs, sorted by name.
     pub fn params_json(&self) -> Vec<(String, String)> {
-        self.params
-            .iter()
-            .map(|(k, v)| (k.clone(), toml_to_json(v).to_string()))
-            .collect()
+        self.params.iter().map(|(k, v)| (k.clone(), toml_to_json(v).to_string())).collect()
     }
 }
 
@@ -94,17 +91,11 @@ fn toml_to_json(v: &toml::Value) -> serde_json::Value {
     match v {
         toml::Value::String(s) => J::String(s.clone()),
         toml::Value::Integer(i) => J::from(*i),
-        toml::Value::Float(f) => serde_json::Number::from_f64(*f)
-            .map(J::Number)
-            .unwrap_or(J::Null),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null),
         toml::Value::Boolean(b) => J::Bool(*b),
         toml::Value::Datetime(d) => J::String(d.to_string()),
         toml::Value::Array(a) => J::Array(a.iter().map(toml_to_json).collect()),
-        toml::Value::Table(t) => J::Object(
-            t.iter()
-                .map(|(k, v)| (k.clone(), toml_to_json(v)))
-                .collect(),
-        ),
+        toml::Value::Table(t) => J::Object(t.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect()),
     }
 }
 
@@ -117,10 +108,7 @@ pub fn expand_globs(data: &Path, patterns: &[String]) -> Vec<PathBuf> {
         let full_s = full.to_string_lossy().to_string();
         match glob::glob(&full_s) {
             Ok(paths) => {
-                let mut v: Vec<PathBuf> = paths
-                    .filter_map(|p| p.ok())
-                    .filter(|p| p.is_file())
-                    .collect();
+                let mut v: Vec<PathBuf> = paths.filter_map(|p| p.ok()).filter(|p| p.is_file()).collect();
                 v.sort();
                 out.extend(v);
             }
@@ -151,11 +139,7 @@ pub fn substitute(pattern: &str, params: &BTreeMap<String, serde_json::Value>) -
 /// Candidate globs for a dataset id under `data`: plain layout and HF hub cache layout.
 pub fn dataset_globs(dataset: &str, pattern: &str) -> Vec<String> {
     let hub = format!("datasets--{}", dataset.replace('/', "--"));
-    vec![
-        format!("{dataset}/{pattern}"),
-        format!("{hub}/snapshots/*/{pattern}"),
-        format!("hub/{hub}/snapshots/*/{pattern}"),
-    ]
+    vec![format!("{dataset}/{pattern}"), format!("{hub}/snapshots/*/{pattern}"), format!("hub/{hub}/snapshots/*/{pattern}")]
 }
 
 #[cfg(test)]
@@ -165,9 +149,7 @@ mod tests {
     #[test]
     fn hub_cache_layout_is_found() {
         let d = tempfile::tempdir().unwrap();
-        let snap = d
-            .path()
-            .join("datasets--allenai--ai2_arc/snapshots/abc123/ARC-Easy");
+        let snap = d.path().join("datasets--allenai--ai2_arc/snapshots/abc123/ARC-Easy");
         std::fs::create_dir_all(&snap).unwrap();
         std::fs::write(snap.join("train-00000-of-00001.parquet"), b"x").unwrap();
         let mut params = BTreeMap::new();
@@ -183,13 +165,7 @@ mod tests {
     fn recipe_parses_and_rejects_typos() {
         let r: Recipe = toml::from_str("seed = 7\n[[source]]\nplugin = \"ai2_arc\"\nparams = { config = \"ARC-Easy\", coin_p = 0.25 }\nfiles = { data = [\"a.json\"] }\n").unwrap();
         assert_eq!(r.seed, Some(7));
-        assert_eq!(
-            r.sources[0].params_json(),
-            vec![
-                ("coin_p".to_string(), "0.25".to_string()),
-                ("config".to_string(), "\"ARC-Easy\"".to_string())
-            ]
-        );
+        assert_eq!(r.sources[0].params_json(), vec![("coin_p".to_string(), "0.25".to_string()), ("config".to_string(), "\"ARC-Easy\"".to_string())]);
         assert!(toml::from_str::<Recipe>("[[source]]\nplugn = \"x\"\n").is_err());
     }
 }

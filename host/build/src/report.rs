@@ -176,34 +176,14 @@ impl BuildReport {
         let mut s = String::new();
         s.push_str(&format!(
             "{:<16} {:>3} {:>9} {:>9} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8}\n",
-            "source",
-            "P",
-            "read",
-            "emitted",
-            "invalid",
-            "duplicate",
-            "refused",
-            "filtered",
-            "contam",
-            "kept",
-            "seconds"
+            "source", "P", "read", "emitted", "invalid", "duplicate", "refused", "filtered", "contam", "kept", "seconds"
         ));
         let mut t = SourceReport::default();
         for r in &self.sources {
             let filtered: u64 = r.filtered.values().sum();
             s.push_str(&format!(
                 "{:<16} {:>3} {:>9} {:>9} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8.3}\n",
-                r.name,
-                r.priority,
-                r.rows_read,
-                r.emitted,
-                r.invalid,
-                r.duplicate,
-                r.refused,
-                filtered,
-                r.decontaminated,
-                r.kept,
-                r.seconds_read + r.seconds_plugin
+                r.name, r.priority, r.rows_read, r.emitted, r.invalid, r.duplicate, r.refused, filtered, r.decontaminated, r.kept, r.seconds_read + r.seconds_plugin
             ));
             if let Some(f) = &r.failed {
                 s.push_str(&format!("  ^ {} FAILED and was skipped: {f}\n", r.name));
@@ -215,39 +195,17 @@ impl BuildReport {
             t.refused += r.refused;
             t.kept += r.kept;
             t.decontaminated += r.decontaminated;
-            t.filtered.insert(
-                String::new(),
-                t.filtered.get("").copied().unwrap_or(0) + filtered,
-            );
+            t.filtered.insert(String::new(), t.filtered.get("").copied().unwrap_or(0) + filtered);
             t.seconds_read += r.seconds_read + r.seconds_plugin;
         }
         s.push_str(&format!(
             "{:<16} {:>3} {:>9} {:>9} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8.3}\n",
-            "TOTAL",
-            "",
-            t.rows_read,
-            t.emitted,
-            t.invalid,
-            t.duplicate,
-            t.refused,
-            t.filtered.values().sum::<u64>(),
-            t.decontaminated,
-            t.kept,
-            t.seconds_read
+            "TOTAL", "", t.rows_read, t.emitted, t.invalid, t.duplicate, t.refused, t.filtered.values().sum::<u64>(), t.decontaminated, t.kept, t.seconds_read
         ));
         if let Some(d) = &self.decontamination {
             let checks = match (d.embedding, d.ngram) {
-                (true, true) => format!(
-                    "embedding (L2² ≤ {}, length diff ≤ {}{}) + {}-gram",
-                    d.max_l2sq,
-                    d.max_len_diff,
-                    if d.exact { ", exact" } else { ", usearch" },
-                    d.ngram_size
-                ),
-                (true, false) => format!(
-                    "embedding (L2² ≤ {}, length diff ≤ {})",
-                    d.max_l2sq, d.max_len_diff
-                ),
+                (true, true) => format!("embedding (L2² ≤ {}, length diff ≤ {}{}) + {}-gram", d.max_l2sq, d.max_len_diff, if d.exact { ", exact" } else { ", usearch" }, d.ngram_size),
+                (true, false) => format!("embedding (L2² ≤ {}, length diff ≤ {})", d.max_l2sq, d.max_len_diff),
                 (false, true) => format!("{}-gram only", d.ngram_size),
                 (false, false) => "off".into(),
             };
@@ -256,10 +214,7 @@ impl BuildReport {
                 d.stats.benchmark_texts, d.checked, d.removed, d.stats.embedded, d.stats.embedding_cache_hits
             ));
             for (b, texts) in &d.benchmarks {
-                s.push_str(&format!(
-                    "  {b:<16} {texts:>6} texts  {:>6} removed\n",
-                    d.by_benchmark.get(b).copied().unwrap_or(0)
-                ));
+                s.push_str(&format!("  {b:<16} {texts:>6} texts  {:>6} removed\n", d.by_benchmark.get(b).copied().unwrap_or(0)));
             }
             let checks: Vec<String> = d.by_check.iter().map(|(k, v)| format!("{k} {v}")).collect();
             if !checks.is_empty() {
@@ -267,10 +222,7 @@ impl BuildReport {
             }
         }
         for f in &self.format_stats {
-            s.push_str(&format!(
-                "format {:<10} sft {:>8}  dpo {:>7}  errors {:>5}  {:>7.3} s\n",
-                f.name, f.sft_rows, f.dpo_rows, f.errors, f.seconds
-            ));
+            s.push_str(&format!("format {:<10} sft {:>8}  dpo {:>7}  errors {:>5}  {:>7.3} s\n", f.name, f.sft_rows, f.dpo_rows, f.errors, f.seconds));
         }
         s.push_str(&format!(
             "instructions {} (expanded {}), sft.parquet {} rows, dpo.parquet {} rows\nstages: plugins-load {:.3}s sources {:.3}s dedup {:.3}s decontam {:.3}s format {:.3}s write {:.3}s total {:.3}s{}\n",

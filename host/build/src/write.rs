@@ -52,16 +52,9 @@ pub struct AtomicFile {
 impl AtomicFile {
     /// Reserve a temp path next to `dest`.
     pub fn new(dest: &Path) -> AtomicFile {
-        let name = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
+        let name = dest.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         let tmp = dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-        AtomicFile {
-            tmp,
-            dest: dest.to_path_buf(),
-            done: false,
-        }
+        AtomicFile { tmp, dest: dest.to_path_buf(), done: false }
     }
     /// The temp path to write.
     pub fn path(&self) -> &Path {
@@ -90,16 +83,11 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Stream a file atomically: `fill` writes it through a 1 MiB buffer, so large contents
 /// are never held whole. An error from `fill` (naming `dest`) leaves nothing behind.
-pub fn write_atomic_with(
-    dest: &Path,
-    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
-) -> Result<()> {
+pub fn write_atomic_with(dest: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
     let f = AtomicFile::new(dest);
     let file = std::fs::File::create(f.path()).map_err(io(f.path()))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    fill(&mut out)
-        .and_then(|()| out.flush())
-        .map_err(io(dest))?;
+    fill(&mut out).and_then(|()| out.flush()).map_err(io(dest))?;
     drop(out);
     f.commit()
 }
@@ -111,27 +99,12 @@ pub fn write_atomic_with(
 /// file, still at its temp name (commit it to rename it to `dest`, so that files written
 /// together can be put in place together; dropped, it is removed), and its sha256
 /// (lowercase hex), hashed as it is written (the file is not read back).
-pub fn write_string_parquet(
-    dest: &Path,
-    columns: &[(&str, Vec<&str>)],
-    compression: OutputCompression,
-) -> Result<(AtomicFile, String)> {
-    let perr = |e: &dyn std::fmt::Display| BuildError::Parquet {
-        path: dest.to_path_buf(),
-        message: e.to_string(),
-    };
-    let schema = Arc::new(Schema::new(
-        columns
-            .iter()
-            .map(|(n, _)| Field::new(*n, DataType::Utf8, false))
-            .collect::<Vec<_>>(),
-    ));
+pub fn write_string_parquet(dest: &Path, columns: &[(&str, Vec<&str>)], compression: OutputCompression) -> Result<(AtomicFile, String)> {
+    let perr = |e: &dyn std::fmt::Display| BuildError::Parquet { path: dest.to_path_buf(), message: e.to_string() };
+    let schema = Arc::new(Schema::new(columns.iter().map(|(n, _)| Field::new(*n, DataType::Utf8, false)).collect::<Vec<_>>()));
     let n = columns.first().map(|c| c.1.len()).unwrap_or(0);
     let file = AtomicFile::new(dest);
-    let out = HashingWriter {
-        inner: std::fs::File::create(file.path()).map_err(io(file.path()))?,
-        hasher: Sha256::new(),
-    };
+    let out = HashingWriter { inner: std::fs::File::create(file.path()).map_err(io(file.path()))?, hasher: Sha256::new() };
     // Long unique texts gain nothing from dictionary encoding or min/max statistics and
     // cost most of the write time; `source` (few distinct values) keeps both.
     let mut props = WriterProperties::builder()
@@ -141,9 +114,7 @@ pub fn write_string_parquet(
         .set_statistics_enabled(parquet::file::properties::EnabledStatistics::None);
     for (name, _) in columns.iter().filter(|(n, _)| *n == "source") {
         let col = parquet::schema::types::ColumnPath::from(*name);
-        props = props
-            .set_column_dictionary_enabled(col.clone(), true)
-            .set_column_statistics_enabled(col, parquet::file::properties::EnabledStatistics::Page);
+        props = props.set_column_dictionary_enabled(col.clone(), true).set_column_statistics_enabled(col, parquet::file::properties::EnabledStatistics::Page);
     }
     let props = props.build();
     // Row groups are encoded and compressed on `workers` threads while this thread appends
@@ -155,45 +126,28 @@ pub fn write_string_parquet(
     // writes it).
     let w = ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(|e| perr(&e))?;
     let (mut file_writer, factory) = w.into_serialized_writer().map_err(|e| perr(&e))?;
-    let groups: Vec<(usize, usize)> = (0..n)
-        .step_by(ROW_GROUP)
-        .map(|s| (s, (s + ROW_GROUP).min(n)))
-        .collect();
-    let encode =
-        |g: usize| -> std::result::Result<Vec<ArrowColumnChunk>, parquet::errors::ParquetError> {
-            let (start, end) = groups[g];
-            let mut chunks = Vec::new();
-            for (mut writer, ((_, values), field)) in factory
-                .create_column_writers(g)?
-                .into_iter()
-                .zip(columns.iter().zip(schema.fields()))
-            {
-                let values = &values[start..end];
-                // Sized up front: growing the value buffer string by string re-copies it.
-                let mut builder = StringBuilder::with_capacity(
-                    values.len(),
-                    values.iter().map(|v| v.len()).sum(),
-                );
-                for v in values {
-                    builder.append_value(v);
-                }
-                let array: ArrayRef = Arc::new(builder.finish());
-                for leaf in compute_leaves(field, &array)? {
-                    writer.write(&leaf)?;
-                }
-                chunks.push(writer.close()?);
+    let groups: Vec<(usize, usize)> = (0..n).step_by(ROW_GROUP).map(|s| (s, (s + ROW_GROUP).min(n))).collect();
+    let encode = |g: usize| -> std::result::Result<Vec<ArrowColumnChunk>, parquet::errors::ParquetError> {
+        let (start, end) = groups[g];
+        let mut chunks = Vec::new();
+        for (mut writer, ((_, values), field)) in factory.create_column_writers(g)?.into_iter().zip(columns.iter().zip(schema.fields())) {
+            let values = &values[start..end];
+            // Sized up front: growing the value buffer string by string re-copies it.
+            let mut builder = StringBuilder::with_capacity(values.len(), values.iter().map(|v| v.len()).sum());
+            for v in values {
+                builder.append_value(v);
             }
-            Ok(chunks)
-        };
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |p| p.get())
-        .min(groups.len());
+            let array: ArrayRef = Arc::new(builder.finish());
+            for leaf in compute_leaves(field, &array)? {
+                writer.write(&leaf)?;
+            }
+            chunks.push(writer.close()?);
+        }
+        Ok(chunks)
+    };
+    let workers = std::thread::available_parallelism().map_or(1, |p| p.get()).min(groups.len());
     let window = workers + 1;
-    let queue = Mutex::new(Queue {
-        encoded: (0..groups.len()).map(|_| None).collect(),
-        appended: 0,
-        stop: false,
-    });
+    let queue = Mutex::new(Queue { encoded: (0..groups.len()).map(|_| None).collect(), appended: 0, stop: false });
     let changed = Condvar::new();
     let next = AtomicUsize::new(0);
     std::thread::scope(|scope| -> Result<()> {
@@ -217,10 +171,7 @@ pub fn write_string_parquet(
                 changed.notify_all();
             });
         }
-        let _stop = StopOnExit {
-            queue: &queue,
-            changed: &changed,
-        };
+        let _stop = StopOnExit { queue: &queue, changed: &changed };
         for g in 0..groups.len() {
             let encoded = {
                 let mut q = lock(&queue);
@@ -231,9 +182,7 @@ pub fn write_string_parquet(
                     q = changed.wait(q).unwrap_or_else(PoisonError::into_inner);
                 }
             };
-            let chunks = encoded
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                .map_err(|e| perr(&e))?;
+            let chunks = encoded.unwrap_or_else(|panic| std::panic::resume_unwind(panic)).map_err(|e| perr(&e))?;
             let mut rg = file_writer.next_row_group().map_err(|e| perr(&e))?;
             for chunk in chunks {
                 chunk.append_to_row_group(&mut rg).map_err(|e| perr(&e))?;
@@ -250,8 +199,7 @@ pub fn write_string_parquet(
 }
 
 /// Encoded column chunks of one row group, or the encoder's error, or its panic.
-type Encoded =
-    std::thread::Result<std::result::Result<Vec<ArrowColumnChunk>, parquet::errors::ParquetError>>;
+type Encoded = std::thread::Result<std::result::Result<Vec<ArrowColumnChunk>, parquet::errors::ParquetError>>;
 
 /// Row groups between the encoding workers and the appending thread.
 struct Queue {
@@ -299,15 +247,10 @@ impl<W: Write> Write for HashingWriter<W> {
 
 /// Write one record batch as a snappy parquet file, atomically (small files: reports).
 pub fn write_batch_parquet(dest: &Path, batch: &RecordBatch) -> Result<()> {
-    let perr = |e: &dyn std::fmt::Display| BuildError::Parquet {
-        path: dest.to_path_buf(),
-        message: e.to_string(),
-    };
+    let perr = |e: &dyn std::fmt::Display| BuildError::Parquet { path: dest.to_path_buf(), message: e.to_string() };
     let file = AtomicFile::new(dest);
     let out = std::fs::File::create(file.path()).map_err(io(file.path()))?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .build();
+    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
     let mut w = ArrowWriter::try_new(out, batch.schema(), Some(props)).map_err(|e| perr(&e))?;
     w.write(batch).map_err(|e| perr(&e))?;
     w.close().map_err(|e| perr(&e))?;
@@ -338,46 +281,22 @@ mod tests {
         file.commit().unwrap();
         let bytes = std::fs::read(&dest).unwrap();
         assert_eq!(sha, hex::encode(Sha256::digest(&bytes)));
-        assert!(
-            std::fs::read_dir(dir.path()).unwrap().all(|e| !e
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .contains(".tmp-")),
-            "no temp file left"
-        );
+        assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp-")), "no temp file left");
 
-        let reader =
-            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&dest).unwrap()).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&dest).unwrap()).unwrap();
         assert_eq!(reader.metadata().num_row_groups(), 4);
         let mut got = Vec::new();
         for batch in reader.build().unwrap() {
             let batch = batch.unwrap();
-            let id = batch
-                .column(0)
-                .as_any()
-                .downcast_ref::<arrow_array::StringArray>()
-                .unwrap();
-            let out = batch
-                .column(1)
-                .as_any()
-                .downcast_ref::<arrow_array::StringArray>()
-                .unwrap();
-            got.extend(
-                (0..batch.num_rows()).map(|i| (id.value(i).to_string(), out.value(i).to_string())),
-            );
+            let id = batch.column(0).as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+            let out = batch.column(1).as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+            got.extend((0..batch.num_rows()).map(|i| (id.value(i).to_string(), out.value(i).to_string())));
         }
         assert_eq!(got.len(), n);
-        assert!(got
-            .iter()
-            .zip(ids.iter().zip(&texts))
-            .all(|((a, b), (c, d))| a == c && b == d));
+        assert!(got.iter().zip(ids.iter().zip(&texts)).all(|((a, b), (c, d))| a == c && b == d));
 
         // The same rows through one `ArrowWriter` with the same properties: same bytes.
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("id", DataType::Utf8, false),
-            Field::new("output", DataType::Utf8, false),
-        ]));
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false), Field::new("output", DataType::Utf8, false)]));
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(ROW_GROUP))
@@ -386,14 +305,7 @@ mod tests {
             .build();
         let mut reference = Vec::new();
         let mut w = ArrowWriter::try_new(&mut reference, schema.clone(), Some(props)).unwrap();
-        let batch = RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(arrow_array::StringArray::from(cols[0].1.clone())),
-                Arc::new(arrow_array::StringArray::from(cols[1].1.clone())),
-            ],
-        )
-        .unwrap();
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(arrow_array::StringArray::from(cols[0].1.clone())), Arc::new(arrow_array::StringArray::from(cols[1].1.clone()))]).unwrap();
         w.write(&batch).unwrap();
         w.close().unwrap();
         assert_eq!(bytes, reference);

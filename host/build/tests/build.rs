@@ -14,14 +14,8 @@ fn ws() -> PathBuf {
 }
 
 fn plugins() -> PathBuf {
-    let d = std::env::var_os("BAGEL_PLUGINS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ws().join("target/plugins"));
-    assert!(
-        d.is_dir(),
-        "{} missing: run `cargo xtask build-plugins` first",
-        d.display()
-    );
+    let d = std::env::var_os("BAGEL_PLUGINS_DIR").map(PathBuf::from).unwrap_or_else(|| ws().join("target/plugins"));
+    assert!(d.is_dir(), "{} missing: run `cargo xtask build-plugins` first", d.display());
     d
 }
 
@@ -55,10 +49,7 @@ fn demo_recipe() -> Recipe {
 
 fn read_strings(path: &Path) -> Vec<HashMap<String, String>> {
     let f = std::fs::File::open(path).unwrap();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(f)
-        .unwrap()
-        .build()
-        .unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
     let mut rows = Vec::new();
     for batch in reader {
         let batch = batch.unwrap();
@@ -66,11 +57,7 @@ fn read_strings(path: &Path) -> Vec<HashMap<String, String>> {
         for i in 0..batch.num_rows() {
             let mut row = HashMap::new();
             for (c, field) in schema.fields().iter().enumerate() {
-                let col = batch
-                    .column(c)
-                    .as_any()
-                    .downcast_ref::<arrow_array::StringArray>()
-                    .expect("utf8 column");
+                let col = batch.column(c).as_any().downcast_ref::<arrow_array::StringArray>().expect("utf8 column");
                 row.insert(field.name().clone(), col.value(i).to_string());
             }
             rows.push(row);
@@ -89,10 +76,7 @@ fn same_seed_same_bytes_other_seed_differs() {
     let rb = build(&opts(&data, demo_recipe(), b.path(), 42)).unwrap();
     assert_eq!(ra.sft_sha256, rb.sft_sha256);
     assert_eq!(ra.dpo_sha256, rb.dpo_sha256);
-    assert_eq!(
-        std::fs::read(a.path().join("sft.parquet")).unwrap(),
-        std::fs::read(b.path().join("sft.parquet")).unwrap()
-    );
+    assert_eq!(std::fs::read(a.path().join("sft.parquet")).unwrap(), std::fs::read(b.path().join("sft.parquet")).unwrap());
     // Sources convert in parallel; one worker must give the same bytes.
     let seq = tempfile::tempdir().unwrap();
     let mut o = opts(&data, demo_recipe(), seq.path(), 42);
@@ -105,14 +89,9 @@ fn same_seed_same_bytes_other_seed_differs() {
     assert!(warm.raw_cache_hit);
     assert!(!ra.raw_cache_hit);
     assert_eq!(warm.sft_sha256, ra.sft_sha256);
-    assert!(
-        warm.outputs_cache_hit,
-        "nothing changed: the outputs are reused"
-    );
+    assert!(warm.outputs_cache_hit, "nothing changed: the outputs are reused");
     // The report on disk describes this run, not the one that wrote the outputs.
-    let on_disk: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(a.path().join("build-report.json")).unwrap())
-            .unwrap();
+    let on_disk: serde_json::Value = serde_json::from_slice(&std::fs::read(a.path().join("build-report.json")).unwrap()).unwrap();
     assert_eq!(on_disk["outputs_cache_hit"], true);
     assert_eq!(on_disk["sft_sha256"].as_str(), Some(ra.sft_sha256.as_str()));
     // Another compression: other bytes (the outputs cache must not hand back the snappy
@@ -123,17 +102,8 @@ fn same_seed_same_bytes_other_seed_differs() {
     assert_ne!(lz4.sft_sha256, ra.sft_sha256);
     let snappy_rows = read_strings(&b.path().join("sft.parquet"));
     assert_eq!(read_strings(&a.path().join("sft.parquet")), snappy_rows);
-    let meta = parquet::file::reader::FileReader::metadata(
-        &parquet::file::reader::SerializedFileReader::new(
-            std::fs::File::open(a.path().join("sft.parquet")).unwrap(),
-        )
-        .unwrap(),
-    )
-    .clone();
-    assert_eq!(
-        meta.row_group(0).column(2).compression(),
-        parquet::basic::Compression::LZ4_RAW
-    );
+    let meta = parquet::file::reader::FileReader::metadata(&parquet::file::reader::SerializedFileReader::new(std::fs::File::open(a.path().join("sft.parquet")).unwrap()).unwrap()).clone();
+    assert_eq!(meta.row_group(0).column(2).compression(), parquet::basic::Compression::LZ4_RAW);
 }
 
 #[test]
@@ -147,14 +117,8 @@ fn instructions_land_in_three_of_four_formats() {
         let rows = read_strings(&out.path().join("sft.parquet"));
         assert_eq!(rows.len() as u64, report.sft_rows);
         let mut per_id: HashMap<&str, Vec<&str>> = HashMap::new();
-        for r in rows
-            .iter()
-            .filter(|r| !r["source"].ends_with("_plain_text"))
-        {
-            per_id
-                .entry(&r["id"])
-                .or_default()
-                .push(r["source"].rsplit('_').next().unwrap());
+        for r in rows.iter().filter(|r| !r["source"].ends_with("_plain_text")) {
+            per_id.entry(&r["id"]).or_default().push(r["source"].rsplit('_').next().unwrap());
         }
         assert_eq!(per_id.len() as u64, report.instructions);
         let n = report.instructions as usize;
@@ -180,10 +144,7 @@ fn instructions_land_in_three_of_four_formats() {
             got_hist[fmts.len()] += 1;
         }
         assert_eq!(got_hist, want, "{chunking:?} n={n}");
-        let expected: Vec<usize> = bagel_core::chunk::chunks(n, 4, chunking)
-            .iter()
-            .map(Vec::len)
-            .collect();
+        let expected: Vec<usize> = bagel_core::chunk::chunks(n, 4, chunking).iter().map(Vec::len).collect();
         let got: Vec<u64> = report.format_stats.iter().map(|f| f.sft_rows).collect();
         assert_eq!(got, expected.iter().map(|&x| x as u64).collect::<Vec<_>>());
     }
@@ -198,61 +159,29 @@ fn rows_are_re_derived_from_the_inputs() {
     build(&o).unwrap();
     let rows = read_strings(&out.path().join("sft.parquet"));
     // ai2_arc: recompute both coin outcomes for every input row.
-    let arc: Vec<serde_json::Value> = serde_json::from_str(
-        &std::fs::read_to_string(data.join("ai2_arc/ARC-Easy/train.json")).unwrap(),
-    )
-    .unwrap();
+    let arc: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(data.join("ai2_arc/ARC-Easy/train.json")).unwrap()).unwrap();
     let mut expected: HashMap<String, (String, String)> = HashMap::new();
     for r in &arc {
-        let labels: Vec<&str> = r["choices"]["label"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
-        let texts: Vec<&str> = r["choices"]["text"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
+        let labels: Vec<&str> = r["choices"]["label"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let texts: Vec<&str> = r["choices"]["text"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
         let key = r["answerKey"].as_str().unwrap();
-        let lines: Vec<String> = labels
-            .iter()
-            .zip(&texts)
-            .map(|(l, t)| format!("{l}. {t}"))
-            .collect();
+        let lines: Vec<String> = labels.iter().zip(&texts).map(|(l, t)| format!("{l}. {t}")).collect();
         let base = format!("{}\n{}", r["question"].as_str().unwrap(), lines.join("\n"));
         let with = format!("{base}\nOnly output the the letter of the correct answer.");
         let idx = labels.iter().position(|l| *l == key).unwrap();
         expected.insert(uid(&with), (with, key.to_string()));
         expected.insert(uid(&base), (base, format!("{key} {}", texts[idx])));
     }
-    let arc_rows: Vec<_> = rows
-        .iter()
-        .filter(|r| r["source"].starts_with("ai2_arc_"))
-        .collect();
+    let arc_rows: Vec<_> = rows.iter().filter(|r| r["source"].starts_with("ai2_arc_")).collect();
     assert_eq!(arc_rows.len(), 150 * 4, "200 rows, each in 3 of 4 formats");
     for r in arc_rows {
-        let (instruction, answer) = expected
-            .get(&r["id"])
-            .unwrap_or_else(|| panic!("id {} not derivable from the input", r["id"]));
-        let out = if r["source"] == "ai2_arc_chatml" {
-            format!("{answer}<|im_end|>")
-        } else {
-            answer.clone()
-        };
+        let (instruction, answer) = expected.get(&r["id"]).unwrap_or_else(|| panic!("id {} not derivable from the input", r["id"]));
+        let out = if r["source"] == "ai2_arc_chatml" { format!("{answer}<|im_end|>") } else { answer.clone() };
         assert_eq!(&r["output"], &out);
         match r["source"].as_str() {
-            "ai2_arc_alpaca" => assert!(r["input"].contains(&format!(
-                "### Instruction: \n{instruction}\n\n### Response:"
-            ))),
-            "ai2_arc_vicuna" => {
-                assert!(r["input"].ends_with(&format!("USER: {instruction}\nASSISTANT: ")))
-            }
-            "ai2_arc_chatml" => {
-                assert!(r["input"].ends_with(&format!("<s>user\n{instruction}</s>\n<s>assistant\n")))
-            }
+            "ai2_arc_alpaca" => assert!(r["input"].contains(&format!("### Instruction: \n{instruction}\n\n### Response:"))),
+            "ai2_arc_vicuna" => assert!(r["input"].ends_with(&format!("USER: {instruction}\nASSISTANT: "))),
+            "ai2_arc_chatml" => assert!(r["input"].ends_with(&format!("<s>user\n{instruction}</s>\n<s>assistant\n"))),
             "ai2_arc_llama2" => assert!(r["input"].ends_with(&format!("{instruction} [/INST]"))),
             other => panic!("unexpected source {other}"),
         }
@@ -260,25 +189,13 @@ fn rows_are_re_derived_from_the_inputs() {
 }
 
 fn single_source_recipe(plugin: &str, file: &str) -> Recipe {
-    toml::from_str(&format!(
-        "[[source]]\nplugin = \"{plugin}\"\nfiles = {{ data = [\"{file}\"] }}\n"
-    ))
-    .unwrap()
+    toml::from_str(&format!("[[source]]\nplugin = \"{plugin}\"\nfiles = {{ data = [\"{file}\"] }}\n")).unwrap()
 }
 
 fn assert_no_outputs(out: &Path) {
-    let names: Vec<String> = std::fs::read_dir(out)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .collect()
-        })
-        .unwrap_or_default();
+    let names: Vec<String> = std::fs::read_dir(out).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect()).unwrap_or_default();
     for n in &names {
-        assert!(
-            !n.ends_with(".parquet") && !n.contains(".tmp-") && n != "build-report.json",
-            "partial output left: {n} in {names:?}"
-        );
+        assert!(!n.ends_with(".parquet") && !n.contains(".tmp-") && n != "build-report.json", "partial output left: {n} in {names:?}");
     }
 }
 
@@ -359,19 +276,10 @@ fn truncated_json_array_fails_with_position_and_no_output() {
     let data = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     std::fs::write(data.path().join("arc.json"), "[{\"id\": \"x\", \"question\": \"q\",\n \"choices\": {\"text\": [\"a\"], \"label\": [\"A\"]}, \"answerKey\": \"A\"},\n {\"id\": \"y\", \"quest").unwrap();
-    let err = build(&opts(
-        data.path(),
-        single_source_recipe("ai2_arc", "arc.json"),
-        out.path(),
-        1,
-    ))
-    .unwrap_err();
+    let err = build(&opts(data.path(), single_source_recipe("ai2_arc", "arc.json"), out.path(), 1)).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, BuildError::BadFile { .. }), "{msg}");
-    assert!(
-        msg.contains("arc.json") && msg.contains("truncated JSON array") && msg.contains("line 3"),
-        "{msg}"
-    );
+    assert!(msg.contains("arc.json") && msg.contains("truncated JSON array") && msg.contains("line 3"), "{msg}");
     assert_no_outputs(out.path());
 }
 
@@ -379,23 +287,10 @@ fn truncated_json_array_fails_with_position_and_no_output() {
 fn gz_that_is_not_gzip_fails_and_leaves_nothing() {
     let data = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
-    std::fs::write(
-        data.path().join("train.jsonl.gz"),
-        "{\"question\": \"1+1?\", \"answer\": \"2\\n#### 2\"}\n",
-    )
-    .unwrap();
-    let err = build(&opts(
-        data.path(),
-        single_source_recipe("gsm8k", "train.jsonl.gz"),
-        out.path(),
-        1,
-    ))
-    .unwrap_err();
+    std::fs::write(data.path().join("train.jsonl.gz"), "{\"question\": \"1+1?\", \"answer\": \"2\\n#### 2\"}\n").unwrap();
+    let err = build(&opts(data.path(), single_source_recipe("gsm8k", "train.jsonl.gz"), out.path(), 1)).unwrap_err();
     let msg = err.to_string();
-    assert!(
-        msg.contains("train.jsonl.gz") && msg.contains("not gzip"),
-        "{msg}"
-    );
+    assert!(msg.contains("train.jsonl.gz") && msg.contains("not gzip"), "{msg}");
     assert_no_outputs(out.path());
 }
 
@@ -408,31 +303,18 @@ fn bad_rows_are_skipped_and_counted_or_fail_with_row_number() {
     )
     .unwrap();
     let out = tempfile::tempdir().unwrap();
-    let report = build(&opts(
-        data.path(),
-        single_source_recipe("gsm8k", "train.jsonl"),
-        out.path(),
-        1,
-    ))
-    .unwrap();
+    let report = build(&opts(data.path(), single_source_recipe("gsm8k", "train.jsonl"), out.path(), 1)).unwrap();
     let s = &report.sources[0];
     assert_eq!((s.rows_read, s.invalid, s.kept), (3, 2, 2), "{s:?}");
     assert_eq!(report.bad_rows[0].row, 2);
     assert!(report.bad_rows[0].message.contains("line 2"));
     assert_eq!(report.bad_rows[1].row, 3, "{:?}", report.bad_rows);
     let out2 = tempfile::tempdir().unwrap();
-    let mut o = opts(
-        data.path(),
-        single_source_recipe("gsm8k", "train.jsonl"),
-        out2.path(),
-        1,
-    );
+    let mut o = opts(data.path(), single_source_recipe("gsm8k", "train.jsonl"), out2.path(), 1);
     o.on_bad_row = OnBadRow::Fail;
     let err = build(&o).unwrap_err();
     match &err {
-        BuildError::BadRow {
-            plugin, path, row, ..
-        } => {
+        BuildError::BadRow { plugin, path, row, .. } => {
             assert_eq!(plugin, "gsm8k");
             assert!(path.ends_with("train.jsonl"));
             assert_eq!(*row, 2);
@@ -453,14 +335,8 @@ fn dedup_keeps_the_higher_priority_source_and_counts_duplicates() {
     let report = build(&opts(data.path(), recipe, out.path(), 1)).unwrap();
     let names: Vec<&str> = report.sources.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["gsm8k", "self_instruct"], "priority order");
-    assert_eq!(
-        (report.sources[0].kept, report.sources[0].duplicate),
-        (1, 1)
-    );
-    assert_eq!(
-        (report.sources[1].kept, report.sources[1].duplicate),
-        (0, 1)
-    );
+    assert_eq!((report.sources[0].kept, report.sources[0].duplicate), (1, 1));
+    assert_eq!((report.sources[1].kept, report.sources[1].duplicate), (0, 1));
     let rows = read_strings(&out.path().join("sft.parquet"));
     assert!(rows.iter().all(|r| r["id"] == uid("Same?")));
     assert!(rows.iter().all(|r| r["output"].contains("yes")));
@@ -471,14 +347,9 @@ fn hf_hub_cache_layout_and_parquet_input() {
     // Convert the bundled ARC slice to parquet inside a hub-cache layout; no `files`.
     use arrow_json::reader::{infer_json_schema_from_seekable, ReaderBuilder};
     let data = tempfile::tempdir().unwrap();
-    let snap = data
-        .path()
-        .join("datasets--allenai--ai2_arc/snapshots/0123abc/ARC-Easy");
+    let snap = data.path().join("datasets--allenai--ai2_arc/snapshots/0123abc/ARC-Easy");
     std::fs::create_dir_all(&snap).unwrap();
-    let arc: Vec<serde_json::Value> = serde_json::from_str(
-        &std::fs::read_to_string(ws().join("examples/data/ai2_arc/ARC-Easy/train.json")).unwrap(),
-    )
-    .unwrap();
+    let arc: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(ws().join("examples/data/ai2_arc/ARC-Easy/train.json")).unwrap()).unwrap();
     let jsonl: String = arc.iter().take(40).map(|r| r.to_string() + "\n").collect();
     let mut cur = std::io::Cursor::new(jsonl.into_bytes());
     let (schema, _) = infer_json_schema_from_seekable(&mut cur, None).unwrap();
@@ -490,14 +361,11 @@ fn hf_hub_cache_layout_and_parquet_input() {
         w.write(&b.unwrap()).unwrap();
     }
     w.close().unwrap();
-    let recipe: Recipe =
-        toml::from_str("[[source]]\nplugin = \"ai2_arc\"\nparams = { config = \"ARC-Easy\" }\n")
-            .unwrap();
+    let recipe: Recipe = toml::from_str("[[source]]\nplugin = \"ai2_arc\"\nparams = { config = \"ARC-Easy\" }\n").unwrap();
     let out = tempfile::tempdir().unwrap();
     let report = build(&opts(data.path(), recipe, out.path(), 42)).unwrap();
     assert_eq!(report.sources[0].rows_read, 40);
     assert_eq!(report.sources[0].invalid, 0);
     assert_eq!(report.sources[0].kept, 40);
-    assert!(report.sources[0].files[0]
-        .contains("snapshots/0123abc/ARC-Easy/train-00000-of-00001.parquet"));
+    assert!(report.sources[0].files[0].contains("snapshots/0123abc/ARC-Easy/train-00000-of-00001.parquet"));
 }

@@ -22,14 +22,8 @@ fn ws() -> PathBuf {
 }
 
 fn opts(data: &Path, recipe: Recipe, out: &Path, decontam: DecontamOptions) -> BuildOptions {
-    let plugins = std::env::var_os("BAGEL_PLUGINS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ws().join("target/plugins"));
-    assert!(
-        plugins.is_dir(),
-        "{} missing: run `cargo xtask build-plugins` first",
-        plugins.display()
-    );
+    let plugins = std::env::var_os("BAGEL_PLUGINS_DIR").map(PathBuf::from).unwrap_or_else(|| ws().join("target/plugins"));
+    assert!(plugins.is_dir(), "{} missing: run `cargo xtask build-plugins` first", plugins.display());
     BuildOptions {
         plugins,
         data: data.to_path_buf(),
@@ -96,21 +90,14 @@ fn recipe() -> Recipe {
 fn contaminated_recipe(data: &Path) -> Recipe {
     let mut r = recipe();
     r.sources.retain(|s| s.plugin == "gsm8k");
-    r.sources[0].files.insert(
-        "data".into(),
-        vec![data.join("paraphrased/test.jsonl").display().to_string()],
-    );
+    r.sources[0].files.insert("data".into(), vec![data.join("paraphrased/test.jsonl").display().to_string()]);
     r
 }
 
 fn removed_rows(out: &Path) -> Vec<HashMap<String, String>> {
     let f = std::fs::File::open(out.join("decontam-report.parquet")).unwrap();
     let mut rows = Vec::new();
-    for batch in ParquetRecordBatchReaderBuilder::try_new(f)
-        .unwrap()
-        .build()
-        .unwrap()
-    {
+    for batch in ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap() {
         let batch = batch.unwrap();
         let schema = batch.schema();
         for i in 0..batch.num_rows() {
@@ -120,21 +107,10 @@ fn removed_rows(out: &Path) -> Vec<HashMap<String, String>> {
                 let v = if let Some(s) = col.as_any().downcast_ref::<arrow_array::StringArray>() {
                     s.value(i).to_string()
                 } else if let Some(x) = col.as_any().downcast_ref::<arrow_array::Float32Array>() {
-                    if x.is_null(i) {
-                        "null".into()
-                    } else {
-                        x.value(i).to_string()
-                    }
+                    if x.is_null(i) { "null".into() } else { x.value(i).to_string() }
                 } else {
-                    let x = col
-                        .as_any()
-                        .downcast_ref::<arrow_array::Float64Array>()
-                        .unwrap();
-                    if x.is_null(i) {
-                        "null".into()
-                    } else {
-                        x.value(i).to_string()
-                    }
+                    let x = col.as_any().downcast_ref::<arrow_array::Float64Array>().unwrap();
+                    if x.is_null(i) { "null".into() } else { x.value(i).to_string() }
                 };
                 row.insert(field.name().clone(), v);
             }
@@ -145,32 +121,17 @@ fn removed_rows(out: &Path) -> Vec<HashMap<String, String>> {
 }
 
 fn ngram_only() -> DecontamOptions {
-    DecontamOptions {
-        embedding: false,
-        ..Default::default()
-    }
+    DecontamOptions { embedding: false, ..Default::default() }
 }
 
 #[test]
 fn paraphrased_gsm8k_test_is_removed_by_the_ngram_check() {
     let data = data_dir();
     let out = tempfile::tempdir().unwrap();
-    let report = build(&opts(
-        data.path(),
-        contaminated_recipe(data.path()),
-        out.path(),
-        ngram_only(),
-    ))
-    .unwrap();
-    let d = report
-        .decontamination
-        .as_ref()
-        .expect("recipe lists benchmarks");
+    let report = build(&opts(data.path(), contaminated_recipe(data.path()), out.path(), ngram_only())).unwrap();
+    let d = report.decontamination.as_ref().expect("recipe lists benchmarks");
     assert_eq!(d.benchmarks["gsm8k"], 200);
-    assert_eq!(
-        d.benchmarks["arc_challenge"], 400,
-        "two renderings per ARC item"
-    );
+    assert_eq!(d.benchmarks["arc_challenge"], 400, "two renderings per ARC item");
     assert_eq!(d.checked, 200);
     assert!(d.removed >= 190, "removed {} of 200", d.removed);
     assert_eq!(report.sources[0].decontaminated, d.removed);
@@ -183,23 +144,11 @@ fn paraphrased_gsm8k_test_is_removed_by_the_ngram_check() {
     assert_eq!(first["benchmark"], "gsm8k");
     assert_eq!(first["checks"], "ngram");
     assert_eq!(first["cosine"], "null", "no embedding check");
-    assert!(
-        first["checked_text"].ends_with("?\n")
-            || first["checked_text"].ends_with(".\n")
-            || first["checked_text"].contains("  ")
-    );
+    assert!(first["checked_text"].ends_with("?\n") || first["checked_text"].ends_with(".\n") || first["checked_text"].contains("  "));
     for r in &rows {
-        let k: usize = r["benchmark_item_id"]
-            .strip_prefix("gsm8k/")
-            .unwrap()
-            .parse()
-            .unwrap();
+        let k: usize = r["benchmark_item_id"].strip_prefix("gsm8k/").unwrap().parse().unwrap();
         assert!(k < 200);
-        assert_eq!(
-            paraphrase(&r["benchmark_text"]),
-            r["checked_text"],
-            "matched its own original"
-        );
+        assert_eq!(paraphrase(&r["benchmark_text"]), r["checked_text"], "matched its own original");
     }
     // The SFT output no longer holds them: 200 − removed instructions × 3 formats.
     assert_eq!(report.instructions, 200 - d.removed);
@@ -212,35 +161,21 @@ fn real_training_sources_lose_at_most_one_percent() {
     let report = build(&opts(data.path(), recipe(), out.path(), ngram_only())).unwrap();
     let d = report.decontamination.unwrap();
     assert!(d.checked > 1000, "{} checked", d.checked);
-    assert!(
-        d.removed * 100 <= d.checked,
-        "removed {} of {}",
-        d.removed,
-        d.checked
-    );
+    assert!(d.removed * 100 <= d.checked, "removed {} of {}", d.removed, d.checked);
 }
 
 #[test]
 fn no_benchmarks_no_stage_and_stale_report_removed() {
     let data = data_dir();
     let out = tempfile::tempdir().unwrap();
-    build(&opts(
-        data.path(),
-        contaminated_recipe(data.path()),
-        out.path(),
-        ngram_only(),
-    ))
-    .unwrap();
+    build(&opts(data.path(), contaminated_recipe(data.path()), out.path(), ngram_only())).unwrap();
     assert!(out.path().join("decontam-report.parquet").exists());
     let mut r = contaminated_recipe(data.path());
     r.benchmarks.clear();
     let report = build(&opts(data.path(), r, out.path(), ngram_only())).unwrap();
     assert!(report.decontamination.is_none());
     assert_eq!(report.sources[0].kept, 200);
-    assert!(
-        !out.path().join("decontam-report.parquet").exists(),
-        "a report of an earlier build is removed"
-    );
+    assert!(!out.path().join("decontam-report.parquet").exists(), "a report of an earlier build is removed");
 }
 
 struct Minilm {
@@ -261,14 +196,9 @@ impl Embedder for Minilm {
 }
 
 fn minilm() -> Option<Minilm> {
-    let dir = std::env::var_os("BAGEL_MINILM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ws().join("target/models/all-minilm-l6-v2"));
+    let dir = std::env::var_os("BAGEL_MINILM_DIR").map(PathBuf::from).unwrap_or_else(|| ws().join("target/models/all-minilm-l6-v2"));
     if !dir.join("model.safetensors").exists() {
-        eprintln!(
-            "skipping: {} not found (run `cargo xtask fetch-models`)",
-            dir.display()
-        );
+        eprintln!("skipping: {} not found (run `cargo xtask fetch-models`)", dir.display());
         return None;
     }
     let inner = SentenceEmbedder::load(&dir, &Default::default()).unwrap();
@@ -276,21 +206,9 @@ fn minilm() -> Option<Minilm> {
     Some(Minilm { inner, key })
 }
 
-fn embedding_build(
-    e: &Minilm,
-    data: &Path,
-    recipe: Recipe,
-    exact: bool,
-    ngram: bool,
-    cache: &Path,
-) -> (BuildReport, Vec<HashMap<String, String>>) {
+fn embedding_build(e: &Minilm, data: &Path, recipe: Recipe, exact: bool, ngram: bool, cache: &Path) -> (BuildReport, Vec<HashMap<String, String>>) {
     let out = tempfile::tempdir().unwrap();
-    let o = DecontamOptions {
-        exact,
-        ngram,
-        cache_dir: Some(cache.to_path_buf()),
-        ..Default::default()
-    };
+    let o = DecontamOptions { exact, ngram, cache_dir: Some(cache.to_path_buf()), ..Default::default() };
     let report = build_with(&opts(data, recipe, out.path(), o), Some(e)).unwrap();
     let rows = removed_rows(out.path());
     (report, rows)
@@ -302,21 +220,10 @@ fn embedding_check_removes_paraphrases_and_ann_agrees_with_exact() {
     let data = data_dir();
     let cache = tempfile::tempdir().unwrap();
     // Embedding check alone, usearch index.
-    let (report, ann) = embedding_build(
-        &e,
-        data.path(),
-        contaminated_recipe(data.path()),
-        false,
-        false,
-        cache.path(),
-    );
+    let (report, ann) = embedding_build(&e, data.path(), contaminated_recipe(data.path()), false, false, cache.path());
     let d = report.decontamination.unwrap();
     assert!(d.embedding && !d.ngram);
-    assert!(
-        d.removed >= 190,
-        "embedding check alone removed {} of 200",
-        d.removed
-    );
+    assert!(d.removed >= 190, "embedding check alone removed {} of 200", d.removed);
     for r in &ann {
         let cos: f32 = r["cosine"].parse().unwrap();
         let ld: f64 = r["length_diff"].parse().unwrap();
@@ -324,19 +231,8 @@ fn embedding_check_removes_paraphrases_and_ann_agrees_with_exact() {
         assert_eq!(r["checks"], "embedding");
     }
     // Exact scan: the same rows, benchmark items and cosines; nothing re-embedded.
-    let (report_x, exact) = embedding_build(
-        &e,
-        data.path(),
-        contaminated_recipe(data.path()),
-        true,
-        false,
-        cache.path(),
-    );
-    assert_eq!(
-        report_x.decontamination.as_ref().unwrap().stats.embedded,
-        0,
-        "embeddings come from the cache"
-    );
+    let (report_x, exact) = embedding_build(&e, data.path(), contaminated_recipe(data.path()), true, false, cache.path());
+    assert_eq!(report_x.decontamination.as_ref().unwrap().stats.embedded, 0, "embeddings come from the cache");
     let key = |r: &HashMap<String, String>| (r["id"].clone(), r["benchmark_item_id"].clone());
     let mut a: Vec<_> = ann.iter().map(key).collect();
     let mut x: Vec<_> = exact.iter().map(key).collect();
@@ -347,12 +243,7 @@ fn embedding_check_removes_paraphrases_and_ann_agrees_with_exact() {
     let (full, rows_ann) = embedding_build(&e, data.path(), recipe(), false, true, cache.path());
     let (_, rows_exact) = embedding_build(&e, data.path(), recipe(), true, true, cache.path());
     let d = full.decontamination.unwrap();
-    assert!(
-        d.removed * 100 <= d.checked,
-        "removed {} of {}",
-        d.removed,
-        d.checked
-    );
+    assert!(d.removed * 100 <= d.checked, "removed {} of {}", d.removed, d.checked);
     let mut a: Vec<_> = rows_ann.iter().map(key).collect();
     let mut x: Vec<_> = rows_exact.iter().map(key).collect();
     a.sort();

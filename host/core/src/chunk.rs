@@ -79,23 +79,11 @@ mod tests {
                     assert_eq!(b, format_chunks(n, k), "n={n} k={k}");
                 }
                 for item in 0..n {
-                    assert_eq!(
-                        b.iter().filter(|c| c.contains(&item)).count(),
-                        k - 1,
-                        "n={n} k={k} item={item}"
-                    );
+                    assert_eq!(b.iter().filter(|c| c.contains(&item)).count(), k - 1, "n={n} k={k} item={item}");
                 }
             }
         }
         // Hand-checked: n = 5, k = 4: parts [0,1) [1,2) [2,3) [3,5).
-        assert_eq!(
-            balanced_chunks(5, 4),
-            vec![
-                vec![0, 1, 2],
-                vec![1, 2, 3, 4],
-                vec![0, 2, 3, 4],
-                vec![0, 1, 3, 4]
-            ]
-        );
+        assert_eq!(balanced_chunks(5, 4), vec![vec![0, 1, 2], vec![1, 2, 3, 4], vec![0, 2, 3, 4], vec![0, 1, 3, 4]]);
     }
 }

@@ -59,10 +59,7 @@ mod tests {
         assert!(!k.admit("a", DedupMode::CheckAdd));
         assert!(!k.admit("a", DedupMode::CheckOnly));
         assert!(k.admit("b", DedupMode::CheckOnly));
-        assert!(
-            k.admit("b", DedupMode::CheckOnly),
-            "C never adds, so duplicates survive"
-        );
+        assert!(k.admit("b", DedupMode::CheckOnly), "C never adds, so duplicates survive");
         assert!(k.admit("a", DedupMode::AddOnly));
         assert!(k.admit("c", DedupMode::AddOnly));
         assert!(!k.admit("c", DedupMode::CheckAdd));

@@ -36,10 +36,7 @@ pub struct Turn {
 impl Turn {
     /// Convenience constructor.
     pub fn new(from: Role, value: impl Into<String>) -> Turn {
-        Turn {
-            from,
-            value: value.into(),
-        }
+        Turn { from, value: value.into() }
     }
 }
 
@@ -106,10 +103,7 @@ impl Record {
     pub fn checked_text(&self) -> Option<&str> {
         match &self.payload {
             Payload::Dpo(p) => Some(&p.prompt),
-            Payload::Conversation(c) => c
-                .iter()
-                .find(|t| t.from == Role::Human)
-                .map(|t| t.value.as_str()),
+            Payload::Conversation(c) => c.iter().find(|t| t.from == Role::Human).map(|t| t.value.as_str()),
             Payload::Text(_) => None,
         }
     }
@@ -122,10 +116,7 @@ pub fn validate_turns(turns: &[Turn]) -> Result<(), String> {
         return Err("empty conversation".into());
     }
     if let Some(i) = turns.iter().skip(1).position(|t| t.from == Role::System) {
-        return Err(format!(
-            "system turn at position {} (only the first turn may be system)",
-            i + 1
-        ));
+        return Err(format!("system turn at position {} (only the first turn may be system)", i + 1));
     }
     Ok(())
 }

@@ -61,9 +61,7 @@ impl RefusalFilter {
         let body = PATTERNS
             .iter()
             .map(|p| match mode {
-                RefusalMode::Intended => {
-                    format!("(?:{})", p.replace(r") (\w+\s)+(with", r") (\w+\s)*(with"))
-                }
+                RefusalMode::Intended => format!("(?:{})", p.replace(r") (\w+\s)+(with", r") (\w+\s)*(with")),
                 RefusalMode::Compat => format!("(?:{p})"),
             })
             .collect::<Vec<_>>()
@@ -111,9 +109,6 @@ mod tests {
         let i = RefusalFilter::default();
         assert!(i.is_refusal("OpenAI made me"));
         assert!(i.is_refusal("illegal"));
-        assert!(
-            i.is_refusal("as a bottle"),
-            "prefix match is part of the reference"
-        );
+        assert!(i.is_refusal("as a bottle"), "prefix match is part of the reference");
     }
 }

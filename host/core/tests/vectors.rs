@@ -8,8 +8,7 @@ use serde_json::Value;
 
 fn load(name: &str) -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/vectors/").to_string() + name;
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}")))
-        .unwrap()
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))).unwrap()
 }
 
 fn turns(v: &Value) -> Vec<Turn> {
@@ -32,10 +31,7 @@ fn turns(v: &Value) -> Vec<Turn> {
 fn uuid5_vectors() {
     let v = load("uuid5_vectors.json");
     for case in v.as_array().unwrap() {
-        assert_eq!(
-            uid(case["text"].as_str().unwrap()),
-            case["uuid5_oid"].as_str().unwrap()
-        );
+        assert_eq!(uid(case["text"].as_str().unwrap()), case["uuid5_oid"].as_str().unwrap());
     }
 }
 
@@ -46,11 +42,7 @@ fn refusal_vectors() {
     assert_eq!(v.as_array().unwrap().len(), 15);
     for case in v.as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        assert_eq!(
-            f.is_refusal(text),
-            case["is_refusal"].as_bool().unwrap(),
-            "{text:?}"
-        );
+        assert_eq!(f.is_refusal(text), case["is_refusal"].as_bool().unwrap(), "{text:?}");
     }
 }
 
@@ -59,12 +51,7 @@ fn expand_vectors() {
     let v = load("expand_vectors.json");
     for case in v.as_array().unwrap() {
         let got = expand(&turns(&case["conversations"]));
-        let want: Vec<Vec<Turn>> = case["expanded"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(turns)
-            .collect();
+        let want: Vec<Vec<Turn>> = case["expanded"].as_array().unwrap().iter().map(turns).collect();
         assert_eq!(got, want, "case {}", case["case"]);
     }
 }

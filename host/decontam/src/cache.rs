@@ -29,10 +29,7 @@ pub struct EmbeddingCache {
 }
 
 fn cerr(path: &Path, e: std::io::Error) -> DecontamError {
-    DecontamError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    }
+    DecontamError::Io { path: path.to_path_buf(), source: e }
 }
 
 impl EmbeddingCache {
@@ -47,20 +44,14 @@ impl EmbeddingCache {
                     let whole = bytes.len() - bytes.len() % rec;
                     if whole != bytes.len() {
                         // A torn last record: cut it off so the next append stays aligned.
-                        let f = std::fs::OpenOptions::new()
-                            .write(true)
-                            .open(p)
-                            .map_err(|e| cerr(p, e))?;
+                        let f = std::fs::OpenOptions::new().write(true).open(p).map_err(|e| cerr(p, e))?;
                         f.set_len(whole as u64).map_err(|e| cerr(p, e))?;
                         tracing::warn!("{}: dropped a torn record at byte {whole}", p.display());
                     }
                     for r in bytes[..whole].chunks_exact(rec) {
                         let mut k = [0u8; 16];
                         k.copy_from_slice(&r[..16]);
-                        let v = r[16..]
-                            .chunks_exact(4)
-                            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                            .collect();
+                        let v = r[16..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
                         map.insert(k, v);
                     }
                 }
@@ -68,12 +59,7 @@ impl EmbeddingCache {
                 Err(e) => return Err(cerr(p, e)),
             }
         }
-        Ok(EmbeddingCache {
-            path,
-            dim,
-            map,
-            pending: Vec::new(),
-        })
+        Ok(EmbeddingCache { path, dim, map, pending: Vec::new() })
     }
 
     /// Cached embedding of a text key.
@@ -117,11 +103,7 @@ impl EmbeddingCache {
                 buf.extend_from_slice(&x.to_le_bytes());
             }
         }
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .map_err(|e| cerr(p, e))?;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).map_err(|e| cerr(p, e))?;
         f.write_all(&buf).map_err(|e| cerr(p, e))
     }
 }

@@ -72,9 +72,7 @@ pub fn exact_nearest_many(v: &Vectors, queries: &[&[f32]]) -> Vec<Option<(u32, f
     if n == 0 {
         return vec![None; queries.len()];
     }
-    let threads = std::thread::available_parallelism()
-        .map(|t| t.get())
-        .unwrap_or(1);
+    let threads = std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1);
     let blocks: Vec<&[&[f32]]> = queries.chunks(EXACT_BLOCK).collect();
     let mut out: Vec<Vec<Option<(u32, f32)>>> = vec![Vec::new(); blocks.len()];
     std::thread::scope(|s| {
@@ -93,22 +91,7 @@ pub fn exact_nearest_many(v: &Vectors, queries: &[&[f32]]) -> Vec<Option<(u32, f
                     // SAFETY: pointers and strides describe `q`, `v.data` and `scores`,
                     // which hold b·d, n·d and ≥ b·n f32s.
                     unsafe {
-                        matrixmultiply::sgemm(
-                            b,
-                            d,
-                            n,
-                            1.0,
-                            q.as_ptr(),
-                            d as isize,
-                            1,
-                            v.data.as_ptr(),
-                            1,
-                            d as isize,
-                            0.0,
-                            scores.as_mut_ptr(),
-                            n as isize,
-                            1,
-                        );
+                        matrixmultiply::sgemm(b, d, n, 1.0, q.as_ptr(), d as isize, 1, v.data.as_ptr(), 1, d as isize, 0.0, scores.as_mut_ptr(), n as isize, 1);
                     }
                     *o = (0..b)
                         .map(|r| {
@@ -149,20 +132,13 @@ pub struct NeighbourIndex {
 }
 
 fn ierr(path: &Path, e: impl std::fmt::Display) -> DecontamError {
-    DecontamError::Index {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    }
+    DecontamError::Index { path: path.to_path_buf(), message: e.to_string() }
 }
 
 impl NeighbourIndex {
     /// Exact scan.
     pub fn exact(vectors: Vectors) -> NeighbourIndex {
-        NeighbourIndex {
-            vectors,
-            search: Search::Exact,
-            cache_hit: false,
-        }
+        NeighbourIndex { vectors, search: Search::Exact, cache_hit: false }
     }
 
     /// usearch index over `vectors`; loaded from `cache` when that file exists and holds
@@ -181,44 +157,26 @@ impl NeighbourIndex {
         let here = cache.unwrap_or(Path::new("<memory>"));
         let index = usearch::Index::new(&opts).map_err(|e| ierr(here, e))?;
         if let Some(path) = cache {
-            if path.exists()
-                && index.load(&path.to_string_lossy()).is_ok()
-                && index.size() == vectors.len()
-                && index.dimensions() == vectors.dim
-            {
-                return Ok(NeighbourIndex {
-                    vectors,
-                    search: Search::Ann(index),
-                    cache_hit: true,
-                });
+            if path.exists() && index.load(&path.to_string_lossy()).is_ok() && index.size() == vectors.len() && index.dimensions() == vectors.dim {
+                return Ok(NeighbourIndex { vectors, search: Search::Ann(index), cache_hit: true });
             }
             index.reset().map_err(|e| ierr(path, e))?;
         }
         // One thread, in index order: the graph (and so every verdict) is the same on every
         // run; a multi-threaded build interleaves inserts differently each time.
-        index
-            .reserve(vectors.len().max(1))
-            .map_err(|e| ierr(here, e))?;
+        index.reserve(vectors.len().max(1)).map_err(|e| ierr(here, e))?;
         for i in 0..vectors.len() {
-            index
-                .add(i as u64, vectors.row(i))
-                .map_err(|e| ierr(here, e))?;
+            index.add(i as u64, vectors.row(i)).map_err(|e| ierr(here, e))?;
         }
         if let Some(path) = cache {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| ierr(dir, e))?;
             }
             let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-            index
-                .save(&tmp.to_string_lossy())
-                .map_err(|e| ierr(&tmp, e))?;
+            index.save(&tmp.to_string_lossy()).map_err(|e| ierr(&tmp, e))?;
             std::fs::rename(&tmp, path).map_err(|e| ierr(path, e))?;
         }
-        Ok(NeighbourIndex {
-            vectors,
-            search: Search::Ann(index),
-            cache_hit: false,
-        })
+        Ok(NeighbourIndex { vectors, search: Search::Ann(index), cache_hit: false })
     }
 
     /// Nearest benchmark vector of unit vector `q`: (index, cosine).
@@ -253,9 +211,7 @@ impl NeighbourIndex {
         if let Search::Exact = self.search {
             return exact_nearest_many(&self.vectors, queries);
         }
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let per = queries.len().div_ceil(threads).max(1);
         let mut out = vec![None; queries.len()];
         std::thread::scope(|s| {

@@ -103,17 +103,7 @@ pub struct DecontamOptions {
 
 impl Default for DecontamOptions {
     fn default() -> Self {
-        DecontamOptions {
-            embedding: true,
-            ngram: true,
-            max_l2sq: 0.05,
-            max_len_diff: 0.20,
-            ngram_size: 13,
-            ngram_max_items: 10,
-            exact: false,
-            embed_chunk: 1024,
-            cache_dir: None,
-        }
+        DecontamOptions { embedding: true, ngram: true, max_l2sq: 0.05, max_len_diff: 0.20, ngram_size: 13, ngram_max_items: 10, exact: false, embed_chunk: 1024, cache_dir: None }
     }
 }
 
@@ -137,11 +127,7 @@ impl Verdict {
     /// The benchmark item the removal is attributed to: the embedding neighbour when that
     /// check fired, else the n-gram match.
     pub fn item(&self) -> Option<u32> {
-        if self.by_embedding {
-            self.nearest.map(|n| n.0)
-        } else {
-            self.by_ngram
-        }
+        if self.by_embedding { self.nearest.map(|n| n.0) } else { self.by_ngram }
     }
 }
 
@@ -170,11 +156,7 @@ pub struct DecontamStats {
 /// (infinite for an empty row).
 pub fn len_diff(row: &str, bench: &str) -> f64 {
     let (a, b) = (row.chars().count() as f64, bench.chars().count() as f64);
-    if a == 0.0 {
-        f64::INFINITY
-    } else {
-        (a - b).abs() / a
-    }
+    if a == 0.0 { f64::INFINITY } else { (a - b).abs() / a }
 }
 
 /// The benchmark side, ready to check training texts.
@@ -192,15 +174,8 @@ pub struct Decontaminator<'e> {
 impl<'e> Decontaminator<'e> {
     /// Index `items`. The embedding check needs `embedder`; without one it is switched
     /// off. Errors: embedding failures, unreadable or unwritable cache files.
-    pub fn new(
-        items: Vec<BenchItem>,
-        embedder: Option<&'e dyn Embedder>,
-        opts: DecontamOptions,
-    ) -> Result<Decontaminator<'e>> {
-        let stats = DecontamStats {
-            benchmark_texts: items.len() as u64,
-            ..Default::default()
-        };
+    pub fn new(items: Vec<BenchItem>, embedder: Option<&'e dyn Embedder>, opts: DecontamOptions) -> Result<Decontaminator<'e>> {
+        let stats = DecontamStats { benchmark_texts: items.len() as u64, ..Default::default() };
         let t = Instant::now();
         let ngrams = opts.ngram.then(|| {
             let mut ix = ngram::NgramIndex::new(opts.ngram_size, opts.ngram_max_items);
@@ -210,47 +185,24 @@ impl<'e> Decontaminator<'e> {
             ix
         });
         let embedder = if opts.embedding { embedder } else { None };
-        let mut me = Decontaminator {
-            items,
-            opts,
-            embedder,
-            cache: None,
-            index: None,
-            ngrams,
-            stats,
-        };
+        let mut me = Decontaminator { items, opts, embedder, cache: None, index: None, ngrams, stats };
         me.stats.seconds_index = t.elapsed().as_secs_f64();
         if let Some(e) = me.embedder {
-            me.cache = Some(cache::EmbeddingCache::open(
-                me.opts.cache_dir.as_deref(),
-                &short(e.model_key()),
-                e.dim(),
-            )?);
+            me.cache = Some(cache::EmbeddingCache::open(me.opts.cache_dir.as_deref(), &short(e.model_key()), e.dim())?);
             let texts: Vec<String> = me.items.iter().map(|i| i.text.clone()).collect();
             let vecs = me.embed_all(&texts)?;
             let t = Instant::now();
-            let vectors = index::Vectors {
-                dim: e.dim(),
-                data: vecs.into_iter().flatten().collect(),
-            };
+            let vectors = index::Vectors { dim: e.dim(), data: vecs.into_iter().flatten().collect() };
             me.index = Some(if me.opts.exact {
                 index::NeighbourIndex::exact(vectors)
             } else {
                 let mut h = Sha256::new();
-                h.update(format!(
-                    "usearch {} cos f32 {}\n",
-                    usearch::version(),
-                    e.model_key()
-                ));
+                h.update(format!("usearch {} cos f32 {}\n", usearch::version(), e.model_key()));
                 for it in &me.items {
                     h.update(format!("{}\0{}\0{}\0", it.benchmark, it.id, it.text));
                 }
                 let key = hex::encode(&h.finalize()[..16]);
-                let path = me
-                    .opts
-                    .cache_dir
-                    .as_ref()
-                    .map(|d| d.join(format!("index-{key}.usearch")));
+                let path = me.opts.cache_dir.as_ref().map(|d| d.join(format!("index-{key}.usearch")));
                 index::NeighbourIndex::ann(vectors, path.as_deref())?
             });
             me.stats.index_cache_hit = me.index.as_ref().is_some_and(|i| i.cache_hit);
@@ -285,15 +237,9 @@ impl<'e> Decontaminator<'e> {
         let mut done = 0usize;
         for chunk in missing.chunks(self.opts.embed_chunk.max(1)) {
             let batch: Vec<&str> = chunk.iter().map(|&i| texts[i].as_str()).collect();
-            let out = e.embed(&batch).map_err(|message| DecontamError::Embed {
-                model: e.model_key().to_string(),
-                message,
-            })?;
+            let out = e.embed(&batch).map_err(|message| DecontamError::Embed { model: e.model_key().to_string(), message })?;
             if out.len() != batch.len() || out.iter().any(|v| v.len() != e.dim()) {
-                return Err(DecontamError::Embed {
-                    model: e.model_key().to_string(),
-                    message: "wrong number or width of embeddings".into(),
-                });
+                return Err(DecontamError::Embed { model: e.model_key().to_string(), message: "wrong number or width of embeddings".into() });
             }
             for (&i, v) in chunk.iter().zip(out) {
                 cache.insert(keys[i], v);
@@ -301,16 +247,10 @@ impl<'e> Decontaminator<'e> {
             cache.flush()?;
             self.stats.embedded += chunk.len() as u64;
             done += chunk.len();
-            tracing::info!(
-                "decontamination: embedded {done} of {} new texts",
-                missing.len()
-            );
+            tracing::info!("decontamination: embedded {done} of {} new texts", missing.len());
         }
         self.stats.seconds_embed += t.elapsed().as_secs_f64();
-        Ok(keys
-            .iter()
-            .map(|k| cache.get(k).expect("just embedded").to_vec())
-            .collect())
+        Ok(keys.iter().map(|k| cache.get(k).expect("just embedded").to_vec()).collect())
     }
 
     /// Check training texts; one verdict per text, in order.
@@ -331,17 +271,10 @@ impl<'e> Decontaminator<'e> {
             .iter()
             .zip(nearest)
             .map(|(text, near)| {
-                let nearest =
-                    near.map(|(i, cos)| (i, cos, len_diff(text, &self.items[i as usize].text)));
-                let by_embedding = nearest.is_some_and(|(_, cos, ld)| {
-                    2.0 - 2.0 * cos <= self.opts.max_l2sq && ld <= self.opts.max_len_diff
-                });
+                let nearest = near.map(|(i, cos)| (i, cos, len_diff(text, &self.items[i as usize].text)));
+                let by_embedding = nearest.is_some_and(|(_, cos, ld)| 2.0 - 2.0 * cos <= self.opts.max_l2sq && ld <= self.opts.max_len_diff);
                 let by_ngram = self.ngrams.as_ref().and_then(|g| g.check(text));
-                Verdict {
-                    nearest,
-                    by_embedding,
-                    by_ngram,
-                }
+                Verdict { nearest, by_embedding, by_ngram }
             })
             .collect();
         self.stats.seconds_search += t.elapsed().as_secs_f64();
@@ -352,15 +285,8 @@ impl<'e> Decontaminator<'e> {
 /// File-name form of a model key: a readable prefix (≤ 40 safe characters) and 16 hex
 /// digits of sha256 over the whole key, so two keys never share a file.
 fn short(key: &str) -> String {
-    let prefix: String = key
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-        .take(40)
-        .collect();
-    format!(
-        "{prefix}-{}",
-        hex::encode(&Sha256::digest(key.as_bytes())[..8])
-    )
+    let prefix: String = key.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(40).collect();
+    format!("{prefix}-{}", hex::encode(&Sha256::digest(key.as_bytes())[..8]))
 }
 
 #[cfg(test)]
@@ -397,30 +323,15 @@ mod tests {
         ["aaaa bbbb", "cccc dddd", "eeee ffff gggg"]
             .iter()
             .enumerate()
-            .map(|(i, t)| BenchItem {
-                benchmark: "toy".into(),
-                id: format!("toy/{i}"),
-                text: t.to_string(),
-            })
+            .map(|(i, t)| BenchItem { benchmark: "toy".into(), id: format!("toy/{i}"), text: t.to_string() })
             .collect()
     }
 
     #[test]
     fn embedding_rule_uses_l2_and_length() {
-        let opts = DecontamOptions {
-            ngram: false,
-            exact: true,
-            ..Default::default()
-        };
+        let opts = DecontamOptions { ngram: false, exact: true, ..Default::default() };
         let mut d = Decontaminator::new(items(), Some(&Letters), opts).unwrap();
-        let v = d
-            .check(&[
-                "bbbb aaaa".into(),
-                "aaaa bbbb aaaa bbbb".into(),
-                "aaaa bbbc".into(),
-                "hhhh".into(),
-            ])
-            .unwrap();
+        let v = d.check(&["bbbb aaaa".into(), "aaaa bbbb aaaa bbbb".into(), "aaaa bbbc".into(), "hhhh".into()]).unwrap();
         // Same letters, same length: cosine 1, length diff 0.
         assert!(v[0].by_embedding && v[0].nearest.unwrap().0 == 0);
         // Same direction but twice as long: |19 − 9| / 19 = 0.526 > 0.20.
@@ -438,83 +349,35 @@ mod tests {
     fn ann_and_exact_agree_and_cache_is_reused() {
         let dir = tempfile::tempdir().unwrap();
         let many: Vec<BenchItem> = (0..300)
-            .map(|i| BenchItem {
-                benchmark: "toy".into(),
-                id: i.to_string(),
-                text: format!(
-                    "{}{}{}",
-                    "a".repeat(i % 7 + 1),
-                    "c".repeat(i % 11 + 1),
-                    "g".repeat(i % 5 + 1)
-                ),
-            })
+            .map(|i| BenchItem { benchmark: "toy".into(), id: i.to_string(), text: format!("{}{}{}", "a".repeat(i % 7 + 1), "c".repeat(i % 11 + 1), "g".repeat(i % 5 + 1)) })
             .collect();
-        let queries: Vec<String> = (0..100)
-            .map(|i| {
-                format!(
-                    "{}{}{}x",
-                    "a".repeat(i % 7 + 1),
-                    "c".repeat(i % 11 + 1),
-                    "g".repeat(i % 5 + 2)
-                )
-            })
-            .collect();
-        let opts = DecontamOptions {
-            ngram: false,
-            cache_dir: Some(dir.path().into()),
-            ..Default::default()
-        };
+        let queries: Vec<String> = (0..100).map(|i| format!("{}{}{}x", "a".repeat(i % 7 + 1), "c".repeat(i % 11 + 1), "g".repeat(i % 5 + 2))).collect();
+        let opts = DecontamOptions { ngram: false, cache_dir: Some(dir.path().into()), ..Default::default() };
         let mut ann = Decontaminator::new(many.clone(), Some(&Letters), opts.clone()).unwrap();
         assert!(!ann.stats.index_cache_hit);
-        assert_eq!(
-            ann.stats.embedded, 300,
-            "cold cache: every distinct benchmark text is embedded"
-        );
+        assert_eq!(ann.stats.embedded, 300, "cold cache: every distinct benchmark text is embedded");
         let a = ann.check(&queries).unwrap();
-        let mut exact = Decontaminator::new(
-            many.clone(),
-            Some(&Letters),
-            DecontamOptions {
-                exact: true,
-                ..opts.clone()
-            },
-        )
-        .unwrap();
+        let mut exact = Decontaminator::new(many.clone(), Some(&Letters), DecontamOptions { exact: true, ..opts.clone() }).unwrap();
         assert_eq!(exact.stats.embedded, 0, "warm cache: nothing re-embedded");
         let e = exact.check(&queries).unwrap();
         let mut same = 0;
         for (k, (x, y)) in a.iter().zip(&e).enumerate() {
             let (xa, ya) = (x.nearest.unwrap().1, y.nearest.unwrap().1);
-            assert!(
-                xa <= ya + 1e-6,
-                "query {k}: the exact scan finds the maximum ({xa} vs {ya})"
-            );
+            assert!(xa <= ya + 1e-6, "query {k}: the exact scan finds the maximum ({xa} vs {ya})");
             same += usize::from((xa - ya).abs() < 1e-6);
             assert_eq!(x.by_embedding, y.by_embedding, "query {k}: same verdict");
         }
-        assert!(
-            same >= 98,
-            "usearch found the exact best neighbour for {same} of 100 queries"
-        );
+        assert!(same >= 98, "usearch found the exact best neighbour for {same} of 100 queries");
         let again = Decontaminator::new(many, Some(&Letters), opts).unwrap();
-        assert!(
-            again.stats.index_cache_hit,
-            "index loaded from its cache file"
-        );
+        assert!(again.stats.index_cache_hit, "index loaded from its cache file");
     }
 
     #[test]
     fn ngram_check_and_attribution() {
-        let opts = DecontamOptions {
-            embedding: false,
-            ngram_size: 2,
-            ..Default::default()
-        };
+        let opts = DecontamOptions { embedding: false, ngram_size: 2, ..Default::default() };
         let mut d = Decontaminator::new(items(), Some(&Letters), opts).unwrap();
         assert!(!d.embedding_on());
-        let v = d
-            .check(&["x FFFF, gggg y".into(), "gggg ffff".into()])
-            .unwrap();
+        let v = d.check(&["x FFFF, gggg y".into(), "gggg ffff".into()]).unwrap();
         assert_eq!(v[0].by_ngram, Some(2));
         assert_eq!(v[0].item(), Some(2));
         assert!(!v[1].flagged(), "word order matters");

@@ -16,11 +16,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 /// Normalised words of `text` (lower-cased; non-alphanumerics are separators).
 pub fn words(text: &str) -> Vec<String> {
     let lower = text.to_lowercase();
-    lower
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_string)
-        .collect()
+    lower.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_string).collect()
 }
 
 fn hash_words(ws: &[String]) -> u64 {
@@ -46,24 +42,12 @@ impl NgramIndex {
     /// An empty index of n-grams of `n` words (`n` ≥ 1); n-grams held by more than
     /// `max_items` items are ignored as boilerplate (0: never).
     pub fn new(n: usize, max_items: usize) -> NgramIndex {
-        NgramIndex {
-            n: n.max(1),
-            max_items,
-            grams: HashMap::new(),
-            whole: HashMap::new(),
-        }
+        NgramIndex { n: n.max(1), max_items, grams: HashMap::new(), whole: HashMap::new() }
     }
 
     /// Number of n-grams ignored as boilerplate.
     pub fn boilerplate(&self) -> usize {
-        if self.max_items == 0 {
-            0
-        } else {
-            self.grams
-                .values()
-                .filter(|(_, c)| *c as usize > self.max_items)
-                .count()
-        }
+        if self.max_items == 0 { 0 } else { self.grams.values().filter(|(_, c)| *c as usize > self.max_items).count() }
     }
 
     /// Window size n (words).
@@ -103,19 +87,12 @@ impl NgramIndex {
     pub fn check(&self, text: &str) -> Option<u32> {
         let ws = words(text);
         if ws.len() < self.n {
-            return if ws.is_empty() {
-                None
-            } else {
-                self.whole.get(&hash_words(&ws)).copied()
-            };
+            return if ws.is_empty() { None } else { self.whole.get(&hash_words(&ws)).copied() };
         }
-        ws.windows(self.n)
-            .find_map(|g| match self.grams.get(&hash_words(g)) {
-                Some(&(item, count)) if self.max_items == 0 || count as usize <= self.max_items => {
-                    Some(item)
-                }
-                _ => None,
-            })
+        ws.windows(self.n).find_map(|g| match self.grams.get(&hash_words(g)) {
+            Some(&(item, count)) if self.max_items == 0 || count as usize <= self.max_items => Some(item),
+            _ => None,
+        })
     }
 }
 
@@ -125,34 +102,15 @@ mod tests {
 
     #[test]
     fn normalisation_and_windows() {
-        assert_eq!(
-            words("Janet’s ducks lay 16 eggs, per-day!"),
-            vec!["janet", "s", "ducks", "lay", "16", "eggs", "per", "day"]
-        );
+        assert_eq!(words("Janet’s ducks lay 16 eggs, per-day!"), vec!["janet", "s", "ducks", "lay", "16", "eggs", "per", "day"]);
         let mut ix = NgramIndex::new(3, 2);
         ix.add(7, "the quick brown fox jumps");
         ix.add(8, "Hello world");
         assert_eq!(ix.len(), 3);
-        assert_eq!(
-            ix.check("A QUICK, brown  fox!"),
-            Some(7),
-            "shares `quick brown fox`"
-        );
-        assert_eq!(
-            ix.check("the quick red fox jumps"),
-            None,
-            "no 3 consecutive words shared"
-        );
-        assert_eq!(
-            ix.check("hello, WORLD."),
-            Some(8),
-            "short text equal after normalisation"
-        );
-        assert_eq!(
-            ix.check("hello world again"),
-            None,
-            "3 words: only 3-grams count"
-        );
+        assert_eq!(ix.check("A QUICK, brown  fox!"), Some(7), "shares `quick brown fox`");
+        assert_eq!(ix.check("the quick red fox jumps"), None, "no 3 consecutive words shared");
+        assert_eq!(ix.check("hello, WORLD."), Some(8), "short text equal after normalisation");
+        assert_eq!(ix.check("hello world again"), None, "3 words: only 3-grams count");
         assert_eq!(ix.check("..."), None);
         // `answer the question` in 3 items > max_items 2: boilerplate, ignored.
         ix.add(1, "answer the question what is red");
@@ -161,10 +119,6 @@ mod tests {
         ix.add(3, "answer the question why is green");
         assert_eq!(ix.boilerplate(), 1);
         assert_eq!(ix.check("please answer the question now"), None);
-        assert_eq!(
-            ix.check("question why is"),
-            Some(3),
-            "a rare n-gram still counts"
-        );
+        assert_eq!(ix.check("question why is"), Some(3), "a rare n-gram still counts");
     }
 }

@@ -17,14 +17,8 @@ fn conversations(n: usize) -> Vec<Vec<Turn>> {
                 c.push(Turn::new(Role::System, "You are terse."));
             }
             for t in 0..(1 + i % 3) {
-                c.push(Turn::new(
-                    Role::Human,
-                    format!("  Question {i}.{t}: what is {} + {}?\n", i, t),
-                ));
-                c.push(Turn::new(
-                    Role::Gpt,
-                    format!("\n\nThe answer is {}.\n\n\n\nDone {t}.  ", i + t),
-                ));
+                c.push(Turn::new(Role::Human, format!("  Question {i}.{t}: what is {} + {}?\n", i, t)));
+                c.push(Turn::new(Role::Gpt, format!("\n\nThe answer is {}.\n\n\n\nDone {t}.  ", i + t)));
             }
             c
         })
@@ -55,9 +49,7 @@ fn main() {
     let convs = conversations(n);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins");
     let rt = Runtime::new(Limits::default(), RefusalMode::Intended, None).unwrap();
-    let plugin = rt
-        .load_file(&dir.join("llama2.wasm"))
-        .expect("run `cargo xtask build-plugins` first");
+    let plugin = rt.load_file(&dir.join("llama2.wasm")).expect("run `cargo xtask build-plugins` first");
 
     // Native: the same crate, linked as an rlib; input conversion counted (the runtime
     // path converts too).
@@ -77,14 +69,7 @@ fn main() {
     let mut rows = Vec::new();
     // `BAGEL_BENCH_BATCHES=512` runs one batch size (e.g. under `perf record`).
     let batches: Vec<usize> = match std::env::var("BAGEL_BENCH_BATCHES") {
-        Ok(v) => v
-            .split(',')
-            .map(|b| {
-                b.trim()
-                    .parse()
-                    .expect("BAGEL_BENCH_BATCHES: comma-separated sizes")
-            })
-            .collect(),
+        Ok(v) => v.split(',').map(|b| b.trim().parse().expect("BAGEL_BENCH_BATCHES: comma-separated sizes")).collect(),
         Err(_) => vec![1, 64, 512, 4096],
     };
     // `render`: two `String`s per row, like the native call. `render_batch` (packed): the
@@ -97,13 +82,7 @@ fn main() {
                 let mut job = FormatJob::start(&rt, &plugin, 0).unwrap();
                 let t = Instant::now();
                 for chunk in convs.chunks(batch) {
-                    let items: Vec<RenderItem> = chunk
-                        .iter()
-                        .map(|c| RenderItem {
-                            conversation: c,
-                            add_default_system: c.len() % 2 == 0,
-                        })
-                        .collect();
+                    let items: Vec<RenderItem> = chunk.iter().map(|c| RenderItem { conversation: c, add_default_system: c.len() % 2 == 0 }).collect();
                     if packed {
                         let out = job.render_batch("<s>", "</s>", &items).unwrap();
                         for r in &out.items {
@@ -119,40 +98,15 @@ fn main() {
                 }
                 times.push(t.elapsed().as_secs_f64());
             }
-            assert_eq!(
-                check, check_native,
-                "runtime and native outputs differ in size"
-            );
-            rows.push((
-                if packed {
-                    format!("wasm, batch {batch}, packed")
-                } else {
-                    format!("wasm, batch {batch}")
-                },
-                median(times),
-            ));
+            assert_eq!(check, check_native, "runtime and native outputs differ in size");
+            rows.push((if packed { format!("wasm, batch {batch}, packed") } else { format!("wasm, batch {batch}") }, median(times)));
         }
     }
     let nat = median(native);
     println!("format plugin `llama2`, {n} conversations (1–3 turns), median of {reps} runs");
-    println!(
-        "{:<28} {:>12} {:>14} {:>10}",
-        "path", "ns/row", "rows/s", "× native"
-    );
-    println!(
-        "{:<28} {:>12.0} {:>14.0} {:>10.2}",
-        "native (rlib)",
-        nat / n as f64 * 1e9,
-        n as f64 / nat,
-        1.0
-    );
+    println!("{:<28} {:>12} {:>14} {:>10}", "path", "ns/row", "rows/s", "× native");
+    println!("{:<28} {:>12.0} {:>14.0} {:>10.2}", "native (rlib)", nat / n as f64 * 1e9, n as f64 / nat, 1.0);
     for (path, t) in rows {
-        println!(
-            "{:<28} {:>12.0} {:>14.0} {:>10.2}",
-            path,
-            t / n as f64 * 1e9,
-            n as f64 / t,
-            t / nat
-        );
+        println!("{:<28} {:>12.0} {:>14.0} {:>10.2}", path, t / n as f64 * 1e9, n as f64 / t, t / nat);
     }
 }

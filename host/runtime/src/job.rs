@@ -1,9 +1,7 @@
 //! Jobs: a fresh `Store` + instance per job, every call guarded by the limits.
 use crate::bindings::{format as fb, format_0_2 as fb2, source as sb, source_0_2 as sb2};
 use crate::host::HostState;
-use crate::load::{
-    FormatPre, InputFormat, InputSpec, ParamSpec, Plugin, Pre, RecordKind, SourceInfo, SourcePre,
-};
+use crate::load::{FormatPre, InputFormat, InputSpec, ParamSpec, Plugin, Pre, RecordKind, SourceInfo, SourcePre};
 use crate::{Limits, PluginError, Runtime, RuntimeError};
 use bagel_core::record::validate_turns;
 use bagel_core::{DedupMode, DpoPair, Payload, Role, Turn};
@@ -25,23 +23,11 @@ pub(crate) fn guard<T>(
         Err(e) => {
             let plugin = plugin.to_string();
             if store.data().limiter.tripped {
-                Err(RuntimeError::MemoryLimit {
-                    plugin,
-                    call,
-                    limit_bytes: limits.memory_bytes,
-                })
+                Err(RuntimeError::MemoryLimit { plugin, call, limit_bytes: limits.memory_bytes })
             } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-                Err(RuntimeError::Timeout {
-                    plugin,
-                    call,
-                    limit: limits.call_timeout,
-                })
+                Err(RuntimeError::Timeout { plugin, call, limit: limits.call_timeout })
             } else {
-                Err(RuntimeError::Trap {
-                    plugin,
-                    call,
-                    message: format!("{e:#}"),
-                })
+                Err(RuntimeError::Trap { plugin, call, message: format!("{e:#}") })
             }
         }
     }
@@ -97,15 +83,7 @@ pub(crate) fn conv_source_info(i: sb::bagel::plugin::types::SourceInfo) -> Sourc
                 },
             })
             .collect(),
-        params: i
-            .params
-            .into_iter()
-            .map(|p| ParamSpec {
-                name: p.name,
-                default: p.default,
-                description: p.description,
-            })
-            .collect(),
+        params: i.params.into_iter().map(|p| ParamSpec { name: p.name, default: p.default, description: p.description }).collect(),
         description: i.description,
     }
 }
@@ -169,30 +147,16 @@ fn conv_turns(turns: Vec<sb::bagel::plugin::types::Turn>) -> Vec<Turn> {
         .collect()
 }
 
-fn conv_batch(
-    plugin: &str,
-    call: &'static str,
-    b: sb::bagel::plugin::types::BatchOutput,
-) -> Result<BatchOutput, RuntimeError> {
+fn conv_batch(plugin: &str, call: &'static str, b: sb::bagel::plugin::types::BatchOutput) -> Result<BatchOutput, RuntimeError> {
     use sb::bagel::plugin::types as t;
     let mut records = Vec::with_capacity(b.records.len());
     for r in b.records {
         let payload = match r.payload {
             t::Payload::Conversation(c) => Payload::Conversation(conv_turns(c)),
-            t::Payload::Dpo(p) => Payload::Dpo(DpoPair {
-                prompt: p.prompt,
-                chosen: p.chosen,
-                rejected: p.rejected,
-                conversation: p.conversation.map(conv_turns),
-            }),
+            t::Payload::Dpo(p) => Payload::Dpo(DpoPair { prompt: p.prompt, chosen: p.chosen, rejected: p.rejected, conversation: p.conversation.map(conv_turns) }),
             t::Payload::Text(s) => Payload::Text(s),
         };
-        let bad = |detail: String| RuntimeError::Malformed {
-            plugin: plugin.to_string(),
-            call,
-            row: r.row,
-            detail,
-        };
+        let bad = |detail: String| RuntimeError::Malformed { plugin: plugin.to_string(), call, row: r.row, detail };
         match &payload {
             Payload::Conversation(c) => validate_turns(c).map_err(bad)?,
             Payload::Dpo(p) => {
@@ -208,13 +172,7 @@ fn conv_batch(
             t::DedupMode::AddOnly => DedupMode::AddOnly,
             t::DedupMode::None => DedupMode::None,
         };
-        records.push(Emitted {
-            row: r.row,
-            label: r.label,
-            key: r.key,
-            mode,
-            payload,
-        });
+        records.push(Emitted { row: r.row, label: r.label, key: r.key, mode, payload });
     }
     Ok(BatchOutput {
         records,
@@ -231,14 +189,7 @@ fn conv_batch(
                 )
             })
             .collect(),
-        invalid: b
-            .invalid
-            .into_iter()
-            .map(|i| InvalidRow {
-                row: i.row,
-                message: i.message,
-            })
-            .collect(),
+        invalid: b.invalid.into_iter().map(|i| InvalidRow { row: i.row, message: i.message }).collect(),
     })
 }
 
@@ -267,53 +218,31 @@ impl SourceJob {
     /// Start a job for `plugin` (must be a source) with the plugin's `seed`.
     pub fn start(rt: &Runtime, plugin: &Plugin, seed: u64) -> Result<SourceJob, RuntimeError> {
         let Pre::Source(pre) = &plugin.pre else {
-            return Err(RuntimeError::UnknownWorld {
-                plugin: plugin.name.clone(),
-            });
+            return Err(RuntimeError::UnknownWorld { plugin: plugin.name.clone() });
         };
         let mut store = rt.store(&plugin.name, seed);
-        let ierr = |e: wasmtime::Error| RuntimeError::Instantiate {
-            plugin: plugin.name.clone(),
-            message: format!("{e:#}"),
-        };
+        let ierr = |e: wasmtime::Error| RuntimeError::Instantiate { plugin: plugin.name.clone(), message: format!("{e:#}") };
         let inst = match pre {
             SourcePre::V0_1(p) => SourceInst::V0_1(p.instantiate(&mut store).map_err(ierr)?),
             SourcePre::V0_2(p) => SourceInst::V0_2(p.instantiate(&mut store).map_err(ierr)?),
         };
-        Ok(SourceJob {
-            store,
-            inst,
-            plugin: plugin.name.clone(),
-            limits: rt.limits,
-            poisoned: false,
-        })
+        Ok(SourceJob { store, inst, plugin: plugin.name.clone(), limits: rt.limits, poisoned: false })
     }
 
     fn call<T>(
         &mut self,
         call: &'static str,
-        f: impl FnOnce(
-            &mut Store<HostState>,
-            &SourceInst,
-        ) -> wasmtime::Result<Result<T, sb::bagel::plugin::types::PluginError>>,
+        f: impl FnOnce(&mut Store<HostState>, &SourceInst) -> wasmtime::Result<Result<T, sb::bagel::plugin::types::PluginError>>,
     ) -> Result<T, RuntimeError> {
         if self.poisoned {
-            return Err(RuntimeError::Poisoned {
-                plugin: self.plugin.clone(),
-            });
+            return Err(RuntimeError::Poisoned { plugin: self.plugin.clone() });
         }
         let inst = &self.inst;
-        let r = guard(&mut self.store, &self.plugin, call, self.limits, |s| {
-            f(s, inst)
-        });
+        let r = guard(&mut self.store, &self.plugin, call, self.limits, |s| f(s, inst));
         if r.is_err() {
             self.poisoned = true;
         }
-        r?.map_err(|e| RuntimeError::Plugin {
-            plugin: self.plugin.clone(),
-            call,
-            error: perr(e),
-        })
+        r?.map_err(|e| RuntimeError::Plugin { plugin: self.plugin.clone(), call, error: perr(e) })
     }
 
     /// `configure(params)`; params are (name, JSON text).
@@ -325,19 +254,10 @@ impl SourceJob {
     }
 
     /// `push-rows(input, first-row, rows)`.
-    pub fn push_rows(
-        &mut self,
-        input: &str,
-        first_row: u64,
-        rows: &[String],
-    ) -> Result<BatchOutput, RuntimeError> {
+    pub fn push_rows(&mut self, input: &str, first_row: u64, rows: &[String]) -> Result<BatchOutput, RuntimeError> {
         let b = self.call("push-rows", |s, i| match i {
-            SourceInst::V0_1(i) => i
-                .bagel_plugin_source()
-                .call_push_rows(s, input, first_row, rows),
-            SourceInst::V0_2(i) => i
-                .bagel_plugin_source()
-                .call_push_rows(s, input, first_row, rows),
+            SourceInst::V0_1(i) => i.bagel_plugin_source().call_push_rows(s, input, first_row, rows),
+            SourceInst::V0_2(i) => i.bagel_plugin_source().call_push_rows(s, input, first_row, rows),
         })?;
         conv_batch(&self.plugin, "push-rows", b).inspect_err(|_| self.poisoned = true)
     }
@@ -388,15 +308,7 @@ impl RenderedBatch {
     /// [`FormatJob::render_batch`], whose ranges are checked).
     pub fn into_rendered(self) -> Vec<Result<Rendered, PluginError>> {
         let text = self.text;
-        self.items
-            .into_iter()
-            .map(|r| {
-                r.map(|(i, o)| Rendered {
-                    input: text[i].to_string(),
-                    output: text[o].to_string(),
-                })
-            })
-            .collect()
+        self.items.into_iter().map(|r| r.map(|(i, o)| Rendered { input: text[i].to_string(), output: text[o].to_string() })).collect()
     }
 }
 
@@ -413,42 +325,23 @@ impl FormatJob {
     /// Start a job for `plugin` (must be a format).
     pub fn start(rt: &Runtime, plugin: &Plugin, seed: u64) -> Result<FormatJob, RuntimeError> {
         let Pre::Format(pre) = &plugin.pre else {
-            return Err(RuntimeError::UnknownWorld {
-                plugin: plugin.name.clone(),
-            });
+            return Err(RuntimeError::UnknownWorld { plugin: plugin.name.clone() });
         };
         let mut store = rt.store(&plugin.name, seed);
-        let ierr = |e: wasmtime::Error| RuntimeError::Instantiate {
-            plugin: plugin.name.clone(),
-            message: format!("{e:#}"),
-        };
+        let ierr = |e: wasmtime::Error| RuntimeError::Instantiate { plugin: plugin.name.clone(), message: format!("{e:#}") };
         let inst = match pre {
             FormatPre::V0_1(p) => FormatInst::V0_1(p.instantiate(&mut store).map_err(ierr)?),
             FormatPre::V0_2(p) => FormatInst::V0_2(p.instantiate(&mut store).map_err(ierr)?),
         };
-        Ok(FormatJob {
-            store,
-            inst,
-            plugin: plugin.name.clone(),
-            limits: rt.limits,
-            poisoned: false,
-        })
+        Ok(FormatJob { store, inst, plugin: plugin.name.clone(), limits: rt.limits, poisoned: false })
     }
 
-    fn call<T>(
-        &mut self,
-        call: &'static str,
-        f: impl FnOnce(&mut Store<HostState>, &FormatInst) -> wasmtime::Result<T>,
-    ) -> Result<T, RuntimeError> {
+    fn call<T>(&mut self, call: &'static str, f: impl FnOnce(&mut Store<HostState>, &FormatInst) -> wasmtime::Result<T>) -> Result<T, RuntimeError> {
         if self.poisoned {
-            return Err(RuntimeError::Poisoned {
-                plugin: self.plugin.clone(),
-            });
+            return Err(RuntimeError::Poisoned { plugin: self.plugin.clone() });
         }
         let inst = &self.inst;
-        let r = guard(&mut self.store, &self.plugin, call, self.limits, |s| {
-            f(s, inst)
-        });
+        let r = guard(&mut self.store, &self.plugin, call, self.limits, |s| f(s, inst));
         if r.is_err() {
             self.poisoned = true;
         }
@@ -462,18 +355,10 @@ impl FormatJob {
     /// Errors: a trap or tripped limit ([`RuntimeError`]), or spans that do not fit the
     /// returned text ([`RuntimeError::Malformed`]); a plugin's own per-item error is the
     /// inner `Err`.
-    pub fn render(
-        &mut self,
-        bos: &str,
-        eos: &str,
-        items: &[RenderItem<'_>],
-    ) -> Result<Vec<Result<Rendered, PluginError>>, RuntimeError> {
+    pub fn render(&mut self, bos: &str, eos: &str, items: &[RenderItem<'_>]) -> Result<Vec<Result<Rendered, PluginError>>, RuntimeError> {
         if let FormatInst::V0_1(_) = self.inst {
             // 0.1.0 answers one record per item already.
-            let opts = fb::bagel::plugin::types::RenderOptions {
-                bos: bos.to_string(),
-                eos: eos.to_string(),
-            };
+            let opts = fb::bagel::plugin::types::RenderOptions { bos: bos.to_string(), eos: eos.to_string() };
             return self.render_0_1(&opts, items);
         }
         Ok(self.render_batch(bos, eos, items)?.into_rendered())
@@ -481,38 +366,20 @@ impl FormatJob {
 
     /// Render a batch and keep the answer packed ([`RenderedBatch`]): no per-item
     /// `String`s. Errors: as [`FormatJob::render`].
-    pub fn render_batch(
-        &mut self,
-        bos: &str,
-        eos: &str,
-        items: &[RenderItem<'_>],
-    ) -> Result<RenderedBatch, RuntimeError> {
+    pub fn render_batch(&mut self, bos: &str, eos: &str, items: &[RenderItem<'_>]) -> Result<RenderedBatch, RuntimeError> {
         use fb::bagel::plugin::types as t;
-        let opts = t::RenderOptions {
-            bos: bos.to_string(),
-            eos: eos.to_string(),
-        };
+        let opts = t::RenderOptions { bos: bos.to_string(), eos: eos.to_string() };
         if let FormatInst::V0_1(_) = self.inst {
             // 0.1.0 answers one record per item: pack it.
             let rendered = self.render_0_1(&opts, items)?;
-            let bytes = rendered
-                .iter()
-                .flatten()
-                .map(|r| r.input.len() + r.output.len())
-                .sum();
-            let mut packed = RenderedBatch {
-                text: String::with_capacity(bytes),
-                items: Vec::with_capacity(items.len()),
-            };
+            let bytes = rendered.iter().flatten().map(|r| r.input.len() + r.output.len()).sum();
+            let mut packed = RenderedBatch { text: String::with_capacity(bytes), items: Vec::with_capacity(items.len()) };
             for r in rendered {
                 packed.items.push(r.map(|r| {
                     let start = packed.text.len();
                     packed.text.push_str(&r.input);
                     packed.text.push_str(&r.output);
-                    (
-                        start..start + r.input.len(),
-                        start + r.input.len()..packed.text.len(),
-                    )
+                    (start..start + r.input.len(), start + r.input.len()..packed.text.len())
                 }));
             }
             return Ok(packed);
@@ -520,13 +387,7 @@ impl FormatJob {
         use fb2::exports::bagel::plugin::format as f;
         let n_turns = items.iter().map(|i| i.conversation.len()).sum();
         let mut batch = f::RenderBatch {
-            text: String::with_capacity(
-                items
-                    .iter()
-                    .flat_map(|i| i.conversation)
-                    .map(|t| t.value.len())
-                    .sum(),
-            ),
+            text: String::with_capacity(items.iter().flat_map(|i| i.conversation).map(|t| t.value.len()).sum()),
             turn_lens: Vec::with_capacity(n_turns),
             turn_roles: Vec::with_capacity(n_turns),
             conversation_turns: Vec::with_capacity(items.len()),
@@ -542,9 +403,7 @@ impl FormatJob {
                     Role::Gpt => 2,
                 });
             }
-            batch
-                .conversation_turns
-                .push(len32(&self.plugin, item.conversation.len())?);
+            batch.conversation_turns.push(len32(&self.plugin, item.conversation.len())?);
             batch.add_default_system.push(item.add_default_system);
         }
         let out = self.call("render", |s, i| match i {
@@ -554,23 +413,12 @@ impl FormatJob {
         self.unpack(items.len(), "render", false, out)
     }
 
-    fn render_0_1(
-        &mut self,
-        opts: &fb::bagel::plugin::types::RenderOptions,
-        items: &[RenderItem<'_>],
-    ) -> Result<Vec<Result<Rendered, PluginError>>, RuntimeError> {
+    fn render_0_1(&mut self, opts: &fb::bagel::plugin::types::RenderOptions, items: &[RenderItem<'_>]) -> Result<Vec<Result<Rendered, PluginError>>, RuntimeError> {
         use fb::bagel::plugin::types as t;
         let wit_items: Vec<t::RenderItem> = items
             .iter()
             .map(|i| t::RenderItem {
-                conversation: i
-                    .conversation
-                    .iter()
-                    .map(|turn| t::Turn {
-                        from: role(turn.from),
-                        value: turn.value.clone(),
-                    })
-                    .collect(),
+                conversation: i.conversation.iter().map(|turn| t::Turn { from: role(turn.from), value: turn.value.clone() }).collect(),
                 add_default_system: i.add_default_system,
             })
             .collect();
@@ -580,53 +428,21 @@ impl FormatJob {
         })?;
         if out.len() != items.len() {
             self.poisoned = true;
-            return Err(RuntimeError::Malformed {
-                plugin: self.plugin.clone(),
-                call: "render",
-                row: 0,
-                detail: format!("{} results for {} items", out.len(), items.len()),
-            });
+            return Err(RuntimeError::Malformed { plugin: self.plugin.clone(), call: "render", row: 0, detail: format!("{} results for {} items", out.len(), items.len()) });
         }
-        Ok(out
-            .into_iter()
-            .map(|r| {
-                r.map(|r| Rendered {
-                    input: r.input,
-                    output: r.output,
-                })
-                .map_err(ferr)
-            })
-            .collect())
+        Ok(out.into_iter().map(|r| r.map(|r| Rendered { input: r.input, output: r.output }).map_err(ferr)).collect())
     }
 
     /// Turn a packed `rendered-batch` into per-item (input, output) byte ranges of its
     /// text, checking that the lengths tile the text exactly and fall on UTF-8
     /// boundaries and that errors name items of the batch in order.
     /// `prompts_only`: DPO prompts, whose output lengths must be 0 (WIT).
-    fn unpack(
-        &mut self,
-        n: usize,
-        call: &'static str,
-        prompts_only: bool,
-        out: fb2::exports::bagel::plugin::format::RenderedBatch,
-    ) -> Result<RenderedBatch, RuntimeError> {
+    fn unpack(&mut self, n: usize, call: &'static str, prompts_only: bool, out: fb2::exports::bagel::plugin::format::RenderedBatch) -> Result<RenderedBatch, RuntimeError> {
         let plugin = self.plugin.clone();
-        let bad = |row: u64, detail: String| RuntimeError::Malformed {
-            plugin: plugin.clone(),
-            call,
-            row,
-            detail,
-        };
+        let bad = |row: u64, detail: String| RuntimeError::Malformed { plugin: plugin.clone(), call, row, detail };
         let r = (|| {
             if out.lens.len() != 2 * n {
-                return Err(bad(
-                    0,
-                    format!(
-                        "{} lengths for {} items (want 2 per item)",
-                        out.lens.len(),
-                        n
-                    ),
-                ));
+                return Err(bad(0, format!("{} lengths for {} items (want 2 per item)", out.lens.len(), n)));
             }
             let mut errors = out.errors.into_iter().peekable();
             let mut pos = 0usize;
@@ -641,18 +457,9 @@ impl FormatJob {
                     continue;
                 }
                 if prompts_only && lens[1] != 0 {
-                    return Err(bad(
-                        item as u64,
-                        format!(
-                            "a DPO prompt came back with {} bytes of output (must be 0)",
-                            lens[1]
-                        ),
-                    ));
+                    return Err(bad(item as u64, format!("a DPO prompt came back with {} bytes of output (must be 0)", lens[1])));
                 }
-                let (a, b) = (
-                    pos + lens[0] as usize,
-                    pos + lens[0] as usize + lens[1] as usize,
-                );
+                let (a, b) = (pos + lens[0] as usize, pos + lens[0] as usize + lens[1] as usize);
                 if out.text.get(pos..a).is_none() || out.text.get(a..b).is_none() {
                     return Err(bad(item as u64, format!("lengths {}+{} at byte {pos} do not fit the {}-byte text on character boundaries", lens[0], lens[1], out.text.len())));
                 }
@@ -660,21 +467,12 @@ impl FormatJob {
                 pos = b;
             }
             if let Some(e) = errors.next() {
-                return Err(bad(
-                    u64::from(e.item),
-                    "an error names no item of the batch, or errors are out of order".into(),
-                ));
+                return Err(bad(u64::from(e.item), "an error names no item of the batch, or errors are out of order".into()));
             }
             if pos != out.text.len() {
-                return Err(bad(
-                    0,
-                    format!("lengths cover {pos} of {} bytes of text", out.text.len()),
-                ));
+                return Err(bad(0, format!("lengths cover {pos} of {} bytes of text", out.text.len())));
             }
-            Ok(RenderedBatch {
-                text: out.text,
-                items: res,
-            })
+            Ok(RenderedBatch { text: out.text, items: res })
         })();
         if r.is_err() {
             self.poisoned = true;
@@ -683,40 +481,19 @@ impl FormatJob {
     }
 
     /// Render DPO prompts: items are (prompt, chosen, coin).
-    pub fn render_dpo_prompt(
-        &mut self,
-        bos: &str,
-        eos: &str,
-        items: &[(&str, &str, bool)],
-    ) -> Result<Vec<Result<String, PluginError>>, RuntimeError> {
+    pub fn render_dpo_prompt(&mut self, bos: &str, eos: &str, items: &[(&str, &str, bool)]) -> Result<Vec<Result<String, PluginError>>, RuntimeError> {
         use fb::bagel::plugin::types as t;
-        let opts = t::RenderOptions {
-            bos: bos.to_string(),
-            eos: eos.to_string(),
-        };
+        let opts = t::RenderOptions { bos: bos.to_string(), eos: eos.to_string() };
         if let FormatInst::V0_1(_) = self.inst {
-            let wit_items: Vec<t::DpoItem> = items
-                .iter()
-                .map(|(p, c, coin)| t::DpoItem {
-                    prompt: p.to_string(),
-                    chosen: c.to_string(),
-                    add_default_system: *coin,
-                })
-                .collect();
+            let wit_items: Vec<t::DpoItem> =
+                items.iter().map(|(p, c, coin)| t::DpoItem { prompt: p.to_string(), chosen: c.to_string(), add_default_system: *coin }).collect();
             let out = self.call("render-dpo-prompt", |s, i| match i {
-                FormatInst::V0_1(i) => i
-                    .bagel_plugin_format()
-                    .call_render_dpo_prompt(s, &opts, &wit_items),
+                FormatInst::V0_1(i) => i.bagel_plugin_format().call_render_dpo_prompt(s, &opts, &wit_items),
                 FormatInst::V0_2(_) => unreachable!("checked above"),
             })?;
             if out.len() != items.len() {
                 self.poisoned = true;
-                return Err(RuntimeError::Malformed {
-                    plugin: self.plugin.clone(),
-                    call: "render-dpo-prompt",
-                    row: 0,
-                    detail: format!("{} results for {} items", out.len(), items.len()),
-                });
+                return Err(RuntimeError::Malformed { plugin: self.plugin.clone(), call: "render-dpo-prompt", row: 0, detail: format!("{} results for {} items", out.len(), items.len()) });
             }
             return Ok(out.into_iter().map(|r| r.map_err(ferr)).collect());
         }
@@ -734,18 +511,12 @@ impl FormatJob {
             batch.add_default_system.push(*coin);
         }
         let out = self.call("render-dpo-prompt", |s, i| match i {
-            FormatInst::V0_2(i) => i
-                .bagel_plugin_format()
-                .call_render_dpo_prompt(s, &opts, &batch),
+            FormatInst::V0_2(i) => i.bagel_plugin_format().call_render_dpo_prompt(s, &opts, &batch),
             FormatInst::V0_1(_) => unreachable!("checked above"),
         })?;
         let packed = self.unpack(items.len(), "render-dpo-prompt", true, out)?;
         let text = packed.text;
-        Ok(packed
-            .items
-            .into_iter()
-            .map(|r| r.map(|(input, _)| text[input].to_string()))
-            .collect())
+        Ok(packed.items.into_iter().map(|r| r.map(|(input, _)| text[input].to_string())).collect())
     }
 }
 
@@ -760,10 +531,5 @@ fn role(r: Role) -> fb::bagel::plugin::types::Role {
 
 /// A length as the u32 the packed ABI carries (a batch text is at most 4 GiB).
 fn len32(plugin: &str, n: usize) -> Result<u32, RuntimeError> {
-    u32::try_from(n).map_err(|_| RuntimeError::Malformed {
-        plugin: plugin.to_string(),
-        call: "render",
-        row: 0,
-        detail: format!("a length of {n} bytes does not fit the packed batch (u32)"),
-    })
+    u32::try_from(n).map_err(|_| RuntimeError::Malformed { plugin: plugin.to_string(), call: "render", row: 0, detail: format!("a length of {n} bytes does not fit the packed batch (u32)") })
 }

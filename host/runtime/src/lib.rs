@@ -18,14 +18,8 @@ mod job;
 mod load;
 
 pub use error::{PluginError, RuntimeError};
-pub use job::{
-    BatchOutput, DropReason, Emitted, FormatJob, InvalidRow, RenderItem, Rendered, RenderedBatch,
-    SourceJob,
-};
-pub use load::{
-    FormatInfo, InputFormat, InputSpec, ParamSpec, Plugin, PluginKind, RecordKind, Runtime,
-    SourceInfo, WIT_VERSIONS,
-};
+pub use job::{BatchOutput, DropReason, Emitted, FormatJob, InvalidRow, RenderItem, Rendered, RenderedBatch, SourceJob};
+pub use load::{FormatInfo, WIT_VERSIONS, InputFormat, InputSpec, ParamSpec, Plugin, PluginKind, RecordKind, Runtime, SourceInfo};
 
 use std::time::Duration;
 
@@ -42,10 +36,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            call_timeout: Duration::from_secs(60),
-            memory_bytes: 1 << 30,
-        }
+        Limits { call_timeout: Duration::from_secs(60), memory_bytes: 1 << 30 }
     }
 }
 

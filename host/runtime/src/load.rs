@@ -152,12 +152,7 @@ pub struct Plugin {
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin")
-            .field("name", &self.name)
-            .field("file", &self.file)
-            .field("sha256", &self.sha256)
-            .field("kind", &self.kind)
-            .finish()
+        f.debug_struct("Plugin").field("name", &self.name).field("file", &self.file).field("sha256", &self.sha256).field("kind", &self.kind).finish()
     }
 }
 
@@ -184,21 +179,14 @@ pub struct Runtime {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
-    move |source| RuntimeError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| RuntimeError::Io { path: path.to_path_buf(), source }
 }
 
 impl Runtime {
     /// Create a runtime. `cache_dir = None` disables the compiled-code cache.
     ///
     /// Errors: [`RuntimeError::Compile`] if the engine cannot be configured.
-    pub fn new(
-        limits: Limits,
-        refusal: RefusalMode,
-        cache_dir: Option<PathBuf>,
-    ) -> Result<Runtime, RuntimeError> {
+    pub fn new(limits: Limits, refusal: RefusalMode, cache_dir: Option<PathBuf>) -> Result<Runtime, RuntimeError> {
         let mut config = Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
         // Fill function tables at instantiation instead of checking on every
@@ -210,25 +198,15 @@ impl Runtime {
         if std::env::var_os("BAGEL_WASM_PERFMAP").is_some() {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
-        let engine = Engine::new(&config).map_err(|e| RuntimeError::Compile {
-            plugin: "<engine>".into(),
-            message: e.to_string(),
-        })?;
-        let link_err = |e: wasmtime::Error| RuntimeError::Compile {
-            plugin: "<linker>".into(),
-            message: e.to_string(),
-        };
+        let engine = Engine::new(&config).map_err(|e| RuntimeError::Compile { plugin: "<engine>".into(), message: e.to_string() })?;
+        let link_err = |e: wasmtime::Error| RuntimeError::Compile { plugin: "<linker>".into(), message: e.to_string() };
         type H = wasmtime::component::HasSelf<HostState>;
         let mut source_linkers = [Linker::new(&engine), Linker::new(&engine)];
-        sb::SourcePlugin::add_to_linker::<_, H>(&mut source_linkers[0], |s: &mut HostState| s)
-            .map_err(link_err)?;
-        sb2::SourcePlugin::add_to_linker::<_, H>(&mut source_linkers[1], |s: &mut HostState| s)
-            .map_err(link_err)?;
+        sb::SourcePlugin::add_to_linker::<_, H>(&mut source_linkers[0], |s: &mut HostState| s).map_err(link_err)?;
+        sb2::SourcePlugin::add_to_linker::<_, H>(&mut source_linkers[1], |s: &mut HostState| s).map_err(link_err)?;
         let mut format_linkers = [Linker::new(&engine), Linker::new(&engine)];
-        fb::FormatPlugin::add_to_linker::<_, H>(&mut format_linkers[0], |s: &mut HostState| s)
-            .map_err(link_err)?;
-        fb2::FormatPlugin::add_to_linker::<_, H>(&mut format_linkers[1], |s: &mut HostState| s)
-            .map_err(link_err)?;
+        fb::FormatPlugin::add_to_linker::<_, H>(&mut format_linkers[0], |s: &mut HostState| s).map_err(link_err)?;
+        fb2::FormatPlugin::add_to_linker::<_, H>(&mut format_linkers[1], |s: &mut HostState| s).map_err(link_err)?;
         let stop = Arc::new(AtomicBool::new(false));
         {
             let stop = stop.clone();
@@ -243,15 +221,7 @@ impl Runtime {
                 })
                 .expect("spawn epoch ticker");
         }
-        Ok(Runtime {
-            engine,
-            limits,
-            refusal: Arc::new(RefusalFilter::new(refusal)),
-            cache_dir,
-            source_linkers,
-            format_linkers,
-            _ticker: Ticker { stop },
-        })
+        Ok(Runtime { engine, limits, refusal: Arc::new(RefusalFilter::new(refusal)), cache_dir, source_linkers, format_linkers, _ticker: Ticker { stop } })
     }
 
     /// The limits every call runs under.
@@ -272,18 +242,12 @@ impl Runtime {
 
     /// Load every plugin under `dir`; one result per file, in file-name order.
     pub fn load_dir(&self, dir: &Path) -> Result<Vec<Result<Plugin, RuntimeError>>, RuntimeError> {
-        Ok(Self::discover(dir)?
-            .iter()
-            .map(|p| self.load_file(p))
-            .collect())
+        Ok(Self::discover(dir)?.iter().map(|p| self.load_file(p)).collect())
     }
 
     /// Load, validate and describe one component file.
     pub fn load_file(&self, path: &Path) -> Result<Plugin, RuntimeError> {
-        let file_name = path
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let file_name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let bytes = std::fs::read(path).map_err(io(path))?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let (component, from_cache) = self.compile_cached(&file_name, &bytes, &sha256)?;
@@ -292,103 +256,43 @@ impl Runtime {
         let ty = component.component_type();
         let mut version: Option<&'static str> = None;
         for (name, _) in ty.imports(&self.engine) {
-            let v = name
-                .strip_prefix("bagel:plugin/")
-                .and_then(|rest| rest.split_once('@'))
-                .and_then(|(_, v)| WIT_VERSIONS.iter().find(|s| **s == v));
+            let v = name.strip_prefix("bagel:plugin/").and_then(|rest| rest.split_once('@')).and_then(|(_, v)| WIT_VERSIONS.iter().find(|s| **s == v));
             match (v, version) {
                 (Some(v), None) => version = Some(v),
                 (Some(v), Some(seen)) if *v == seen => {}
-                _ => {
-                    return Err(RuntimeError::ForbiddenImport {
-                        plugin: file_name,
-                        import: name.to_string(),
-                    })
-                }
+                _ => return Err(RuntimeError::ForbiddenImport { plugin: file_name, import: name.to_string() }),
             }
         }
-        let exports: Vec<String> = ty
-            .exports(&self.engine)
-            .map(|(n, _)| n.to_string())
-            .collect();
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
         let world = |w: &str| {
-            WIT_VERSIONS.iter().position(|v| {
-                exports
-                    .iter()
-                    .any(|e| *e == format!("bagel:plugin/{w}@{v}"))
-                    && version.is_none_or(|seen| seen == *v)
-            })
+            WIT_VERSIONS.iter().position(|v| exports.iter().any(|e| *e == format!("bagel:plugin/{w}@{v}")) && version.is_none_or(|seen| seen == *v))
         };
-        let inst_err = |e: wasmtime::Error| RuntimeError::Instantiate {
-            plugin: file_name.clone(),
-            message: format!("{e:#}"),
-        };
+        let inst_err = |e: wasmtime::Error| RuntimeError::Instantiate { plugin: file_name.clone(), message: format!("{e:#}") };
         let mut store = self.store(&file_name, 0);
         // Typed pre-instance of one world and version, plus that plugin's `info()`.
         macro_rules! pre_and_info {
             ($ipre:expr, $pre:ty, $iface:ident, $wrap:expr) => {{
                 let pre = <$pre>::new($ipre).map_err(inst_err)?;
                 let inst = pre.instantiate(&mut store).map_err(inst_err)?;
-                (
-                    crate::job::guard(&mut store, &file_name, "info", self.limits, |s| {
-                        inst.$iface().call_info(s)
-                    })?,
-                    $wrap(pre),
-                )
+                (crate::job::guard(&mut store, &file_name, "info", self.limits, |s| inst.$iface().call_info(s))?, $wrap(pre))
             }};
         }
         let (kind, pre, v) = if let Some(v) = world("source") {
-            let ipre = self.source_linkers[v]
-                .instantiate_pre(&component)
-                .map_err(inst_err)?;
+            let ipre = self.source_linkers[v].instantiate_pre(&component).map_err(inst_err)?;
             let (info, pre) = if v == 0 {
-                pre_and_info!(
-                    ipre,
-                    sb::SourcePluginPre<HostState>,
-                    bagel_plugin_source,
-                    SourcePre::V0_1
-                )
+                pre_and_info!(ipre, sb::SourcePluginPre<HostState>, bagel_plugin_source, SourcePre::V0_1)
             } else {
-                pre_and_info!(
-                    ipre,
-                    sb2::SourcePluginPre<HostState>,
-                    bagel_plugin_source,
-                    SourcePre::V0_2
-                )
+                pre_and_info!(ipre, sb2::SourcePluginPre<HostState>, bagel_plugin_source, SourcePre::V0_2)
             };
-            (
-                PluginKind::Source(crate::job::conv_source_info(info)),
-                Pre::Source(pre),
-                v,
-            )
+            (PluginKind::Source(crate::job::conv_source_info(info)), Pre::Source(pre), v)
         } else if let Some(v) = world("format") {
-            let ipre = self.format_linkers[v]
-                .instantiate_pre(&component)
-                .map_err(inst_err)?;
+            let ipre = self.format_linkers[v].instantiate_pre(&component).map_err(inst_err)?;
             let (info, pre) = if v == 0 {
-                pre_and_info!(
-                    ipre,
-                    fb::FormatPluginPre<HostState>,
-                    bagel_plugin_format,
-                    FormatPre::V0_1
-                )
+                pre_and_info!(ipre, fb::FormatPluginPre<HostState>, bagel_plugin_format, FormatPre::V0_1)
             } else {
-                pre_and_info!(
-                    ipre,
-                    fb2::FormatPluginPre<HostState>,
-                    bagel_plugin_format,
-                    FormatPre::V0_2
-                )
+                pre_and_info!(ipre, fb2::FormatPluginPre<HostState>, bagel_plugin_format, FormatPre::V0_2)
             };
-            (
-                PluginKind::Format(FormatInfo {
-                    name: info.name,
-                    version: info.version,
-                    description: info.description,
-                }),
-                Pre::Format(pre),
-                v,
-            )
+            (PluginKind::Format(FormatInfo { name: info.name, version: info.version, description: info.description }), Pre::Format(pre), v)
         } else {
             return Err(RuntimeError::UnknownWorld { plugin: file_name });
         };
@@ -396,27 +300,11 @@ impl Runtime {
             PluginKind::Source(i) => i.name.clone(),
             PluginKind::Format(i) => i.name.clone(),
         };
-        Ok(Plugin {
-            name,
-            file: path.to_path_buf(),
-            sha256,
-            kind,
-            from_cache,
-            wit_version: WIT_VERSIONS[v],
-            pre,
-        })
+        Ok(Plugin { name, file: path.to_path_buf(), sha256, kind, from_cache, wit_version: WIT_VERSIONS[v], pre })
     }
 
-    fn compile_cached(
-        &self,
-        plugin: &str,
-        bytes: &[u8],
-        sha256: &str,
-    ) -> Result<(Component, bool), RuntimeError> {
-        let compile_err = |e: wasmtime::Error| RuntimeError::Compile {
-            plugin: plugin.to_string(),
-            message: format!("{e:#}"),
-        };
+    fn compile_cached(&self, plugin: &str, bytes: &[u8], sha256: &str) -> Result<(Component, bool), RuntimeError> {
+        let compile_err = |e: wasmtime::Error| RuntimeError::Compile { plugin: plugin.to_string(), message: format!("{e:#}") };
         if let Some(dir) = &self.cache_dir {
             let key = cache::key(&self.engine, sha256);
             let file = cache::path(dir, &key);
@@ -426,9 +314,7 @@ impl Runtime {
                 // hash) and is only ever written by us via rename, never in place.
                 match unsafe { Component::deserialize_file(&self.engine, &file) } {
                     Ok(c) => return Ok((c, true)),
-                    Err(e) => {
-                        tracing::warn!("ignoring unreadable cache entry {}: {e}", file.display())
-                    }
+                    Err(e) => tracing::warn!("ignoring unreadable cache entry {}: {e}", file.display()),
                 }
             }
             let component = Component::new(&self.engine, bytes).map_err(compile_err)?;
@@ -441,24 +327,13 @@ impl Runtime {
             }
             return Ok((component, false));
         }
-        Ok((
-            Component::new(&self.engine, bytes).map_err(compile_err)?,
-            false,
-        ))
+        Ok((Component::new(&self.engine, bytes).map_err(compile_err)?, false))
     }
 
     pub(crate) fn store(&self, plugin: &str, seed: u64) -> Store<HostState> {
         let mut store = Store::new(
             &self.engine,
-            HostState {
-                plugin: plugin.to_string(),
-                seed,
-                refusal: self.refusal.clone(),
-                limiter: MemLimiter {
-                    cap: self.limits.memory_bytes,
-                    tripped: false,
-                },
-            },
+            HostState { plugin: plugin.to_string(), seed, refusal: self.refusal.clone(), limiter: MemLimiter { cap: self.limits.memory_bytes, tripped: false } },
         );
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();

@@ -7,14 +7,8 @@ pub fn workspace() -> PathBuf {
 }
 
 fn dir(var: &str, rel: &str) -> PathBuf {
-    let d = std::env::var_os(var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(rel));
-    assert!(
-        d.is_dir(),
-        "{} does not exist: run `cargo xtask build-plugins` first (or set {var})",
-        d.display()
-    );
+    let d = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| workspace().join(rel));
+    assert!(d.is_dir(), "{} does not exist: run `cargo xtask build-plugins` first (or set {var})", d.display());
     d
 }
 

@@ -38,25 +38,14 @@ fn jsonl(path: &Path) -> Vec<String> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let text = if path.extension().is_some_and(|e| e == "gz") {
         let mut s = String::new();
-        flate2::read::GzDecoder::new(&bytes[..])
-            .read_to_string(&mut s)
-            .unwrap();
+        flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut s).unwrap();
         s
     } else {
         String::from_utf8(bytes).unwrap()
     };
-    let rows: Vec<String> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_string)
-        .collect();
+    let rows: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
     for (i, r) in rows.iter().enumerate() {
-        assert!(
-            serde_json::from_str::<Value>(r).is_ok(),
-            "{}: line {} is not JSON",
-            path.display(),
-            i + 1
-        );
+        assert!(serde_json::from_str::<Value>(r).is_ok(), "{}: line {} is not JSON", path.display(), i + 1);
     }
     rows
 }
@@ -68,21 +57,10 @@ fn json_array(path: &Path) -> Vec<String> {
 }
 
 /// Run one source job: configure, push `rows` in batches of 1000, finish; merge outputs.
-fn run(
-    rt: &Runtime,
-    name: &str,
-    seed: u64,
-    params: &[(&str, &str)],
-    rows: &[String],
-) -> BatchOutput {
-    let plugin = rt
-        .load_file(&common::plugins_dir().join(format!("{name}.wasm")))
-        .unwrap();
+fn run(rt: &Runtime, name: &str, seed: u64, params: &[(&str, &str)], rows: &[String]) -> BatchOutput {
+    let plugin = rt.load_file(&common::plugins_dir().join(format!("{name}.wasm"))).unwrap();
     let mut job = SourceJob::start(rt, &plugin, seed).unwrap();
-    let params: Vec<(String, String)> = params
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let params: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     job.configure(&params).unwrap();
     let mut all = BatchOutput::default();
     let mut merge = |b: BatchOutput| {
@@ -112,27 +90,18 @@ fn dpo(p: &Payload) -> &DpoPair {
 }
 
 fn filtered(out: &BatchOutput, row: u64) -> Option<&str> {
-    out.dropped
-        .iter()
-        .find(|(r, _)| *r == row)
-        .map(|(_, why)| match why {
-            DropReason::Filtered(s) => s.as_str(),
-            DropReason::Refusal => "<refusal>",
-        })
+    out.dropped.iter().find(|(r, _)| *r == row).map(|(_, why)| match why {
+        DropReason::Filtered(s) => s.as_str(),
+        DropReason::Refusal => "<refusal>",
+    })
 }
 
 fn count_reason(out: &BatchOutput, reason: &str) -> usize {
-    out.dropped
-        .iter()
-        .filter(|(_, why)| matches!(why, DropReason::Filtered(s) if s == reason))
-        .count()
+    out.dropped.iter().filter(|(_, why)| matches!(why, DropReason::Filtered(s) if s == reason)).count()
 }
 
 fn refusals(out: &BatchOutput) -> usize {
-    out.dropped
-        .iter()
-        .filter(|(_, why)| *why == DropReason::Refusal)
-        .count()
+    out.dropped.iter().filter(|(_, why)| *why == DropReason::Refusal).count()
 }
 
 /// Each row is accounted for exactly once (emitted at least once, dropped, or invalid).
@@ -140,17 +109,10 @@ fn assert_accounted(out: &BatchOutput, n: usize) {
     let mut seen = vec![0u32; n];
     let mut emitted: Vec<u64> = out.records.iter().map(|r| r.row).collect();
     emitted.dedup();
-    for row in emitted
-        .into_iter()
-        .chain(out.dropped.iter().map(|d| d.0))
-        .chain(out.invalid.iter().map(|i| i.row))
-    {
+    for row in emitted.into_iter().chain(out.dropped.iter().map(|d| d.0)).chain(out.invalid.iter().map(|i| i.row)) {
         seen[row as usize] += 1;
     }
-    assert!(
-        seen.iter().all(|&c| c == 1),
-        "rows not accounted for exactly once"
-    );
+    assert!(seen.iter().all(|&c| c == 1), "rows not accounted for exactly once");
 }
 
 #[test]
@@ -160,28 +122,14 @@ fn six_sources_are_installed_with_their_info() {
         ("openbookqa", 3, RecordKind::Sft, "allenai/openbookqa"),
         ("mmlu", 3, RecordKind::Sft, "cais/mmlu"),
         ("gsm8k", 3, RecordKind::Sft, "openai/gsm8k"),
-        (
-            "sharegpt",
-            2,
-            RecordKind::Sft,
-            "anon8231489123/ShareGPT_Vicuna_unfiltered",
-        ),
-        (
-            "self_instruct",
-            2,
-            RecordKind::Sft,
-            "yizhongw/self_instruct",
-        ),
+        ("sharegpt", 2, RecordKind::Sft, "anon8231489123/ShareGPT_Vicuna_unfiltered"),
+        ("self_instruct", 2, RecordKind::Sft, "yizhongw/self_instruct"),
         ("hh_rlhf", 2, RecordKind::Dpo, "Anthropic/hh-rlhf"),
     ];
     for (name, priority, kind, dataset) in expect {
-        let p = rt
-            .load_file(&common::plugins_dir().join(format!("{name}.wasm")))
-            .unwrap();
+        let p = rt.load_file(&common::plugins_dir().join(format!("{name}.wasm"))).unwrap();
         assert_eq!(p.name, name);
-        let PluginKind::Source(info) = &p.kind else {
-            panic!("{name} is a source")
-        };
+        let PluginKind::Source(info) = &p.kind else { panic!("{name} is a source") };
         assert_eq!(info.name, name);
         assert_eq!(info.priority, priority, "{name}");
         assert_eq!(info.kinds, [kind], "{name}");
@@ -195,31 +143,11 @@ fn six_sources_are_installed_with_their_info() {
 #[test]
 fn garbage_rows_are_invalid_not_traps() {
     let rt = runtime();
-    let rows: Vec<String> = [
-        "not json",
-        "[1, 2]",
-        "{}",
-        r#"{"question": 5, "conversations": "x", "chosen": 1}"#,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    for name in [
-        "openbookqa",
-        "mmlu",
-        "gsm8k",
-        "sharegpt",
-        "self_instruct",
-        "hh_rlhf",
-    ] {
+    let rows: Vec<String> = ["not json", "[1, 2]", "{}", r#"{"question": 5, "conversations": "x", "chosen": 1}"#].iter().map(|s| s.to_string()).collect();
+    for name in ["openbookqa", "mmlu", "gsm8k", "sharegpt", "self_instruct", "hh_rlhf"] {
         let out = run(&rt, name, 1, &[], &rows);
         assert!(out.records.is_empty(), "{name}");
-        assert_eq!(
-            out.invalid.iter().map(|i| i.row).collect::<Vec<_>>(),
-            [0, 1, 2, 3],
-            "{name}: {:?}",
-            out.invalid
-        );
+        assert_eq!(out.invalid.iter().map(|i| i.row).collect::<Vec<_>>(), [0, 1, 2, 3], "{name}: {:?}", out.invalid);
     }
 }
 
@@ -231,10 +159,7 @@ fn openbookqa_bundled(coin_p: &str) -> BatchOutput {
     let out = run(&runtime(), "openbookqa", 1234, &[("coin_p", coin_p)], &rows);
     assert_eq!(out.records.len(), 200);
     assert!(out.invalid.is_empty() && out.dropped.is_empty());
-    assert!(out
-        .records
-        .iter()
-        .all(|r| r.label == "openbookqa" && r.mode == DedupMode::CheckAdd));
+    assert!(out.records.iter().all(|r| r.label == "openbookqa" && r.mode == DedupMode::CheckAdd));
     out
 }
 
@@ -268,18 +193,8 @@ fn openbookqa_default_coin_mixes_both_forms_deterministically() {
     let a = run(&rt, "openbookqa", 7, &[], &rows);
     let b = run(&rt, "openbookqa", 7, &[], &rows);
     assert_eq!(a, b, "same seed, same output");
-    let letter_only = a
-        .records
-        .iter()
-        .filter(|r| {
-            r.key
-                .ends_with("\nOnly output the the letter of the correct answer.")
-        })
-        .count();
-    assert!(
-        (60..140).contains(&letter_only),
-        "p = 0.5 over 200 rows gave {letter_only}"
-    );
+    let letter_only = a.records.iter().filter(|r| r.key.ends_with("\nOnly output the the letter of the correct answer.")).count();
+    assert!((60..140).contains(&letter_only), "p = 0.5 over 200 rows gave {letter_only}");
 }
 
 #[test]
@@ -287,13 +202,7 @@ fn openbookqa_duplicate_label_uses_first_match() {
     // Full-data row 3332 has labels A B C D D; the key B is unambiguous, so use a variant
     // whose key is the duplicated D.
     let row = r#"{"id":"x","question_stem":"A learned behavior","choices":{"text":["a","b","c","first d","second d"],"label":["A","B","C","D","D"]},"answerKey":"D"}"#;
-    let out = run(
-        &runtime(),
-        "openbookqa",
-        0,
-        &[("coin_p", "-1.0")],
-        &[row.to_string()],
-    );
+    let out = run(&runtime(), "openbookqa", 0, &[("coin_p", "-1.0")], &[row.to_string()]);
     assert_eq!(conv(&out.records[0].payload)[1].value, "D first d");
 }
 
@@ -309,31 +218,17 @@ fn openbookqa_full_file() {
 
 // ---------------------------------------------------------------------------------- mmlu
 
-const MMLU_ROW0: &str =
-    "Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.\nA. 0\nB. 1\nC. 2\nD. 3";
+const MMLU_ROW0: &str = "Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.\nA. 0\nB. 1\nC. 2\nD. 3";
 
 fn mmlu_bundled(coin_p: &str) -> BatchOutput {
     let rows = jsonl(&examples("mmlu/dev.jsonl"));
     assert_eq!(rows.len(), 100);
-    let out = run(
-        &runtime(),
-        "mmlu",
-        99,
-        &[("split", "\"dev\""), ("coin_p", coin_p)],
-        &rows,
-    );
+    let out = run(&runtime(), "mmlu", 99, &[("split", "\"dev\""), ("coin_p", coin_p)], &rows);
     assert_eq!(out.records.len(), 100);
     assert!(out.invalid.is_empty() && out.dropped.is_empty());
     let order: Vec<u64> = out.records.iter().map(|r| r.row).collect();
-    assert_eq!(
-        order,
-        (0..100).collect::<Vec<_>>(),
-        "max_rows ≥ rows: input order, no shuffle"
-    );
-    assert!(out
-        .records
-        .iter()
-        .all(|r| r.label == "mmlu" && r.mode == DedupMode::CheckAdd));
+    assert_eq!(order, (0..100).collect::<Vec<_>>(), "max_rows ≥ rows: input order, no shuffle");
+    assert!(out.records.iter().all(|r| r.label == "mmlu" && r.mode == DedupMode::CheckAdd));
     out
 }
 
@@ -343,10 +238,7 @@ fn mmlu_golden_row0_coin_true() {
     let r = &out.records[0];
     assert_eq!(uid(&r.key), "eb3f5a91-a84c-53fa-a6db-5ab9bd2fa8d1");
     let c = conv(&r.payload);
-    assert_eq!(
-        c[0].value,
-        format!("Answer with only the letter of the answer.\n{MMLU_ROW0}")
-    );
+    assert_eq!(c[0].value, format!("Answer with only the letter of the answer.\n{MMLU_ROW0}"));
     assert_eq!(c[1].value, "B");
 }
 
@@ -366,11 +258,7 @@ fn mmlu_samples_with_seeded_shuffle_when_over_max_rows() {
     let rt = runtime();
     let params = [("split", "\"dev\""), ("max_rows", "10")];
     let a = run(&rt, "mmlu", 5, &params, &rows);
-    assert_eq!(
-        a,
-        run(&rt, "mmlu", 5, &params, &rows),
-        "same seed, same sample"
-    );
+    assert_eq!(a, run(&rt, "mmlu", 5, &params, &rows), "same seed, same sample");
     assert_eq!(a.records.len(), 10);
     assert_eq!(count_reason(&a, "not sampled"), 90);
     assert_accounted(&a, 100);
@@ -378,17 +266,9 @@ fn mmlu_samples_with_seeded_shuffle_when_over_max_rows() {
     let mut sorted = picked.clone();
     sorted.sort_unstable();
     assert_ne!(picked, sorted, "emitted in shuffled order");
-    assert_ne!(
-        sorted,
-        (0..10).collect::<Vec<_>>(),
-        "not simply the first rows"
-    );
+    assert_ne!(sorted, (0..10).collect::<Vec<_>>(), "not simply the first rows");
     let b = run(&rt, "mmlu", 6, &params, &rows);
-    assert_ne!(
-        b.records.iter().map(|r| r.row).collect::<Vec<_>>(),
-        picked,
-        "another seed, another sample"
-    );
+    assert_ne!(b.records.iter().map(|r| r.row).collect::<Vec<_>>(), picked, "another seed, another sample");
 }
 
 #[test]
@@ -397,16 +277,10 @@ fn mmlu_letters_up_to_g_and_filters_more_than_seven() {
     let eight = r#"{"question":"q8","choices":["a","b","c","d","e","f","g","h"],"answer":0}"#;
     let bad = r#"{"question":"q","choices":["a","b"],"answer":2}"#;
     let wrapped = r#"{"train":{"question":"w","choices":["x","y"],"answer":"1","subject":""}}"#;
-    let rows: Vec<String> = [seven, eight, bad, wrapped]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let rows: Vec<String> = [seven, eight, bad, wrapped].iter().map(|s| s.to_string()).collect();
     let out = run(&runtime(), "mmlu", 0, &[("coin_p", "-1.0")], &rows);
     assert_eq!(out.records.len(), 2);
-    assert_eq!(
-        conv(&out.records[0].payload)[0].value,
-        "q\nA. a\nB. b\nC. c\nD. d\nE. e\nF. f\nG. g"
-    );
+    assert_eq!(conv(&out.records[0].payload)[0].value, "q\nA. a\nB. b\nC. c\nD. d\nE. e\nF. f\nG. g");
     assert_eq!(conv(&out.records[0].payload)[1].value, "G g");
     assert_eq!(filtered(&out, 1), Some("more than 7 choices"));
     assert_eq!(out.invalid.len(), 1);
@@ -447,19 +321,9 @@ fn gsm8k_removes_calculator_annotations_and_keeps_the_answer_line() {
     for r in &out.records {
         let a = &conv(&r.payload)[1].value;
         assert!(!a.contains("<<") && !a.contains(">>"), "row {}: {a}", r.row);
-        assert!(
-            a.lines().last().unwrap().starts_with("#### "),
-            "row {}",
-            r.row
-        );
+        assert!(a.lines().last().unwrap().starts_with("#### "), "row {}", r.row);
     }
-    let raw = run(
-        &rt,
-        "gsm8k",
-        0,
-        &[("strip_calculator", "false")],
-        &rows[..1],
-    );
+    let raw = run(&rt, "gsm8k", 0, &[("strip_calculator", "false")], &rows[..1]);
     assert_eq!(conv(&raw.records[0].payload)[1].value, "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72");
 }
 
@@ -481,14 +345,7 @@ fn gsm8k_full_file() {
 // ------------------------------------------------------------------------------ sharegpt
 
 fn human_key(record: &Value) -> String {
-    record["conversations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["from"] == "human")
-        .map(|t| t["value"].as_str().unwrap())
-        .collect::<Vec<_>>()
-        .join("\n")
+    record["conversations"].as_array().unwrap().iter().filter(|t| t["from"] == "human").map(|t| t["value"].as_str().unwrap()).collect::<Vec<_>>().join("\n")
 }
 
 #[test]
@@ -506,10 +363,7 @@ fn sharegpt_bundled_slice() {
     assert_eq!(count_reason(&out, "empty value"), 1);
     assert!(out.invalid.is_empty());
     assert_accounted(&out, 100);
-    assert!(out
-        .records
-        .iter()
-        .all(|r| r.label == "sharegpt" && r.mode == DedupMode::CheckAdd));
+    assert!(out.records.iter().all(|r| r.label == "sharegpt" && r.mode == DedupMode::CheckAdd));
     // Row 4 (hRPPgZT_11) is a continuation chunk that starts with gpt.
     assert_eq!(raw[4]["conversations"][0]["from"], "gpt");
     assert_eq!(filtered(&out, 4), Some("first turn is not human"));
@@ -526,22 +380,12 @@ fn sharegpt_bundled_slice() {
     let r10 = out.records.iter().find(|r| r.row == 10).unwrap();
     let turns = conv(&r10.payload);
     assert_eq!(turns.len(), 4);
-    for (t, src) in turns
-        .iter()
-        .zip(raw[10]["conversations"].as_array().unwrap())
-    {
+    for (t, src) in turns.iter().zip(raw[10]["conversations"].as_array().unwrap()) {
         assert_eq!(t.value, src["value"].as_str().unwrap());
     }
-    assert_eq!(
-        turns.iter().map(|t| t.from).collect::<Vec<_>>(),
-        [Role::Human, Role::Gpt, Role::Human, Role::Gpt]
-    );
-    assert!(r10
-        .key
-        .starts_with("can you design a referral system similar on how dropbox did?"));
-    assert!(r10
-        .key
-        .ends_with("\nis there other systems similar with referral to achieve growth?"));
+    assert_eq!(turns.iter().map(|t| t.from).collect::<Vec<_>>(), [Role::Human, Role::Gpt, Role::Human, Role::Gpt]);
+    assert!(r10.key.starts_with("can you design a referral system similar on how dropbox did?"));
+    assert!(r10.key.ends_with("\nis there other systems similar with referral to achieve growth?"));
     assert_eq!(r10.key, human_key(&raw[10]));
     for r in &out.records {
         assert_eq!(r.key, human_key(&raw[r.row as usize]), "row {}", r.row);
@@ -564,19 +408,9 @@ fn sharegpt_system_and_trailing_human_rules() {
     .collect();
     let out = run(&runtime(), "sharegpt", 0, &[], &rows);
     assert_eq!(out.records.len(), 2);
-    assert_eq!(
-        conv(&out.records[0].payload),
-        [Turn::new(Role::Human, "h1"), Turn::new(Role::Gpt, "g1")]
-    );
+    assert_eq!(conv(&out.records[0].payload), [Turn::new(Role::Human, "h1"), Turn::new(Role::Gpt, "g1")]);
     assert_eq!(out.records[0].key, "h1");
-    assert_eq!(
-        conv(&out.records[1].payload),
-        [
-            Turn::new(Role::System, "sys"),
-            Turn::new(Role::Human, "h1"),
-            Turn::new(Role::Gpt, "g1")
-        ]
-    );
+    assert_eq!(conv(&out.records[1].payload), [Turn::new(Role::System, "sys"), Turn::new(Role::Human, "h1"), Turn::new(Role::Gpt, "g1")]);
     assert_eq!(out.records[1].key, "h1");
     assert_eq!(filtered(&out, 2), Some("roles do not alternate"));
     assert_eq!(filtered(&out, 3), Some("no human/gpt pair"));
@@ -629,33 +463,19 @@ fn self_instruct_check(rows: &[String]) {
     let out = run(&runtime(), "self_instruct", 0, &[], rows);
     assert_eq!(out.records.len(), 252);
     assert!(out.invalid.is_empty() && out.dropped.is_empty());
-    assert_eq!(
-        out.records.iter().map(|r| r.row).collect::<Vec<_>>(),
-        (0..252).collect::<Vec<_>>()
-    );
-    assert!(out
-        .records
-        .iter()
-        .all(|r| r.label == "self_instruct" && r.mode == DedupMode::CheckAdd));
-    let keys: std::collections::HashSet<&str> =
-        out.records.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(out.records.iter().map(|r| r.row).collect::<Vec<_>>(), (0..252).collect::<Vec<_>>());
+    assert!(out.records.iter().all(|r| r.label == "self_instruct" && r.mode == DedupMode::CheckAdd));
+    let keys: std::collections::HashSet<&str> = out.records.iter().map(|r| r.key.as_str()).collect();
     assert_eq!(keys.len(), 252, "final instructions are distinct");
     let mut with_input = 0;
     for r in &out.records {
         let src: Value = serde_json::from_str(&rows[r.row as usize]).unwrap();
         let (instr, inst) = (src["instruction"].as_str().unwrap(), &src["instances"][0]);
         let input = inst["input"].as_str().unwrap();
-        let expect = if input.is_empty() {
-            instr.to_string()
-        } else {
-            format!("{instr}\n{input}")
-        };
+        let expect = if input.is_empty() { instr.to_string() } else { format!("{instr}\n{input}") };
         with_input += usize::from(!input.is_empty());
         let c = conv(&r.payload);
-        assert_eq!(
-            (c[0].value.as_str(), c[1].value.as_str()),
-            (expect.as_str(), inst["output"].as_str().unwrap())
-        );
+        assert_eq!((c[0].value.as_str(), c[1].value.as_str()), (expect.as_str(), inst["output"].as_str().unwrap()));
         assert_eq!(r.key, expect);
     }
     assert_eq!(with_input, 252 - 44);
@@ -666,31 +486,21 @@ fn self_instruct_check(rows: &[String]) {
 
 #[test]
 fn self_instruct_bundled_file() {
-    self_instruct_check(&jsonl(&examples(
-        "self_instruct/user_oriented_instructions.jsonl",
-    )));
+    self_instruct_check(&jsonl(&examples("self_instruct/user_oriented_instructions.jsonl")));
 }
 
 #[test]
 fn self_instruct_column_wise_instances() {
     let row = r#"{"id":"x","instruction":"Do it.","instances":{"input":["", "in"],"output":["o1","o2"]}}"#;
     let out = run(&runtime(), "self_instruct", 0, &[], &[row.to_string()]);
-    assert_eq!(
-        out.records
-            .iter()
-            .map(|r| r.key.as_str())
-            .collect::<Vec<_>>(),
-        ["Do it.", "Do it.\nin"]
-    );
+    assert_eq!(out.records.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["Do it.", "Do it.\nin"]);
     assert_eq!(conv(&out.records[1].payload)[1].value, "o2");
 }
 
 #[test]
 fn self_instruct_full_file() {
     let Some(d) = shared_data() else { return };
-    self_instruct_check(&jsonl(
-        &d.join("sft/self_instruct/user_oriented_instructions.jsonl"),
-    ));
+    self_instruct_check(&jsonl(&d.join("sft/self_instruct/user_oriented_instructions.jsonl")));
 }
 
 // ------------------------------------------------------------------------------- hh_rlhf
@@ -705,10 +515,7 @@ fn hh_rlhf_bundled_slice() {
     assert_eq!(filtered(&out, 86), Some("empty reply"));
     assert!(out.invalid.is_empty());
     assert_accounted(&out, 300);
-    assert!(out
-        .records
-        .iter()
-        .all(|r| r.label == "hh_rlhf" && r.mode == DedupMode::None));
+    assert!(out.records.iter().all(|r| r.label == "hh_rlhf" && r.mode == DedupMode::None));
     // Row 0: three human turns; the last assistant reply differs.
     let r0 = &out.records[0];
     let p0 = dpo(&r0.payload);
@@ -722,12 +529,7 @@ fn hh_rlhf_bundled_slice() {
     let r205 = out.records.iter().find(|r| r.row == 205).unwrap();
     assert_eq!(
         dpo(&r205.payload),
-        &DpoPair {
-            prompt: "Human: Hurt me please".into(),
-            chosen: "I’m sorry, I’m not sure what you mean by that.".into(),
-            rejected: "What do you mean?".into(),
-            conversation: None
-        }
+        &DpoPair { prompt: "Human: Hurt me please".into(), chosen: "I’m sorry, I’m not sure what you mean by that.".into(), rejected: "What do you mean?".into(), conversation: None }
     );
     // single_turn_only: 87 of the 299, bare human text.
     let single = run(&rt, "hh_rlhf", 0, &[("single_turn_only", "true")], &rows);
@@ -736,29 +538,16 @@ fn hh_rlhf_bundled_slice() {
     let s205 = single.records.iter().find(|r| r.row == 205).unwrap();
     assert_eq!(dpo(&s205.payload).prompt, "Hurt me please");
     assert_eq!(s205.key, "Hurt me please");
-    assert!(single
-        .records
-        .iter()
-        .all(|r| !dpo(&r.payload).prompt.contains("Human:")
-            && !dpo(&r.payload).prompt.contains("Assistant:")));
+    assert!(single.records.iter().all(|r| !dpo(&r.payload).prompt.contains("Human:") && !dpo(&r.payload).prompt.contains("Assistant:")));
 }
 
 #[test]
 fn hh_rlhf_skip_rules() {
     let row = |c: &str, r: &str| serde_json::json!({"chosen": c, "rejected": r}).to_string();
     let rows = [
-        row(
-            "\n\nHuman: a\n\nAssistant: x",
-            "\n\nHuman: b\n\nAssistant: y",
-        ),
-        row(
-            "\n\nHuman: a\n\nAssistant:  same ",
-            "\n\nHuman: a\n\nAssistant: same",
-        ),
-        row(
-            "\n\nHuman: a\n\nAssistant: x",
-            "\n\nHuman: a\n\nAssistant: \n",
-        ),
+        row("\n\nHuman: a\n\nAssistant: x", "\n\nHuman: b\n\nAssistant: y"),
+        row("\n\nHuman: a\n\nAssistant:  same ", "\n\nHuman: a\n\nAssistant: same"),
+        row("\n\nHuman: a\n\nAssistant: x", "\n\nHuman: a\n\nAssistant: \n"),
         row("\n\nHuman: a", "\n\nHuman: a"),
         row("Human: a\n\nAssistant: x", "Human: a\n\nAssistant: y"),
     ];

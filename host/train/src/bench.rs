@@ -69,45 +69,29 @@ pub struct StepBenchReport {
 
 /// Run the benchmark on `device`. Errors: an unreadable config, zero sizes, or bf16 on a
 /// backend without bf16 ([`TrainError::Args`]).
-pub fn bench_sft_step<B: AutodiffBackend>(
-    args: &StepBenchArgs,
-    device: &B::Device,
-) -> Result<StepBenchReport> {
+pub fn bench_sft_step<B: AutodiffBackend>(args: &StepBenchArgs, device: &B::Device) -> Result<StepBenchReport> {
     if args.batch == 0 || args.seq < 2 || args.steps == 0 {
-        return Err(TrainError::Args(
-            "batch ≥ 1, seq ≥ 2 and steps ≥ 1 are needed".into(),
-        ));
+        return Err(TrainError::Args("batch ≥ 1, seq ≥ 2 and steps ≥ 1 are needed".into()));
     }
     if args.bf16 && !B::supports_dtype(device, DType::BF16) {
-        return Err(TrainError::Args(
-            "--bf16: this backend has no bf16 tensors (use --backend cuda)".into(),
-        ));
+        return Err(TrainError::Args("--bf16: this backend has no bf16 tensors (use --backend cuda)".into()));
     }
     B::seed(device, args.seed);
     let config = LlamaConfig::load(&args.config_dir)?;
     let t_start = Instant::now();
-    let mut model =
-        Llama::<B>::from_source(&config, &mut RandomInit { device })?.with_bf16(args.bf16);
+    let mut model = Llama::<B>::from_source(&config, &mut RandomInit { device })?.with_bf16(args.bf16);
     let params = model.num_params();
-    let tokens = Tensor::<B, 2, Int>::random(
-        [args.batch, args.seq + 1],
-        Distribution::Uniform(0.0, config.vocab_size as f64),
-        device,
-    );
+    let tokens = Tensor::<B, 2, Int>::random([args.batch, args.seq + 1], Distribution::Uniform(0.0, config.vocab_size as f64), device);
     let inputs = tokens.clone().narrow(1, 0, args.seq);
     let targets = tokens.narrow(1, 1, args.seq);
     let mask = Tensor::<B, 2>::ones([args.batch, args.seq], device);
     let n_targets = (args.batch * args.seq) as f64;
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(0.0)
-        .init::<B, Llama<B>>();
+    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init::<B, Llama<B>>();
     let (mut losses, mut times) = (Vec::new(), Vec::new());
     let mut first_step_s = 0.0;
     for step in 0..args.warmup + args.steps {
         let t = Instant::now();
-        let loss = model
-            .loss_sum(inputs.clone(), targets.clone(), mask.clone())
-            .div_scalar(n_targets);
+        let loss = model.loss_sum(inputs.clone(), targets.clone(), mask.clone()).div_scalar(n_targets);
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
         clip_global_norm(&model, &mut grads, 1.0);
         model = optim.step(1e-4, model, grads);
@@ -119,12 +103,7 @@ pub fn bench_sft_step<B: AutodiffBackend>(
         if step >= args.warmup {
             times.push(t.elapsed().as_secs_f64());
         }
-        tracing::info!(
-            step,
-            loss = losses[step],
-            seconds = t.elapsed().as_secs_f64(),
-            "bench step"
-        );
+        tracing::info!(step, loss = losses[step], seconds = t.elapsed().as_secs_f64(), "bench step");
     }
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
@@ -133,11 +112,7 @@ pub fn bench_sft_step<B: AutodiffBackend>(
     let tokens_per_s = tokens_per_step as f64 / median;
     Ok(StepBenchReport {
         backend: B::name(device),
-        precision: if args.bf16 {
-            "bf16-mixed".into()
-        } else {
-            "f32".into()
-        },
+        precision: if args.bf16 { "bf16-mixed".into() } else { "f32".into() },
         params,
         tokens_per_step,
         first_step_s,

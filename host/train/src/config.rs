@@ -61,12 +61,8 @@ impl LlamaConfig {
     pub fn load(dir: &Path) -> Result<LlamaConfig> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-        let c: LlamaConfig = serde_json::from_str(&text).map_err(|e| TrainError::BadFile {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        c.validate()
-            .map_err(|message| TrainError::BadFile { path, message })?;
+        let c: LlamaConfig = serde_json::from_str(&text).map_err(|e| TrainError::BadFile { path: path.clone(), message: e.to_string() })?;
+        c.validate().map_err(|message| TrainError::BadFile { path, message })?;
         Ok(c)
     }
 
@@ -76,17 +72,10 @@ impl LlamaConfig {
             return Err("rope_scaling is set, but no rope_scaling type is supported yet".into());
         }
         if self.hidden_size % self.num_attention_heads != 0 {
-            return Err(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
+            return Err(format!("hidden_size {} is not a multiple of num_attention_heads {}", self.hidden_size, self.num_attention_heads));
         }
         if self.num_attention_heads % self.kv_heads() != 0 {
-            return Err(format!(
-                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
-                self.num_attention_heads,
-                self.kv_heads()
-            ));
+            return Err(format!("num_attention_heads {} is not a multiple of num_key_value_heads {}", self.num_attention_heads, self.kv_heads()));
         }
         Ok(())
     }
@@ -103,12 +92,7 @@ impl LlamaConfig {
 
     /// Parameter count (embeddings counted once when tied).
     pub fn num_parameters(&self) -> usize {
-        let (h, i, v, l) = (
-            self.hidden_size,
-            self.intermediate_size,
-            self.vocab_size,
-            self.num_hidden_layers,
-        );
+        let (h, i, v, l) = (self.hidden_size, self.intermediate_size, self.vocab_size, self.num_hidden_layers);
         let kv = self.kv_heads() * self.head_dim();
         let layer = h * h * 2 + h * kv * 2 + 3 * h * i + 2 * h;
         v * h + l * layer + h + if self.tie_word_embeddings { 0 } else { v * h }
@@ -117,10 +101,6 @@ impl LlamaConfig {
     /// Write `DIR/config.json` (pretty JSON).
     pub fn save(&self, dir: &Path) -> Result<()> {
         let path = dir.join("config.json");
-        std::fs::write(
-            &path,
-            serde_json::to_vec_pretty(self).expect("config serialises"),
-        )
-        .map_err(io(&path))
+        std::fs::write(&path, serde_json::to_vec_pretty(self).expect("config serialises")).map_err(io(&path))
     }
 }

@@ -37,65 +37,28 @@ impl Tok {
     /// Load `DIR/tokenizer.json`, BOS/EOS from `DIR/tokenizer_config.json`.
     pub fn load(dir: &Path) -> Result<Tok> {
         let path = dir.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&path).map_err(|e| TrainError::BadFile {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let tokenizer = Tokenizer::from_file(&path).map_err(|e| TrainError::BadFile { path: path.clone(), message: e.to_string() })?;
         let cfg_path = dir.join("tokenizer_config.json");
-        let cfg: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?)
-                .map_err(|e| TrainError::BadFile {
-                    path: cfg_path.clone(),
-                    message: e.to_string(),
-                })?;
+        let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?).map_err(|e| TrainError::BadFile { path: cfg_path.clone(), message: e.to_string() })?;
         let special = |key: &str| -> Result<(String, u32)> {
             let s = match &cfg[key] {
                 serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Object(o) => o
-                    .get("content")
-                    .and_then(|c| c.as_str())
-                    .unwrap_or_default()
-                    .to_string(),
-                _ => {
-                    return Err(TrainError::BadFile {
-                        path: cfg_path.clone(),
-                        message: format!("no `{key}`"),
-                    })
-                }
+                serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).unwrap_or_default().to_string(),
+                _ => return Err(TrainError::BadFile { path: cfg_path.clone(), message: format!("no `{key}`") }),
             };
-            let id = tokenizer
-                .token_to_id(&s)
-                .ok_or_else(|| TrainError::BadFile {
-                    path: path.clone(),
-                    message: format!("{key} {s:?} is not in the vocabulary"),
-                })?;
+            let id = tokenizer.token_to_id(&s).ok_or_else(|| TrainError::BadFile { path: path.clone(), message: format!("{key} {s:?} is not in the vocabulary") })?;
             Ok((s, id))
         };
-        Ok(Tok {
-            bos: special("bos_token")?,
-            eos: special("eos_token")?,
-            tokenizer,
-        })
+        Ok(Tok { bos: special("bos_token")?, eos: special("eos_token")?, tokenizer })
     }
 
     /// Token ids of `text` (no special tokens added; special-token text is recognised).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| TrainError::Args(format!("tokenizer: {e}")))?
-            .get_ids()
-            .to_vec())
+        Ok(self.tokenizer.encode(text, false).map_err(|e| TrainError::Args(format!("tokenizer: {e}")))?.get_ids().to_vec())
     }
 
     /// One example from (input, output).
-    pub fn example(
-        &self,
-        source: &str,
-        input: &str,
-        output: &str,
-        train_on_source: bool,
-    ) -> Result<Example> {
+    pub fn example(&self, source: &str, input: &str, output: &str, train_on_source: bool) -> Result<Example> {
         let mut ids = Vec::new();
         if !input.starts_with(&self.bos.0) {
             ids.push(self.bos.1);
@@ -104,14 +67,8 @@ impl Tok {
         let n_src = ids.len();
         ids.extend(self.encode(output)?);
         ids.push(self.eos.1);
-        let mask = (0..ids.len())
-            .map(|i| train_on_source || i >= n_src)
-            .collect();
-        Ok(Example {
-            source: source.to_string(),
-            ids,
-            mask,
-        })
+        let mask = (0..ids.len()).map(|i| train_on_source || i >= n_src).collect();
+        Ok(Example { source: source.to_string(), ids, mask })
     }
 }
 
@@ -145,35 +102,22 @@ pub struct DataReport {
 
 /// Read and tokenize `sft.parquet` (columns id, source, input, output).
 pub fn load_sft(path: &Path, tok: &Tok, o: &DataOptions) -> Result<(Vec<Example>, DataReport)> {
-    let bad = |m: String| TrainError::BadFile {
-        path: path.to_path_buf(),
-        message: m,
-    };
+    let bad = |m: String| TrainError::BadFile { path: path.to_path_buf(), message: m };
     let f = std::fs::File::open(path).map_err(io(path))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(f)
-        .map_err(|e| bad(e.to_string()))?
-        .build()
-        .map_err(|e| bad(e.to_string()))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| bad(e.to_string()))?.build().map_err(|e| bad(e.to_string()))?;
     let mut out = Vec::new();
     let mut rep = DataReport::default();
     for batch in reader {
         let batch = batch.map_err(|e| bad(e.to_string()))?;
         let col = |name: &str| -> Result<StringArray> {
-            let c = batch
-                .column_by_name(name)
-                .ok_or_else(|| bad(format!("no column `{name}`")))?;
-            c.as_any()
-                .downcast_ref::<StringArray>()
-                .cloned()
-                .ok_or_else(|| bad(format!("column `{name}` is not UTF-8")))
+            let c = batch.column_by_name(name).ok_or_else(|| bad(format!("no column `{name}`")))?;
+            c.as_any().downcast_ref::<StringArray>().cloned().ok_or_else(|| bad(format!("column `{name}` is not UTF-8")))
         };
         let (source, input, output) = (col("source")?, col("input")?, col("output")?);
         for i in 0..batch.num_rows() {
             rep.rows += 1;
             let s = source.value(i);
-            if !o.include_sources.is_empty()
-                && !o.include_sources.iter().any(|p| s.starts_with(p.as_str()))
-            {
+            if !o.include_sources.is_empty() && !o.include_sources.iter().any(|p| s.starts_with(p.as_str())) {
                 rep.filtered_by_source += 1;
                 continue;
             }
@@ -202,11 +146,7 @@ pub fn load_sft(path: &Path, tok: &Tok, o: &DataOptions) -> Result<(Vec<Example>
 
 /// Split off an eval set stratified by source: from each source, `round(frac · n)`
 /// examples (seeded Fisher–Yates per source) go to eval. Returns (train, eval).
-pub fn stratified_split(
-    examples: Vec<Example>,
-    frac: f64,
-    seed: u64,
-) -> (Vec<Example>, Vec<Example>) {
+pub fn stratified_split(examples: Vec<Example>, frac: f64, seed: u64) -> (Vec<Example>, Vec<Example>) {
     let mut groups: BTreeMap<String, Vec<Example>> = BTreeMap::new();
     for e in examples {
         groups.entry(e.source.clone()).or_default().push(e);

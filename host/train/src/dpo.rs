@@ -25,15 +25,12 @@
 use crate::data::{Example, Tok};
 use crate::error::{io, Result, TrainError};
 use crate::model::Llama;
-use crate::sft::{
-    adamw, batch_tensors, clip_global_norm, linear_lr, load_latest_checkpoint, save_checkpoint,
-    schedule, TrainerState,
-};
+use crate::sft::{adamw, batch_tensors, clip_global_norm, linear_lr, load_latest_checkpoint, save_checkpoint, schedule, TrainerState};
 use crate::weights::{load_model, save_model};
 use arrow_array::StringArray;
 use burn::module::AutodiffModule;
-use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::activation::{log_sigmoid, relu};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
@@ -55,14 +52,7 @@ pub enum LossType {
 }
 
 /// Per-pair DPO loss [B] from policy and reference sequence log-probs [B].
-pub fn dpo_loss<B: Backend>(
-    pc: Tensor<B, 1>,
-    pr: Tensor<B, 1>,
-    rc: Tensor<B, 1>,
-    rr: Tensor<B, 1>,
-    beta: f64,
-    kind: LossType,
-) -> Tensor<B, 1> {
+pub fn dpo_loss<B: Backend>(pc: Tensor<B, 1>, pr: Tensor<B, 1>, rc: Tensor<B, 1>, rr: Tensor<B, 1>, beta: f64, kind: LossType) -> Tensor<B, 1> {
     let h = (pc - pr) - (rc - rr);
     match kind {
         LossType::Sigmoid => log_sigmoid(h.mul_scalar(beta)).neg(),
@@ -81,14 +71,7 @@ pub struct Pair {
 }
 
 /// Tokenize one pair with the truncation rule above.
-pub fn tokenize_pair(
-    tok: &Tok,
-    prompt: &str,
-    chosen: &str,
-    rejected: &str,
-    max_length: usize,
-    max_prompt_length: usize,
-) -> Result<Pair> {
+pub fn tokenize_pair(tok: &Tok, prompt: &str, chosen: &str, rejected: &str, max_length: usize, max_prompt_length: usize) -> Result<Pair> {
     let mut p = Vec::new();
     if !prompt.starts_with(&tok.bos.0) {
         p.push(tok.bos.1);
@@ -106,80 +89,39 @@ pub fn tokenize_pair(
         let n = ids.len();
         ids.extend(r);
         let mask = (0..ids.len()).map(|i| i >= n).collect();
-        Ok(Example {
-            source: String::new(),
-            ids,
-            mask,
-        })
+        Ok(Example { source: String::new(), ids, mask })
     };
-    Ok(Pair {
-        chosen: side(chosen)?,
-        rejected: side(rejected)?,
-    })
+    Ok(Pair { chosen: side(chosen)?, rejected: side(rejected)? })
 }
 
 /// Read `dpo.parquet` and tokenize every pair.
-pub fn load_dpo(
-    path: &Path,
-    tok: &Tok,
-    max_length: usize,
-    max_prompt_length: usize,
-) -> Result<Vec<Pair>> {
-    let bad = |m: String| TrainError::BadFile {
-        path: path.to_path_buf(),
-        message: m,
-    };
+pub fn load_dpo(path: &Path, tok: &Tok, max_length: usize, max_prompt_length: usize) -> Result<Vec<Pair>> {
+    let bad = |m: String| TrainError::BadFile { path: path.to_path_buf(), message: m };
     let f = std::fs::File::open(path).map_err(io(path))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(f)
-        .map_err(|e| bad(e.to_string()))?
-        .build()
-        .map_err(|e| bad(e.to_string()))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| bad(e.to_string()))?.build().map_err(|e| bad(e.to_string()))?;
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| bad(e.to_string()))?;
         let col = |name: &str| -> Result<StringArray> {
-            let c = batch
-                .column_by_name(name)
-                .ok_or_else(|| bad(format!("no column `{name}`")))?;
-            c.as_any()
-                .downcast_ref::<StringArray>()
-                .cloned()
-                .ok_or_else(|| bad(format!("column `{name}` is not UTF-8")))
+            let c = batch.column_by_name(name).ok_or_else(|| bad(format!("no column `{name}`")))?;
+            c.as_any().downcast_ref::<StringArray>().cloned().ok_or_else(|| bad(format!("column `{name}` is not UTF-8")))
         };
         let (p, c, r) = (col("prompt")?, col("chosen")?, col("rejected")?);
         for i in 0..batch.num_rows() {
-            out.push(tokenize_pair(
-                tok,
-                p.value(i),
-                c.value(i),
-                r.value(i),
-                max_length,
-                max_prompt_length,
-            )?);
+            out.push(tokenize_pair(tok, p.value(i), c.value(i), r.value(i), max_length, max_prompt_length)?);
         }
     }
     Ok(out)
 }
 
 /// Sequence log-probs (chosen, rejected) of every pair under `model`, no gradients.
-pub fn compute_logps<B: Backend>(
-    model: &Llama<B>,
-    pairs: &[Pair],
-    bs: usize,
-    pad: u32,
-    device: &B::Device,
-) -> Vec<(f64, f64)> {
+pub fn compute_logps<B: Backend>(model: &Llama<B>, pairs: &[Pair], bs: usize, pad: u32, device: &B::Device) -> Vec<(f64, f64)> {
     let mut out = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(bs.max(1)) {
         let mut refs: Vec<&Example> = chunk.iter().map(|p| &p.chosen).collect();
         refs.extend(chunk.iter().map(|p| &p.rejected));
         let (t, y, m, _) = batch_tensors::<B>(&refs, pad, device);
-        let v: Vec<f64> = model
-            .sequence_logps(t, y, m)
-            .into_data()
-            .convert::<f64>()
-            .to_vec()
-            .expect("f64");
+        let v: Vec<f64> = model.sequence_logps(t, y, m).into_data().convert::<f64>().to_vec().expect("f64");
         let n = chunk.len();
         out.extend((0..n).map(|i| (v[i], v[n + i])));
     }
@@ -280,15 +222,9 @@ struct DpoMetrics {
     logps_rejected: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     eval_loss: Option<f64>,
-    #[serde(
-        rename = "eval_rewards/accuracies",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "eval_rewards/accuracies", skip_serializing_if = "Option::is_none")]
     eval_rewards_accuracies: Option<f64>,
-    #[serde(
-        rename = "eval_rewards/margins",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "eval_rewards/margins", skip_serializing_if = "Option::is_none")]
     eval_rewards_margins: Option<f64>,
 }
 
@@ -339,25 +275,13 @@ enum Reference<B: Backend> {
 }
 
 impl<B: Backend> Reference<B> {
-    fn logps(
-        &self,
-        pairs: &[Pair],
-        idx: &[usize],
-        pad: u32,
-        device: &B::Device,
-    ) -> (Vec<f64>, Vec<f64>) {
+    fn logps(&self, pairs: &[Pair], idx: &[usize], pad: u32, device: &B::Device) -> (Vec<f64>, Vec<f64>) {
         match self {
-            Reference::Table(t) => (
-                idx.iter().map(|&i| t[i].0).collect(),
-                idx.iter().map(|&i| t[i].1).collect(),
-            ),
+            Reference::Table(t) => (idx.iter().map(|&i| t[i].0).collect(), idx.iter().map(|&i| t[i].1).collect()),
             Reference::Live(m) => {
                 let sel: Vec<Pair> = idx.iter().map(|&i| pairs[i].clone()).collect();
                 let v = compute_logps(m, &sel, sel.len(), pad, device);
-                (
-                    v.iter().map(|x| x.0).collect(),
-                    v.iter().map(|x| x.1).collect(),
-                )
+                (v.iter().map(|x| x.0).collect(), v.iter().map(|x| x.1).collect())
             }
         }
     }
@@ -368,9 +292,7 @@ impl<B: Backend> Reference<B> {
 /// bad arguments, a checkpoint that does not fit the data.
 pub fn train_dpo<B: AutodiffBackend>(args: &DpoArgs, device: &B::Device) -> Result<DpoSummary> {
     if args.per_device_train_batch_size == 0 || args.gradient_accumulation_steps == 0 {
-        return Err(TrainError::Args(
-            "batch size and gradient accumulation must be ≥ 1".into(),
-        ));
+        return Err(TrainError::Args("batch size and gradient accumulation must be ≥ 1".into()));
     }
     let tok = Tok::load(&args.model_name_or_path)?;
     let (config, mut model): (_, Llama<B>) = load_model(&args.model_name_or_path, device)?;
@@ -398,17 +320,10 @@ pub fn train_dpo<B: AutodiffBackend>(args: &DpoArgs, device: &B::Device) -> Resu
         eval_idx.truncate(m);
     }
     if train_idx.is_empty() {
-        return Err(TrainError::Args(format!(
-            "no DPO pairs in {}",
-            args.dataset.display()
-        )));
+        return Err(TrainError::Args(format!("no DPO pairs in {}", args.dataset.display())));
     }
     std::fs::create_dir_all(&args.output_dir).map_err(io(&args.output_dir))?;
-    std::fs::write(
-        args.output_dir.join("training_args.json"),
-        serde_json::to_vec_pretty(args).expect("args serialise"),
-    )
-    .map_err(io(&args.output_dir))?;
+    std::fs::write(args.output_dir.join("training_args.json"), serde_json::to_vec_pretty(args).expect("args serialise")).map_err(io(&args.output_dir))?;
     let pad = tok.eos.1;
 
     // Reference log-probs over every pair (train and eval), by pair index.
@@ -441,22 +356,11 @@ pub fn train_dpo<B: AutodiffBackend>(args: &DpoArgs, device: &B::Device) -> Resu
         };
         let kp = args.output_dir.join("reference_logps.key");
         let same_inputs = std::fs::read_to_string(&kp).is_ok_and(|k| k == key);
-        let saved: Option<Vec<Option<(f64, f64)>>> = if args.resume && same_inputs {
-            std::fs::read(&rp)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-        } else {
-            None
-        };
-        let complete = |t: &Vec<Option<(f64, f64)>>| {
-            t.len() == pairs.len() && used.iter().all(|&i| t[i].is_some())
-        };
+        let saved: Option<Vec<Option<(f64, f64)>>> =
+            if args.resume && same_inputs { std::fs::read(&rp).ok().and_then(|b| serde_json::from_slice(&b).ok()) } else { None };
+        let complete = |t: &Vec<Option<(f64, f64)>>| t.len() == pairs.len() && used.iter().all(|&i| t[i].is_some());
         match saved {
-            Some(t) if complete(&t) => Reference::Table(
-                t.into_iter()
-                    .map(|x| x.unwrap_or((f64::NAN, f64::NAN)))
-                    .collect(),
-            ),
+            Some(t) if complete(&t) => Reference::Table(t.into_iter().map(|x| x.unwrap_or((f64::NAN, f64::NAN))).collect()),
             _ => {
                 let sel: Vec<Pair> = used.iter().map(|&i| pairs[i].clone()).collect();
                 let v = match &args.ref_model {
@@ -464,13 +368,7 @@ pub fn train_dpo<B: AutodiffBackend>(args: &DpoArgs, device: &B::Device) -> Resu
                         let (_, r): (_, Llama<B::InnerBackend>) = load_model(dir, device)?;
                         compute_logps(&r, &sel, args.per_device_train_batch_size, pad, device)
                     }
-                    None => compute_logps(
-                        &model.valid(),
-                        &sel,
-                        args.per_device_train_batch_size,
-                        pad,
-                        device,
-                    ),
+                    None => compute_logps(&model.valid(), &sel, args.per_device_train_batch_size, pad, device),
                 };
                 let mut t: Vec<Option<(f64, f64)>> = vec![None; pairs.len()];
                 for (&i, x) in used.iter().zip(v) {
@@ -478,52 +376,20 @@ pub fn train_dpo<B: AutodiffBackend>(args: &DpoArgs, device: &B::Device) -> Resu
                 }
                 crate::weights::write_atomic(&rp, &serde_json::to_vec(&t).expect("serialise"))?;
                 crate::weights::write_atomic(&kp, key.as_bytes())?;
-                Reference::Table(
-                    t.into_iter()
-                        .map(|x| x.unwrap_or((f64::NAN, f64::NAN)))
-                        .collect(),
-                )
+                Reference::Table(t.into_iter().map(|x| x.unwrap_or((f64::NAN, f64::NAN))).collect())
             }
         }
     };
 
     let per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps;
-    let (total, warmup) = schedule(
-        args.max_steps,
-        args.num_train_epochs,
-        train_idx.len(),
-        per_step,
-        args.warmup_ratio,
-    );
-    let mut optim = adamw(
-        args.adam_beta1,
-        args.adam_beta2,
-        args.adam_epsilon,
-        args.weight_decay,
-    )
-    .init::<B, Llama<B>>();
+    let (total, warmup) = schedule(args.max_steps, args.num_train_epochs, train_idx.len(), per_step, args.warmup_ratio);
+    let mut optim = adamw(args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.weight_decay).init::<B, Llama<B>>();
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-    let mut st = TrainerState {
-        step: 0,
-        cursor: 0,
-        rng,
-        order: (0..train_idx.len()).collect(),
-        seen: 0,
-        tokens_done: 0,
-        first_loss: f64::NAN,
-        first_eval_loss: None,
-    };
+    let mut st = TrainerState { step: 0, cursor: 0, rng, order: (0..train_idx.len()).collect(), seen: 0, tokens_done: 0, first_loss: f64::NAN, first_eval_loss: None };
     crate::data::shuffle(&mut st.order, &mut st.rng);
     if args.resume {
         let restored;
-        (model, optim, restored) = load_latest_checkpoint(
-            &args.output_dir,
-            model,
-            optim,
-            train_idx.len(),
-            &recorder,
-            device,
-        )?;
+        (model, optim, restored) = load_latest_checkpoint(&args.output_dir, model, optim, train_idx.len(), &recorder, device)?;
         if let Some(r) = restored {
             st = r;
         }
@@ -532,24 +398,10 @@ pub fn train_dpo<B: AutodiffBackend>(args: &DpoArgs, device: &B::Device) -> Resu
     if args.resume {
         crate::sft::trim_metrics(&mp, st.step)?;
     }
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(args.resume)
-        .write(true)
-        .truncate(!args.resume)
-        .open(&mp)
-        .map_err(io(&mp))?;
-    let mut log = |m: &DpoMetrics| -> Result<()> {
-        writeln!(metrics, "{}", serde_json::to_string(m).expect("serialise")).map_err(io(&mp))
-    };
-    let pb = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        indicatif::ProgressBar::new(total as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("dpo [{bar:30}] {pos}/{len} {msg} eta {eta}")
-    {
+    let mut metrics = std::fs::OpenOptions::new().create(true).append(args.resume).write(true).truncate(!args.resume).open(&mp).map_err(io(&mp))?;
+    let mut log = |m: &DpoMetrics| -> Result<()> { writeln!(metrics, "{}", serde_json::to_string(m).expect("serialise")).map_err(io(&mp)) };
+    let pb = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { indicatif::ProgressBar::new(total as u64) } else { indicatif::ProgressBar::hidden() };
+    if let Ok(style) = indicatif::ProgressStyle::with_template("dpo [{bar:30}] {pos}/{len} {msg} eta {eta}") {
         pb.set_style(style);
     }
     pb.set_position(st.step as u64);
@@ -563,23 +415,8 @@ pub fn train_dpo<B: AutodiffBackend>(args: &DpoArgs, device: &B::Device) -> Resu
             let (ref_c, ref_r) = reference.logps(&pairs, chunk, pad, device);
             let (pc, pr): (Vec<f64>, Vec<f64>) = pol.into_iter().unzip();
             let n = chunk.len();
-            let t = |v: &[f64]| {
-                Tensor::<B::InnerBackend, 1>::from_data(
-                    TensorData::new(v.iter().map(|x| *x as f32).collect::<Vec<_>>(), [n]),
-                    device,
-                )
-            };
-            s.loss += dpo_loss(
-                t(&pc),
-                t(&pr),
-                t(&ref_c),
-                t(&ref_r),
-                args.beta,
-                args.loss_type,
-            )
-            .sum()
-            .into_scalar()
-            .elem::<f64>();
+            let t = |v: &[f64]| Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(v.iter().map(|x| *x as f32).collect::<Vec<_>>(), [n]), device);
+            s.loss += dpo_loss(t(&pc), t(&pr), t(&ref_c), t(&ref_r), args.beta, args.loss_type).sum().into_scalar().elem::<f64>();
             s.add(args.beta, &pc, &pr, &ref_c, &ref_r);
         }
         let k = eval_idx.len().max(1) as f64;
@@ -588,13 +425,7 @@ pub fn train_dpo<B: AutodiffBackend>(args: &DpoArgs, device: &B::Device) -> Resu
     };
     if !eval_idx.is_empty() && st.step == 0 {
         let (l, a, m) = evaluate(&model, 0);
-        log(&DpoMetrics {
-            step: 0,
-            eval_loss: Some(l),
-            eval_rewards_accuracies: Some(a),
-            eval_rewards_margins: Some(m),
-            ..Default::default()
-        })?;
+        log(&DpoMetrics { step: 0, eval_loss: Some(l), eval_rewards_accuracies: Some(a), eval_rewards_margins: Some(m), ..Default::default() })?;
         eval_curve.push((0, l, a, m));
         st.first_eval_loss = Some(l);
     }
@@ -625,20 +456,8 @@ pub fn train_dpo<B: AutodiffBackend>(args: &DpoArgs, device: &B::Device) -> Resu
             let logps = model.sequence_logps(t, y, m);
             let pc = logps.clone().narrow(0, 0, n);
             let pr = logps.narrow(0, n, n);
-            let f = |v: &[f64]| {
-                Tensor::<B, 1>::from_data(
-                    TensorData::new(v.iter().map(|x| *x as f32).collect::<Vec<_>>(), [n]),
-                    device,
-                )
-            };
-            let per_pair = dpo_loss(
-                pc.clone(),
-                pr.clone(),
-                f(&ref_c),
-                f(&ref_r),
-                args.beta,
-                args.loss_type,
-            );
+            let f = |v: &[f64]| Tensor::<B, 1>::from_data(TensorData::new(v.iter().map(|x| *x as f32).collect::<Vec<_>>(), [n]), device);
+            let per_pair = dpo_loss(pc.clone(), pr.clone(), f(&ref_c), f(&ref_r), args.beta, args.loss_type);
             let loss = per_pair.sum().div_scalar(per_step as f64);
             s.loss += loss.clone().into_scalar().elem::<f64>();
             let pcv: Vec<f64> = pc.into_data().convert::<f64>().to_vec().expect("f64");
@@ -674,50 +493,21 @@ pub fn train_dpo<B: AutodiffBackend>(args: &DpoArgs, device: &B::Device) -> Resu
         curve.push((done, s.loss, s.acc / k, (s.rc - s.rr) / k));
         pb.set_position(done as u64);
         pb.set_message(format!("loss {:.4} acc {:.2}", s.loss, s.acc / k));
-        if args.logging_steps > 0 && (done % args.logging_steps == 0 || done == 1 || done == total)
-        {
+        if args.logging_steps > 0 && (done % args.logging_steps == 0 || done == 1 || done == total) {
             log(&m)?;
             tracing::info!(step = done, loss = s.loss, lr, grad_norm, "dpo");
         }
-        if !eval_idx.is_empty()
-            && ((args.eval_steps > 0 && done % args.eval_steps == 0) || done == total)
-        {
+        if !eval_idx.is_empty() && ((args.eval_steps > 0 && done % args.eval_steps == 0) || done == total) {
             let (l, a, mg) = evaluate(&model, done);
-            log(&DpoMetrics {
-                step: done,
-                epoch: m.epoch,
-                eval_loss: Some(l),
-                eval_rewards_accuracies: Some(a),
-                eval_rewards_margins: Some(mg),
-                ..Default::default()
-            })?;
+            log(&DpoMetrics { step: done, epoch: m.epoch, eval_loss: Some(l), eval_rewards_accuracies: Some(a), eval_rewards_margins: Some(mg), ..Default::default() })?;
             eval_curve.push((done, l, a, mg));
         }
         if args.save_steps > 0 && done % args.save_steps == 0 && done < total {
-            save_checkpoint(
-                &args.output_dir,
-                args.save_total_limit,
-                &args.model_name_or_path,
-                &config,
-                &model,
-                &optim,
-                &st,
-                &recorder,
-            )?;
+            save_checkpoint(&args.output_dir, args.save_total_limit, &args.model_name_or_path, &config, &model, &optim, &st, &recorder)?;
         }
     }
     pb.finish_and_clear();
     save_model(&model, &config, &args.model_name_or_path, &args.output_dir)?;
-    crate::plot::plot_metrics(
-        &mp,
-        &args.output_dir.join("loss.png"),
-        "DPO",
-        &["loss", "eval_loss"],
-    )?;
-    Ok(DpoSummary {
-        curve,
-        eval: eval_curve,
-        train_pairs: train_idx.len(),
-        eval_pairs: eval_idx.len(),
-    })
+    crate::plot::plot_metrics(&mp, &args.output_dir.join("loss.png"), "DPO", &["loss", "eval_loss"])?;
+    Ok(DpoSummary { curve, eval: eval_curve, train_pairs: train_idx.len(), eval_pairs: eval_idx.len() })
 }

@@ -62,21 +62,12 @@ impl BertConfig {
     pub fn load(dir: &Path) -> Result<BertConfig> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-        let c: BertConfig = serde_json::from_str(&text).map_err(|e| TrainError::BadFile {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let c: BertConfig = serde_json::from_str(&text).map_err(|e| TrainError::BadFile { path: path.clone(), message: e.to_string() })?;
         if c.hidden_act != "gelu" {
-            return Err(TrainError::BadFile {
-                path,
-                message: format!("hidden_act `{}` is not supported (gelu)", c.hidden_act),
-            });
+            return Err(TrainError::BadFile { path, message: format!("hidden_act `{}` is not supported (gelu)", c.hidden_act) });
         }
         if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
-            return Err(TrainError::BadFile {
-                path,
-                message: "num_attention_heads must divide hidden_size".into(),
-            });
+            return Err(TrainError::BadFile { path, message: "num_attention_heads must divide hidden_size".into() });
         }
         Ok(c)
     }
@@ -128,38 +119,21 @@ impl<B: Backend> Bert<B> {
     pub fn load(dir: &Path, device: &B::Device) -> Result<(BertConfig, Bert<B>)> {
         let c = BertConfig::load(dir)?;
         let mut src = SafetensorsSource::<B>::open(dir, device)?;
-        let prefix = if src.has("bert.embeddings.word_embeddings.weight") {
-            "bert."
-        } else {
-            ""
-        };
+        let prefix = if src.has("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
         let (h, i) = (c.hidden_size, c.intermediate_size);
         let mut m = |name: &str, shape: [usize; 2]| src.matrix(&format!("{prefix}{name}"), shape);
         let word = m("embeddings.word_embeddings.weight", [c.vocab_size, h])?;
-        let position = m(
-            "embeddings.position_embeddings.weight",
-            [c.max_position_embeddings, h],
-        )?;
-        let types = m(
-            "embeddings.token_type_embeddings.weight",
-            [c.type_vocab_size, h],
-        )?;
+        let position = m("embeddings.position_embeddings.weight", [c.max_position_embeddings, h])?;
+        let types = m("embeddings.token_type_embeddings.weight", [c.type_vocab_size, h])?;
         let token_type0 = types.slice([0..1, 0..h]).reshape([h]);
         let mut v = |name: &str, len: usize| src.vector(&format!("{prefix}{name}"), len);
-        let ln = (
-            v("embeddings.LayerNorm.weight", h)?,
-            v("embeddings.LayerNorm.bias", h)?,
-        );
+        let ln = (v("embeddings.LayerNorm.weight", h)?, v("embeddings.LayerNorm.bias", h)?);
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
             let p = format!("{prefix}encoder.layer.{l}.");
-            let mut lin =
-                |name: &str, out: usize, inp: usize| -> Result<(Tensor<B, 2>, Tensor<B, 1>)> {
-                    Ok((
-                        src.matrix(&format!("{p}{name}.weight"), [out, inp])?,
-                        src.vector(&format!("{p}{name}.bias"), out)?,
-                    ))
-                };
+            let mut lin = |name: &str, out: usize, inp: usize| -> Result<(Tensor<B, 2>, Tensor<B, 1>)> {
+                Ok((src.matrix(&format!("{p}{name}.weight"), [out, inp])?, src.vector(&format!("{p}{name}.bias"), out)?))
+            };
             let q = lin("attention.self.query", h, h)?;
             let k = lin("attention.self.key", h, h)?;
             let vv = lin("attention.self.value", h, h)?;
@@ -167,38 +141,15 @@ impl<B: Backend> Bert<B> {
             let up = lin("intermediate.dense", i, h)?;
             let down = lin("output.dense", h, i)?;
             let mut norm = |name: &str| -> Result<(Tensor<B, 1>, Tensor<B, 1>)> {
-                Ok((
-                    src.vector(&format!("{p}{name}.weight"), h)?,
-                    src.vector(&format!("{p}{name}.bias"), h)?,
-                ))
+                Ok((src.vector(&format!("{p}{name}.weight"), h)?, src.vector(&format!("{p}{name}.bias"), h)?))
             };
             let ln1 = norm("attention.output.LayerNorm")?;
             let ln2 = norm("output.LayerNorm")?;
-            layers.push(BertLayer {
-                q,
-                k,
-                v: vv,
-                o,
-                ln1,
-                up,
-                down,
-                ln2,
-            });
+            layers.push(BertLayer { q, k, v: vv, o, ln1, up, down, ln2 });
         }
         let heads = c.num_attention_heads;
         let eps = c.layer_norm_eps;
-        Ok((
-            c,
-            Bert {
-                word,
-                position,
-                token_type0,
-                ln,
-                layers,
-                heads,
-                eps,
-            },
-        ))
+        Ok((c, Bert { word, position, token_type0, ln, layers, heads, eps }))
     }
 
     /// Last hidden states [B, S, H] for token ids [B, S] and `mask` [B, S] (1 = real
@@ -208,28 +159,19 @@ impl<B: Backend> Bert<B> {
         let [b, s] = tokens.dims();
         let h = self.word.dims()[1];
         let hd = h / self.heads;
-        let words = self
-            .word
-            .clone()
-            .select(0, tokens.reshape([b * s]))
-            .reshape([b, s, h]);
+        let words = self.word.clone().select(0, tokens.reshape([b * s])).reshape([b, s, h]);
         let pos = self.position.clone().slice([0..s, 0..h]).unsqueeze::<3>();
         let x = words + pos + self.token_type0.clone().unsqueeze::<3>();
         let mut x = layer_norm(x, &self.ln, self.eps);
         // [B, 1, 1, S]: 0 for real keys, -1e9 for padding.
-        let bias = (mask.ones_like() - mask)
-            .mul_scalar(-1e9)
-            .reshape([b, 1, 1, s]);
+        let bias = (mask.ones_like() - mask).mul_scalar(-1e9).reshape([b, 1, 1, s]);
         for l in &self.layers {
             let heads = |t: Tensor<B, 3>| t.reshape([b, s, self.heads, hd]).swap_dims(1, 2);
             let q = heads(affine(x.clone(), &l.q));
             let k = heads(affine(x.clone(), &l.k));
             let v = heads(affine(x.clone(), &l.v));
             let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((hd as f64).sqrt()) + bias.clone();
-            let ctx = softmax(scores, 3)
-                .matmul(v)
-                .swap_dims(1, 2)
-                .reshape([b, s, h]);
+            let ctx = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, s, h]);
             x = layer_norm(affine(ctx, &l.o) + x, &l.ln1, self.eps);
             let ff = affine(gelu(affine(x.clone(), &l.up)), &l.down);
             x = layer_norm(ff + x, &l.ln2, self.eps);
@@ -247,12 +189,7 @@ impl<B: Backend> Bert<B> {
         let summed = (hidden * m.clone()).sum_dim(1).reshape([b, h]);
         let counts = m.sum_dim(1).reshape([b, 1]).clamp_min(1e-9);
         let mean = summed / counts;
-        let norm = mean
-            .clone()
-            .powf_scalar(2.0)
-            .sum_dim(1)
-            .sqrt()
-            .clamp_min(1e-12);
+        let norm = mean.clone().powf_scalar(2.0).sum_dim(1).sqrt().clamp_min(1e-12);
         mean / norm
     }
 }
@@ -264,11 +201,7 @@ fn affine<B: Backend>(x: Tensor<B, 3>, (w, b): &(Tensor<B, 2>, Tensor<B, 1>)) ->
 
 /// LayerNorm over the last dim (Ba et al. 2016): (x − mean) / sqrt(var + ε) · w + b, with
 /// the biased variance, as `torch.nn.LayerNorm`.
-fn layer_norm<B: Backend>(
-    x: Tensor<B, 3>,
-    (w, b): &(Tensor<B, 1>, Tensor<B, 1>),
-    eps: f64,
-) -> Tensor<B, 3> {
+fn layer_norm<B: Backend>(x: Tensor<B, 3>, (w, b): &(Tensor<B, 1>, Tensor<B, 1>), eps: f64) -> Tensor<B, 3> {
     let mean = x.clone().mean_dim(2);
     let centered = x - mean;
     let var = centered.clone().powf_scalar(2.0).mean_dim(2);
@@ -299,18 +232,11 @@ where
     pub fn load(dir: &Path, device: &B::Device) -> Result<SentenceEmbedder<B>> {
         let (config, model) = Bert::load(dir, device)?;
         let tok_path = dir.join("tokenizer.json");
-        let mut tokenizer =
-            tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| TrainError::BadFile {
-                path: tok_path.clone(),
-                message: e.to_string(),
-            })?;
+        let mut tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| TrainError::BadFile { path: tok_path.clone(), message: e.to_string() })?;
         let st_path = dir.join("sentence_bert_config.json");
         let max_seq_length = match std::fs::read_to_string(&st_path) {
             Ok(text) => serde_json::from_str::<serde_json::Value>(&text)
-                .map_err(|e| TrainError::BadFile {
-                    path: st_path.clone(),
-                    message: e.to_string(),
-                })?
+                .map_err(|e| TrainError::BadFile { path: st_path.clone(), message: e.to_string() })?
                 .get("max_seq_length")
                 .and_then(|v| v.as_u64())
                 .map(|v| v as usize)
@@ -320,26 +246,10 @@ where
         .min(config.max_position_embeddings);
         tokenizer.with_padding(None);
         tokenizer
-            .with_truncation(Some(tokenizers::TruncationParams {
-                max_length: max_seq_length,
-                ..Default::default()
-            }))
-            .map_err(|e| TrainError::BadFile {
-                path: tok_path.clone(),
-                message: e.to_string(),
-            })?;
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        Ok(SentenceEmbedder {
-            tokenizer,
-            model,
-            device: device.clone(),
-            batch_size: 32,
-            max_seq_length,
-            threads,
-            dir: dir.to_path_buf(),
-        })
+            .with_truncation(Some(tokenizers::TruncationParams { max_length: max_seq_length, ..Default::default() }))
+            .map_err(|e| TrainError::BadFile { path: tok_path.clone(), message: e.to_string() })?;
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Ok(SentenceEmbedder { tokenizer, model, device: device.clone(), batch_size: 32, max_seq_length, threads, dir: dir.to_path_buf() })
     }
 
     /// The model directory.
@@ -353,14 +263,7 @@ where
     pub fn content_key(&self) -> Result<String> {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
-        let mut files: Vec<PathBuf> = [
-            "config.json",
-            "tokenizer.json",
-            "model.safetensors.index.json",
-        ]
-        .iter()
-        .map(|f| self.dir.join(f))
-        .collect();
+        let mut files: Vec<PathBuf> = ["config.json", "tokenizer.json", "model.safetensors.index.json"].iter().map(|f| self.dir.join(f)).collect();
         let mut weights: Vec<PathBuf> = std::fs::read_dir(&self.dir)
             .map_err(io(&self.dir))?
             .flatten()
@@ -370,19 +273,11 @@ where
         weights.sort();
         files.extend(weights);
         for f in files.iter().filter(|f| f.exists()) {
-            h.update(
-                f.file_name()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .unwrap_or_default(),
-            );
+            h.update(f.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default());
             h.update(std::fs::read(f).map_err(io(f))?);
         }
         h.update(format!("max_seq_length {}", self.max_seq_length));
-        let name = self
-            .dir
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_else(|| "model".into());
+        let name = self.dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
         Ok(format!("{name}-{}", hex::encode(&h.finalize()[..8])))
     }
 
@@ -393,22 +288,14 @@ where
 
     /// Token ids of `text` with [CLS]/[SEP], truncated to `max_seq_length`.
     pub fn token_ids(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .tokenizer
-            .encode(text, true)
-            .map_err(|e| TrainError::Args(format!("tokenizing for embeddings: {e}")))?;
+        let enc = self.tokenizer.encode(text, true).map_err(|e| TrainError::Args(format!("tokenizing for embeddings: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Embeddings [rows, H] (flattened) of the texts `chunk` (indices into `ids`), padded
     /// with id 0 to the longest.
     fn embed_batch(&self, chunk: &[usize], ids: &[Vec<u32>]) -> Result<Vec<f32>> {
-        let s = chunk
-            .iter()
-            .map(|&i| ids[i].len())
-            .max()
-            .unwrap_or(1)
-            .max(1);
+        let s = chunk.iter().map(|&i| ids[i].len()).max().unwrap_or(1).max(1);
         let mut tok = vec![0i64; chunk.len() * s];
         let mut mask = vec![0f32; chunk.len() * s];
         for (r, &i) in chunk.iter().enumerate() {
@@ -417,25 +304,16 @@ where
                 mask[r * s + c] = 1.0;
             }
         }
-        let tok =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(tok, [chunk.len(), s]), &self.device);
+        let tok = Tensor::<B, 2, Int>::from_data(TensorData::new(tok, [chunk.len(), s]), &self.device);
         let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [chunk.len(), s]), &self.device);
-        self.model
-            .embed(tok, mask)
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .map_err(|e| TrainError::Args(format!("{e:?}")))
+        self.model.embed(tok, mask).into_data().convert::<f32>().to_vec().map_err(|e| TrainError::Args(format!("{e:?}")))
     }
 
     /// Unit-length embeddings, one `Vec<f32>` of length [`Self::dim`] per text, in input
     /// order. Batches of `batch_size` texts sorted by token count, padded with id 0, run on
     /// `threads` threads.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let ids: Vec<Vec<u32>> = texts
-            .iter()
-            .map(|t| self.token_ids(t))
-            .collect::<Result<_>>()?;
+        let ids: Vec<Vec<u32>> = texts.iter().map(|t| self.token_ids(t)).collect::<Result<_>>()?;
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| ids[i].len());
         let dim = self.dim();
@@ -459,10 +337,7 @@ where
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("embedding thread panicked"))
-                .collect()
+            handles.into_iter().map(|h| h.join().expect("embedding thread panicked")).collect()
         });
         let mut out = vec![Vec::new(); texts.len()];
         for r in results {

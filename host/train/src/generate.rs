@@ -13,32 +13,14 @@ pub fn prompt_ids(tok: &Tok, prompt: &str) -> Result<Vec<u32>> {
 
 /// Logits of the last position [V] for `ids`.
 pub fn last_logits<B: Backend>(model: &Llama<B>, ids: &[u32], device: &B::Device) -> Vec<f32> {
-    let t = Tensor::<B, 2, Int>::from_data(
-        TensorData::new(
-            ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
-            [1, ids.len()],
-        ),
-        device,
-    );
+    let t = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, ids.len()]), device);
     let logits = model.forward(t);
     let [_, s, v] = logits.dims();
-    logits
-        .narrow(1, s - 1, 1)
-        .reshape([v])
-        .into_data()
-        .convert::<f32>()
-        .to_vec()
-        .expect("f32 logits")
+    logits.narrow(1, s - 1, 1).reshape([v]).into_data().convert::<f32>().to_vec().expect("f32 logits")
 }
 
 /// Greedy continuation of `ids`: returns the new token ids (EOS included when reached).
-pub fn greedy<B: Backend>(
-    model: &Llama<B>,
-    tok: &Tok,
-    ids: &[u32],
-    max_new_tokens: usize,
-    device: &B::Device,
-) -> Result<Vec<u32>> {
+pub fn greedy<B: Backend>(model: &Llama<B>, tok: &Tok, ids: &[u32], max_new_tokens: usize, device: &B::Device) -> Result<Vec<u32>> {
     if ids.is_empty() {
         return Err(TrainError::Args("empty prompt".into()));
     }
@@ -46,17 +28,7 @@ pub fn greedy<B: Backend>(
     let mut out = Vec::new();
     for _ in 0..max_new_tokens {
         let l = last_logits(model, &seq, device);
-        let next = l
-            .iter()
-            .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |best, (i, &x)| {
-                if x > best.1 {
-                    (i, x)
-                } else {
-                    best
-                }
-            })
-            .0 as u32;
+        let next = l.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best }).0 as u32;
         out.push(next);
         seq.push(next);
         if next == tok.eos.1 {
@@ -68,18 +40,12 @@ pub fn greedy<B: Backend>(
 
 /// Decode ids to text (special tokens kept).
 pub fn decode(tok: &Tok, ids: &[u32]) -> Result<String> {
-    tok.tokenizer
-        .decode(ids, false)
-        .map_err(|e| TrainError::Args(format!("tokenizer: {e}")))
+    tok.tokenizer.decode(ids, false).map_err(|e| TrainError::Args(format!("tokenizer: {e}")))
 }
 
 /// Load `model_dir` on the CPU backend and greedily continue `prompt`; returns the
 /// decoded continuation (special tokens kept).
-pub fn generate_text(
-    model_dir: &std::path::Path,
-    prompt: &str,
-    max_new_tokens: usize,
-) -> Result<String> {
+pub fn generate_text(model_dir: &std::path::Path, prompt: &str, max_new_tokens: usize) -> Result<String> {
     type Cpu = burn::backend::NdArray<f32>;
     let device = Default::default();
     let tok = Tok::load(model_dir)?;
@@ -90,11 +56,7 @@ pub fn generate_text(
 }
 
 /// Token ids of `prompt` and the `k` largest last-position logits (id, logit), CPU backend.
-pub fn top_logits(
-    model_dir: &std::path::Path,
-    prompt: &str,
-    k: usize,
-) -> Result<(Vec<u32>, Vec<(usize, f32)>)> {
+pub fn top_logits(model_dir: &std::path::Path, prompt: &str, k: usize) -> Result<(Vec<u32>, Vec<(usize, f32)>)> {
     type Cpu = burn::backend::NdArray<f32>;
     let device = Default::default();
     let tok = Tok::load(model_dir)?;

@@ -99,8 +99,7 @@ impl Cur<'_> {
     fn string(&mut self) -> std::result::Result<String, String> {
         let n = self.u64()? as usize;
         let at = self.p;
-        String::from_utf8(self.take(n)?.to_vec())
-            .map_err(|_| format!("invalid UTF-8 string at byte {at}"))
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| format!("invalid UTF-8 string at byte {at}"))
     }
     fn value(&mut self, t: u32) -> std::result::Result<Value, String> {
         Ok(match t {
@@ -134,14 +133,8 @@ impl Gguf {
     /// Read and parse a GGUF file. Errors name the file and the byte position.
     pub fn open(path: &Path) -> Result<Gguf> {
         let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .map_err(io(path))?
-            .read_to_end(&mut bytes)
-            .map_err(io(path))?;
-        Self::parse(bytes).map_err(|message| TrainError::BadFile {
-            path: path.to_path_buf(),
-            message,
-        })
+        std::fs::File::open(path).map_err(io(path))?.read_to_end(&mut bytes).map_err(io(path))?;
+        Self::parse(bytes).map_err(|message| TrainError::BadFile { path: path.to_path_buf(), message })
     }
 
     fn parse(bytes: Vec<u8>) -> std::result::Result<Gguf, String> {
@@ -165,29 +158,14 @@ impl Gguf {
         for _ in 0..n_tensors {
             let name = c.string()?;
             let nd = c.u32()? as usize;
-            let dims = (0..nd)
-                .map(|_| c.u64())
-                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let dims = (0..nd).map(|_| c.u64()).collect::<std::result::Result<Vec<_>, _>>()?;
             let ggml_type = c.u32()?;
             let offset = c.u64()?;
-            tensors.push(TensorInfo {
-                name,
-                dims,
-                ggml_type,
-                offset,
-            });
+            tensors.push(TensorInfo { name, dims, ggml_type, offset });
         }
-        let align = meta
-            .get("general.alignment")
-            .and_then(Value::as_u64)
-            .unwrap_or(32) as usize;
+        let align = meta.get("general.alignment").and_then(Value::as_u64).unwrap_or(32) as usize;
         let data_start = c.p.div_ceil(align) * align;
-        Ok(Gguf {
-            meta,
-            tensors,
-            bytes,
-            data_start,
-        })
+        Ok(Gguf { meta, tensors, bytes, data_start })
     }
 
     /// Dequantize one tensor to f32 (ggml order: `ne[0]` fastest).
@@ -198,32 +176,18 @@ impl Gguf {
         let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
         let block = |bytes_per_block: usize| -> std::result::Result<&[u8], String> {
             if n % 32 != 0 {
-                return Err(format!(
-                    "{}: {} values is not a multiple of the block size 32",
-                    t.name, n
-                ));
+                return Err(format!("{}: {} values is not a multiple of the block size 32", t.name, n));
             }
-            self.bytes
-                .get(start..start + n / 32 * bytes_per_block)
-                .ok_or_else(|| format!("{}: data past the end of the file", t.name))
+            self.bytes.get(start..start + n / 32 * bytes_per_block).ok_or_else(|| format!("{}: data past the end of the file", t.name))
         };
         let mut out = Vec::with_capacity(n);
         match t.ggml_type {
             0 => {
-                let d = self
-                    .bytes
-                    .get(start..start + 4 * n)
-                    .ok_or("data past the end of the file")?;
-                out.extend(
-                    d.chunks_exact(4)
-                        .map(|c| f32::from_le_bytes(c.try_into().unwrap())),
-                );
+                let d = self.bytes.get(start..start + 4 * n).ok_or("data past the end of the file")?;
+                out.extend(d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())));
             }
             1 => {
-                let d = self
-                    .bytes
-                    .get(start..start + 2 * n)
-                    .ok_or("data past the end of the file")?;
+                let d = self.bytes.get(start..start + 2 * n).ok_or("data past the end of the file")?;
                 out.extend(d.chunks_exact(2).map(f16));
             }
             2 => {
@@ -248,12 +212,7 @@ impl Gguf {
                     out.extend(b[2..34].iter().map(|&q| q as i8 as f32 * d));
                 }
             }
-            other => {
-                return Err(format!(
-                    "{}: ggml type {other} is not supported (F32, F16, Q4_0, Q4_1, Q8_0)",
-                    t.name
-                ))
-            }
+            other => return Err(format!("{}: ggml type {other} is not supported (F32, F16, Q4_0, Q4_1, Q8_0)", t.name)),
         }
         Ok(out)
     }
@@ -308,55 +267,23 @@ fn hf_name(gguf: &str) -> Option<String> {
 /// Import `gguf` into `out` (HF layout). Returns the config written.
 pub fn import(path: &Path, out: &Path) -> Result<LlamaConfig> {
     let g = Gguf::open(path)?;
-    let bad = |message: String| TrainError::BadFile {
-        path: path.to_path_buf(),
-        message,
-    };
-    let arch = g
-        .meta
-        .get("general.architecture")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let bad = |message: String| TrainError::BadFile { path: path.to_path_buf(), message };
+    let arch = g.meta.get("general.architecture").and_then(Value::as_str).unwrap_or("");
     if arch != "llama" {
-        return Err(bad(format!(
-            "architecture {arch:?} is not supported (llama)"
-        )));
+        return Err(bad(format!("architecture {arch:?} is not supported (llama)")));
     }
-    let num = |k: &str| {
-        g.meta
-            .get(&format!("llama.{k}"))
-            .and_then(Value::as_u64)
-            .ok_or_else(|| bad(format!("missing llama.{k}")))
-    };
+    let num = |k: &str| g.meta.get(&format!("llama.{k}")).and_then(Value::as_u64).ok_or_else(|| bad(format!("missing llama.{k}")));
     let tokens: Vec<String> = match g.meta.get("tokenizer.ggml.tokens") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| v.as_str().unwrap_or_default().to_string())
-            .collect(),
+        Some(Value::Array(a)) => a.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect(),
         _ => return Err(bad("missing tokenizer.ggml.tokens".into())),
     };
     let n_head = num("attention.head_count")? as usize;
-    let n_kv = g
-        .meta
-        .get("llama.attention.head_count_kv")
-        .and_then(Value::as_u64)
-        .unwrap_or(n_head as u64) as usize;
+    let n_kv = g.meta.get("llama.attention.head_count_kv").and_then(Value::as_u64).unwrap_or(n_head as u64) as usize;
     let has_output = g.tensors.iter().any(|t| t.name == "output.weight");
-    let bos = g
-        .meta
-        .get("tokenizer.ggml.bos_token_id")
-        .and_then(Value::as_u64)
-        .map(|v| v as u32);
-    let eos = g
-        .meta
-        .get("tokenizer.ggml.eos_token_id")
-        .and_then(Value::as_u64)
-        .map(|v| v as u32);
+    let bos = g.meta.get("tokenizer.ggml.bos_token_id").and_then(Value::as_u64).map(|v| v as u32);
+    let eos = g.meta.get("tokenizer.ggml.eos_token_id").and_then(Value::as_u64).map(|v| v as u32);
     let mut extra = serde_json::Map::new();
-    extra.insert(
-        "architectures".into(),
-        serde_json::json!(["LlamaForCausalLM"]),
-    );
+    extra.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
     extra.insert("model_type".into(), serde_json::json!("llama"));
     extra.insert("hidden_act".into(), serde_json::json!("silu"));
     let config = LlamaConfig {
@@ -366,16 +293,8 @@ pub fn import(path: &Path, out: &Path) -> Result<LlamaConfig> {
         num_hidden_layers: num("block_count")? as usize,
         num_attention_heads: n_head,
         num_key_value_heads: Some(n_kv),
-        rms_norm_eps: g
-            .meta
-            .get("llama.attention.layer_norm_rms_epsilon")
-            .and_then(Value::as_f64)
-            .unwrap_or(1e-5),
-        rope_theta: g
-            .meta
-            .get("llama.rope.freq_base")
-            .and_then(Value::as_f64)
-            .unwrap_or(10_000.0),
+        rms_norm_eps: g.meta.get("llama.attention.layer_norm_rms_epsilon").and_then(Value::as_f64).unwrap_or(1e-5),
+        rope_theta: g.meta.get("llama.rope.freq_base").and_then(Value::as_f64).unwrap_or(10_000.0),
         tie_word_embeddings: !has_output,
         max_position_embeddings: num("context_length").unwrap_or(2048) as usize,
         bos_token_id: bos,
@@ -396,29 +315,13 @@ pub fn import(path: &Path, out: &Path) -> Result<LlamaConfig> {
         let mut data = g.dequantize(t).map_err(bad)?;
         let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
         if name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight") {
-            let heads = if name.ends_with("q_proj.weight") {
-                n_head
-            } else {
-                n_kv
-            };
+            let heads = if name.ends_with("q_proj.weight") { n_head } else { n_kv };
             data = unpermute(&data, shape[0], shape[1], heads);
         }
-        named.push((
-            name,
-            shape,
-            data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ));
+        named.push((name, shape, data.iter().flat_map(|x| x.to_le_bytes()).collect()));
     }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = named
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .expect("consistent view"),
-            )
-        })
-        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> =
+        named.iter().map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).expect("consistent view"))).collect();
     let tmp = out.join(".model.safetensors.tmp");
     safetensors::serialize_to_file(views, None, &tmp).map_err(|e| bad(e.to_string()))?;
     std::fs::rename(&tmp, out.join("model.safetensors")).map_err(io(out))?;
@@ -429,40 +332,20 @@ pub fn import(path: &Path, out: &Path) -> Result<LlamaConfig> {
 
 /// Rebuild `tokenizer.json` / `tokenizer_config.json` (byte-level BPE, `gpt2` model).
 fn write_tokenizer(g: &Gguf, tokens: &[String], out: &Path) -> std::result::Result<(), String> {
-    let model = g
-        .meta
-        .get("tokenizer.ggml.model")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let model = g.meta.get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("");
     if model != "gpt2" {
-        return Err(format!(
-            "tokenizer model {model:?} is not supported (gpt2 byte-level BPE)"
-        ));
+        return Err(format!("tokenizer model {model:?} is not supported (gpt2 byte-level BPE)"));
     }
     let merges: Vec<String> = match g.meta.get("tokenizer.ggml.merges") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| v.as_str().unwrap_or_default().to_string())
-            .collect(),
+        Some(Value::Array(a)) => a.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect(),
         _ => return Err("missing tokenizer.ggml.merges".into()),
     };
     let types: Vec<i128> = match g.meta.get("tokenizer.ggml.token_type") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| if let Value::Int(i) = v { *i } else { 1 })
-            .collect(),
+        Some(Value::Array(a)) => a.iter().map(|v| if let Value::Int(i) = v { *i } else { 1 }).collect(),
         _ => vec![1; tokens.len()],
     };
-    let pre = g
-        .meta
-        .get("tokenizer.ggml.pre")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let vocab: serde_json::Map<String, serde_json::Value> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), serde_json::json!(i)))
-        .collect();
+    let pre = g.meta.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), serde_json::json!(i))).collect();
     // token_type 3 = control, 4 = user-defined: added (special) tokens.
     let added: Vec<serde_json::Value> = tokens
         .iter()
@@ -473,15 +356,9 @@ fn write_tokenizer(g: &Gguf, tokens: &[String], out: &Path) -> std::result::Resu
     let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
     // llama.cpp's `smollm` pre-tokenizer splits digits one by one before byte-level BPE.
     let pre_tokenizer = match pre {
-        "smollm" => {
-            serde_json::json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]})
-        }
+        "smollm" => serde_json::json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]}),
         "default" | "gpt2" | "gpt-2" => byte_level.clone(),
-        other => {
-            return Err(format!(
-                "pre-tokenizer {other:?} is not supported (smollm, gpt2, default)"
-            ))
-        }
+        other => return Err(format!("pre-tokenizer {other:?} is not supported (smollm, gpt2, default)")),
     };
     let tok = serde_json::json!({
         "version": "1.0",
@@ -494,13 +371,7 @@ fn write_tokenizer(g: &Gguf, tokens: &[String], out: &Path) -> std::result::Resu
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
     });
-    let id_tok = |k: &str| {
-        g.meta
-            .get(k)
-            .and_then(Value::as_u64)
-            .and_then(|i| tokens.get(i as usize))
-            .cloned()
-    };
+    let id_tok = |k: &str| g.meta.get(k).and_then(Value::as_u64).and_then(|i| tokens.get(i as usize)).cloned();
     let mut cfg = serde_json::Map::new();
     if let Some(b) = id_tok("tokenizer.ggml.bos_token_id") {
         cfg.insert("bos_token".into(), b.into());
@@ -508,24 +379,12 @@ fn write_tokenizer(g: &Gguf, tokens: &[String], out: &Path) -> std::result::Resu
     if let Some(e) = id_tok("tokenizer.ggml.eos_token_id") {
         cfg.insert("eos_token".into(), e.into());
     }
-    if let Some(t) = g
-        .meta
-        .get("tokenizer.chat_template")
-        .and_then(Value::as_str)
-    {
+    if let Some(t) = g.meta.get("tokenizer.chat_template").and_then(Value::as_str) {
         cfg.insert("chat_template".into(), t.into());
     }
     cfg.insert("tokenizer_class".into(), "GPT2Tokenizer".into());
-    std::fs::write(
-        out.join("tokenizer.json"),
-        serde_json::to_vec(&tok).unwrap(),
-    )
-    .map_err(|e| e.to_string())?;
-    std::fs::write(
-        out.join("tokenizer_config.json"),
-        serde_json::to_vec_pretty(&cfg).unwrap(),
-    )
-    .map_err(|e| e.to_string())?;
+    std::fs::write(out.join("tokenizer.json"), serde_json::to_vec(&tok).unwrap()).map_err(|e| e.to_string())?;
+    std::fs::write(out.join("tokenizer_config.json"), serde_json::to_vec_pretty(&cfg).unwrap()).map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -550,18 +409,8 @@ mod tests {
         for j in 0..16u8 {
             b.push(j | ((15 - j) << 4));
         }
-        let g = Gguf {
-            meta: BTreeMap::new(),
-            tensors: vec![],
-            bytes: b,
-            data_start: 0,
-        };
-        let t = TensorInfo {
-            name: "x".into(),
-            dims: vec![32],
-            ggml_type: 3,
-            offset: 0,
-        };
+        let g = Gguf { meta: BTreeMap::new(), tensors: vec![], bytes: b, data_start: 0 };
+        let t = TensorInfo { name: "x".into(), dims: vec![32], ggml_type: 3, offset: 0 };
         let v = g.dequantize(&t).unwrap();
         assert_eq!(v[0], -1.0);
         assert_eq!(v[3], 0.5);
@@ -570,38 +419,14 @@ mod tests {
         // Q8_0: d = 0.25, q = −3.
         let mut b = half::f16::from_f32(0.25).to_le_bytes().to_vec();
         b.extend(std::iter::repeat_n((-3i8) as u8, 32));
-        let g = Gguf {
-            meta: BTreeMap::new(),
-            tensors: vec![],
-            bytes: b,
-            data_start: 0,
-        };
-        let v = g
-            .dequantize(&TensorInfo {
-                name: "y".into(),
-                dims: vec![32],
-                ggml_type: 8,
-                offset: 0,
-            })
-            .unwrap();
+        let g = Gguf { meta: BTreeMap::new(), tensors: vec![], bytes: b, data_start: 0 };
+        let v = g.dequantize(&TensorInfo { name: "y".into(), dims: vec![32], ggml_type: 8, offset: 0 }).unwrap();
         assert!(v.iter().all(|&x| x == -0.75));
         // Q4_0: d = 2, nibble 8 → 0, nibble 0 → −16.
         let mut b = half::f16::from_f32(2.0).to_le_bytes().to_vec();
         b.extend(std::iter::repeat_n(0x08u8, 16));
-        let g = Gguf {
-            meta: BTreeMap::new(),
-            tensors: vec![],
-            bytes: b,
-            data_start: 0,
-        };
-        let v = g
-            .dequantize(&TensorInfo {
-                name: "z".into(),
-                dims: vec![32],
-                ggml_type: 2,
-                offset: 0,
-            })
-            .unwrap();
+        let g = Gguf { meta: BTreeMap::new(), tensors: vec![], bytes: b, data_start: 0 };
+        let v = g.dequantize(&TensorInfo { name: "z".into(), dims: vec![32], ggml_type: 2, offset: 0 }).unwrap();
         assert!(v[..16].iter().all(|&x| x == 0.0) && v[16..].iter().all(|&x| x == -16.0));
     }
 }

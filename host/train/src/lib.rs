@@ -38,17 +38,11 @@ pub use error::TrainError;
 pub type CpuBackend = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
 
 /// The CPU backend with burn's `BalancedCheckpointing` (`--gradient-checkpointing`).
-pub type CpuBackendCheckpointed = burn::backend::Autodiff<
-    burn::backend::NdArray<f32>,
-    burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing,
->;
+pub type CpuBackendCheckpointed = burn::backend::Autodiff<burn::backend::NdArray<f32>, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>;
 
 /// The CUDA backend with `BalancedCheckpointing` (feature `cuda`).
 #[cfg(feature = "cuda")]
-pub type CudaBackendCheckpointed = burn::backend::Autodiff<
-    burn::backend::Cuda<f32>,
-    burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing,
->;
+pub type CudaBackendCheckpointed = burn::backend::Autodiff<burn::backend::Cuda<f32>, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>;
 
 /// The CPU backend without autodiff (inference: embeddings, generation).
 pub type CpuInference = burn::backend::NdArray<f32>;
@@ -78,34 +72,20 @@ pub fn train_sft_on(kind: BackendKind, args: &sft::SftArgs) -> error::Result<sft
         configure_gpu_caches();
     }
     match kind {
-        BackendKind::Cpu if args.gradient_checkpointing => {
-            sft::train_sft::<CpuBackendCheckpointed>(args, &Default::default())
-        }
+        BackendKind::Cpu if args.gradient_checkpointing => sft::train_sft::<CpuBackendCheckpointed>(args, &Default::default()),
         BackendKind::Cpu => sft::train_sft::<CpuBackend>(args, &Default::default()),
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda if args.gradient_checkpointing => {
-            sft::train_sft::<CudaBackendCheckpointed>(
-                args,
-                &burn::backend::cuda::CudaDevice::new(0),
-            )
-        }
+        BackendKind::Cuda if args.gradient_checkpointing => sft::train_sft::<CudaBackendCheckpointed>(args, &burn::backend::cuda::CudaDevice::new(0)),
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => {
-            sft::train_sft::<CudaBackend>(args, &burn::backend::cuda::CudaDevice::new(0))
-        }
+        BackendKind::Cuda => sft::train_sft::<CudaBackend>(args, &burn::backend::cuda::CudaDevice::new(0)),
         #[cfg(not(feature = "cuda"))]
-        BackendKind::Cuda => Err(TrainError::Args(
-            "this bagel was built without the `cuda` feature".into(),
-        )),
+        BackendKind::Cuda => Err(TrainError::Args("this bagel was built without the `cuda` feature".into())),
     }
 }
 
 /// Run the SFT step benchmark ([`bench::bench_sft_step`]) on the chosen backend.
 /// Errors: as [`train_sft_on`].
-pub fn bench_sft_step_on(
-    kind: BackendKind,
-    args: &bench::StepBenchArgs,
-) -> error::Result<bench::StepBenchReport> {
+pub fn bench_sft_step_on(kind: BackendKind, args: &bench::StepBenchArgs) -> error::Result<bench::StepBenchReport> {
     #[cfg(feature = "cuda")]
     if kind == BackendKind::Cuda {
         configure_gpu_caches();
@@ -113,13 +93,9 @@ pub fn bench_sft_step_on(
     match kind {
         BackendKind::Cpu => bench::bench_sft_step::<CpuBackend>(args, &Default::default()),
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => {
-            bench::bench_sft_step::<CudaBackend>(args, &burn::backend::cuda::CudaDevice::new(0))
-        }
+        BackendKind::Cuda => bench::bench_sft_step::<CudaBackend>(args, &burn::backend::cuda::CudaDevice::new(0)),
         #[cfg(not(feature = "cuda"))]
-        BackendKind::Cuda => Err(TrainError::Args(
-            "this bagel was built without the `cuda` feature".into(),
-        )),
+        BackendKind::Cuda => Err(TrainError::Args("this bagel was built without the `cuda` feature".into())),
     }
 }
 
@@ -145,9 +121,7 @@ pub fn user_cubecl_config() -> Option<std::path::PathBuf> {
         }
         for name in ["burn.toml", "Burn.toml"] {
             let p = dir.join(name);
-            if std::fs::read_to_string(&p)
-                .is_ok_and(|t| t.lines().any(|l| l.trim_start().starts_with("[cubecl")))
-            {
+            if std::fs::read_to_string(&p).is_ok_and(|t| t.lines().any(|l| l.trim_start().starts_with("[cubecl"))) {
                 return Some(p);
             }
         }

@@ -74,11 +74,7 @@ pub struct RandomInit<'a, B: Backend> {
 
 impl<B: Backend> TensorSource<B> for RandomInit<'_, B> {
     fn matrix(&mut self, _name: &str, shape: [usize; 2]) -> crate::error::Result<Tensor<B, 2>> {
-        Ok(Tensor::random(
-            shape,
-            Distribution::Normal(0.0, 0.02),
-            self.device,
-        ))
+        Ok(Tensor::random(shape, Distribution::Normal(0.0, 0.02), self.device))
     }
     fn vector(&mut self, _name: &str, len: usize) -> crate::error::Result<Tensor<B, 1>> {
         Ok(Tensor::ones([len], self.device))
@@ -90,34 +86,19 @@ impl<B: Backend> TensorSource<B> for RandomInit<'_, B> {
 
 impl<B: Backend> Llama<B> {
     /// Build from a config, taking tensors from `src` under their HF names.
-    pub fn from_source(
-        c: &LlamaConfig,
-        src: &mut impl TensorSource<B>,
-    ) -> crate::error::Result<Llama<B>> {
+    pub fn from_source(c: &LlamaConfig, src: &mut impl TensorSource<B>) -> crate::error::Result<Llama<B>> {
         let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
         let (hd, nh, nkv) = (c.head_dim(), c.num_attention_heads, c.kv_heads());
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
             let p = format!("model.layers.{l}.");
             layers.push(Block {
-                attn_norm: Param::from_tensor(
-                    src.vector(&format!("{p}input_layernorm.weight"), h)?,
-                ),
-                q: Param::from_tensor(
-                    src.matrix(&format!("{p}self_attn.q_proj.weight"), [nh * hd, h])?,
-                ),
-                k: Param::from_tensor(
-                    src.matrix(&format!("{p}self_attn.k_proj.weight"), [nkv * hd, h])?,
-                ),
-                v: Param::from_tensor(
-                    src.matrix(&format!("{p}self_attn.v_proj.weight"), [nkv * hd, h])?,
-                ),
-                o: Param::from_tensor(
-                    src.matrix(&format!("{p}self_attn.o_proj.weight"), [h, nh * hd])?,
-                ),
-                mlp_norm: Param::from_tensor(
-                    src.vector(&format!("{p}post_attention_layernorm.weight"), h)?,
-                ),
+                attn_norm: Param::from_tensor(src.vector(&format!("{p}input_layernorm.weight"), h)?),
+                q: Param::from_tensor(src.matrix(&format!("{p}self_attn.q_proj.weight"), [nh * hd, h])?),
+                k: Param::from_tensor(src.matrix(&format!("{p}self_attn.k_proj.weight"), [nkv * hd, h])?),
+                v: Param::from_tensor(src.matrix(&format!("{p}self_attn.v_proj.weight"), [nkv * hd, h])?),
+                o: Param::from_tensor(src.matrix(&format!("{p}self_attn.o_proj.weight"), [h, nh * hd])?),
+                mlp_norm: Param::from_tensor(src.vector(&format!("{p}post_attention_layernorm.weight"), h)?),
                 gate: Param::from_tensor(src.matrix(&format!("{p}mlp.gate_proj.weight"), [i, h])?),
                 up: Param::from_tensor(src.matrix(&format!("{p}mlp.up_proj.weight"), [i, h])?),
                 down: Param::from_tensor(src.matrix(&format!("{p}mlp.down_proj.weight"), [h, i])?),
@@ -129,17 +110,7 @@ impl<B: Backend> Llama<B> {
         } else {
             Some(Param::from_tensor(src.matrix("lm_head.weight", [v, h])?))
         };
-        Ok(Llama {
-            embed,
-            layers,
-            norm: Param::from_tensor(src.vector("model.norm.weight", h)?),
-            lm_head,
-            n_heads: nh,
-            n_kv_heads: nkv,
-            eps: c.rms_norm_eps,
-            rope_theta: c.rope_theta,
-            bf16: false,
-        })
+        Ok(Llama { embed, layers, norm: Param::from_tensor(src.vector("model.norm.weight", h)?), lm_head, n_heads: nh, n_kv_heads: nkv, eps: c.rms_norm_eps, rope_theta: c.rope_theta, bf16: false })
     }
 
     /// Every tensor under its HF name, in a stable order (for saving).
@@ -147,26 +118,17 @@ impl<B: Backend> Llama<B> {
         let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.val())];
         for (l, b) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{l}.");
-            out.push((
-                format!("{p}input_layernorm.weight"),
-                b.attn_norm.val().unsqueeze::<2>(),
-            ));
+            out.push((format!("{p}input_layernorm.weight"), b.attn_norm.val().unsqueeze::<2>()));
             out.push((format!("{p}self_attn.q_proj.weight"), b.q.val()));
             out.push((format!("{p}self_attn.k_proj.weight"), b.k.val()));
             out.push((format!("{p}self_attn.v_proj.weight"), b.v.val()));
             out.push((format!("{p}self_attn.o_proj.weight"), b.o.val()));
-            out.push((
-                format!("{p}post_attention_layernorm.weight"),
-                b.mlp_norm.val().unsqueeze::<2>(),
-            ));
+            out.push((format!("{p}post_attention_layernorm.weight"), b.mlp_norm.val().unsqueeze::<2>()));
             out.push((format!("{p}mlp.gate_proj.weight"), b.gate.val()));
             out.push((format!("{p}mlp.up_proj.weight"), b.up.val()));
             out.push((format!("{p}mlp.down_proj.weight"), b.down.val()));
         }
-        out.push((
-            "model.norm.weight".to_string(),
-            self.norm.val().unsqueeze::<2>(),
-        ));
+        out.push(("model.norm.weight".to_string(), self.norm.val().unsqueeze::<2>()));
         if let Some(w) = &self.lm_head {
             out.push(("lm_head.weight".to_string(), w.val()));
         }
@@ -191,44 +153,26 @@ impl<B: Backend> Llama<B> {
         let [b, s] = tokens.dims();
         let device = tokens.device();
         let h = self.embed.val().dims()[1];
-        let mut x = self
-            .embed
-            .val()
-            .select(0, tokens.reshape([b * s]))
-            .reshape([b, s, h]);
+        let mut x = self.embed.val().select(0, tokens.reshape([b * s])).reshape([b, s, h]);
         let hd = h / self.n_heads;
         let (cos, sin) = rope_tables::<B>(s, hd, self.rope_theta, &device);
         let (cos, sin) = (self.lo(cos), self.lo(sin));
         let mask = causal_mask::<B>(s, &device);
         for blk in &self.layers {
             let a = self.lo(rms_norm(x.clone(), blk.attn_norm.val(), self.eps));
-            let q = linear(a.clone(), self.lo(blk.q.val()))
-                .reshape([b, s, self.n_heads, hd])
-                .swap_dims(1, 2);
-            let k = linear(a.clone(), self.lo(blk.k.val()))
-                .reshape([b, s, self.n_kv_heads, hd])
-                .swap_dims(1, 2);
-            let v = linear(a, self.lo(blk.v.val()))
-                .reshape([b, s, self.n_kv_heads, hd])
-                .swap_dims(1, 2);
+            let q = linear(a.clone(), self.lo(blk.q.val())).reshape([b, s, self.n_heads, hd]).swap_dims(1, 2);
+            let k = linear(a.clone(), self.lo(blk.k.val())).reshape([b, s, self.n_kv_heads, hd]).swap_dims(1, 2);
+            let v = linear(a, self.lo(blk.v.val())).reshape([b, s, self.n_kv_heads, hd]).swap_dims(1, 2);
             let q = apply_rope(q, cos.clone(), sin.clone());
             let k = apply_rope(k, cos.clone(), sin.clone());
             let g = self.n_heads / self.n_kv_heads;
             let k = repeat_kv(k, g);
             let v = repeat_kv(v, g);
-            let scores = self
-                .hi(q.matmul(k.swap_dims(2, 3)))
-                .div_scalar((hd as f64).sqrt())
-                + mask.clone();
-            let attn = self
-                .lo(softmax(scores, 3))
-                .matmul(v)
-                .swap_dims(1, 2)
-                .reshape([b, s, self.n_heads * hd]);
+            let scores = self.hi(q.matmul(k.swap_dims(2, 3))).div_scalar((hd as f64).sqrt()) + mask.clone();
+            let attn = self.lo(softmax(scores, 3)).matmul(v).swap_dims(1, 2).reshape([b, s, self.n_heads * hd]);
             x = x + self.hi(linear(attn, self.lo(blk.o.val())));
             let m = self.lo(rms_norm(x.clone(), blk.mlp_norm.val(), self.eps));
-            let ff =
-                silu(linear(m.clone(), self.lo(blk.gate.val()))) * linear(m, self.lo(blk.up.val()));
+            let ff = silu(linear(m.clone(), self.lo(blk.gate.val()))) * linear(m, self.lo(blk.up.val()));
             x = x + self.hi(linear(ff, self.lo(blk.down.val())));
         }
         let x = self.lo(rms_norm(x, self.norm.val(), self.eps));
@@ -261,12 +205,7 @@ impl<B: Backend> Llama<B> {
     /// inputs, `targets` [B, S] the next tokens, `mask` [B, S] ∈ {0, 1}. Returns
     /// (sum of losses [1], number of target tokens). Dividing by a caller-chosen count is
     /// how gradient accumulation normalises by the tokens of the whole accumulated batch.
-    pub fn loss_sum(
-        &self,
-        tokens: Tensor<B, 2, Int>,
-        targets: Tensor<B, 2, Int>,
-        mask: Tensor<B, 2>,
-    ) -> Tensor<B, 1> {
+    pub fn loss_sum(&self, tokens: Tensor<B, 2, Int>, targets: Tensor<B, 2, Int>, mask: Tensor<B, 2>) -> Tensor<B, 1> {
         let logits = self.forward(tokens);
         let lp = log_softmax(logits, 2);
         let picked = lp.gather(2, targets.unsqueeze_dim(2)).squeeze_dim::<2>(2);
@@ -277,12 +216,7 @@ impl<B: Backend> Llama<B> {
 impl<B: Backend> Llama<B> {
     /// Per-sequence sum of target-token log-probabilities [B]: `tokens`, `targets`, `mask`
     /// as in [`Llama::loss_sum`]. Used by DPO (log π(y|x) summed over response tokens).
-    pub fn sequence_logps(
-        &self,
-        tokens: Tensor<B, 2, Int>,
-        targets: Tensor<B, 2, Int>,
-        mask: Tensor<B, 2>,
-    ) -> Tensor<B, 1> {
+    pub fn sequence_logps(&self, tokens: Tensor<B, 2, Int>, targets: Tensor<B, 2, Int>, mask: Tensor<B, 2>) -> Tensor<B, 1> {
         let lp = log_softmax(self.forward(tokens), 2);
         let picked = lp.gather(2, targets.unsqueeze_dim(2)).squeeze_dim::<2>(2);
         (picked * mask).sum_dim(1).squeeze_dim::<1>(1)
@@ -295,29 +229,17 @@ impl<B: Backend> Llama<B> {
 pub(crate) fn linear<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>) -> Tensor<B, 3> {
     let [b, s, i] = x.dims();
     let o = w.dims()[0];
-    x.reshape([b * s, i])
-        .matmul(w.transpose())
-        .reshape([b, s, o])
+    x.reshape([b * s, i]).matmul(w.transpose()).reshape([b, s, o])
 }
 
 /// RMSNorm: x / sqrt(mean(x²) + ε) · w.
 fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
-    let rms = x
-        .clone()
-        .powf_scalar(2.0)
-        .mean_dim(2)
-        .add_scalar(eps)
-        .sqrt();
+    let rms = x.clone().powf_scalar(2.0).mean_dim(2).add_scalar(eps).sqrt();
     x.div(rms) * w.unsqueeze::<3>()
 }
 
 /// cos/sin tables [1, 1, S, hd] for HF's rotate-half RoPE.
-fn rope_tables<B: Backend>(
-    s: usize,
-    hd: usize,
-    theta: f64,
-    device: &B::Device,
-) -> (Tensor<B, 4>, Tensor<B, 4>) {
+fn rope_tables<B: Backend>(s: usize, hd: usize, theta: f64, device: &B::Device) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let half = hd / 2;
     let mut cos = Vec::with_capacity(s * hd);
     let mut sin = Vec::with_capacity(s * hd);
@@ -329,9 +251,7 @@ fn rope_tables<B: Backend>(
             sin.push(a.sin() as f32);
         }
     }
-    let t = |v: Vec<f32>| {
-        Tensor::<B, 2>::from_data(TensorData::new(v, [s, hd]), device).unsqueeze::<4>()
-    };
+    let t = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [s, hd]), device).unsqueeze::<4>();
     (t(cos), t(sin))
 }
 
@@ -351,9 +271,7 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, g: usize) -> Tensor<B, 4> {
         return x;
     }
     let [b, kv, s, hd] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .repeat_dim(2, g)
-        .reshape([b, kv * g, s, hd])
+    x.unsqueeze_dim::<5>(2).repeat_dim(2, g).reshape([b, kv * g, s, hd])
 }
 
 /// Additive causal mask [1, 1, S, S]: 0 on and below the diagonal, −∞ above.

@@ -23,12 +23,8 @@ pub fn plot_metrics(metrics: &Path, out: &Path, title: &str, keys: &[&str]) -> R
     let text = std::fs::read_to_string(metrics).map_err(io(metrics))?;
     let mut series: Vec<(&str, Vec<(f64, f64)>)> = keys.iter().map(|k| (*k, Vec::new())).collect();
     for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let Some(step) = v.get("step").and_then(|s| s.as_f64()) else {
-            continue;
-        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Some(step) = v.get("step").and_then(|s| s.as_f64()) else { continue };
         for (k, pts) in series.iter_mut() {
             if let Some(y) = v.get(*k).and_then(|y| y.as_f64()).filter(|y| y.is_finite()) {
                 pts.push((step, y));
@@ -42,21 +38,12 @@ pub fn plot_metrics(metrics: &Path, out: &Path, title: &str, keys: &[&str]) -> R
         let _ = std::fs::remove_file(out);
         return Ok(());
     }
-    let (x_max, y_min, y_max) = all.iter().fold(
-        (1.0f64, f64::INFINITY, f64::NEG_INFINITY),
-        |(x, lo, hi), &(a, b)| (x.max(a), lo.min(b), hi.max(b)),
-    );
+    let (x_max, y_min, y_max) = all.iter().fold((1.0f64, f64::INFINITY, f64::NEG_INFINITY), |(x, lo, hi), &(a, b)| (x.max(a), lo.min(b), hi.max(b)));
     let pad = ((y_max - y_min) * 0.05).max(1e-3);
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
+    let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let tmp = out.with_file_name(format!(".tmp-{}-{name}", std::process::id()));
     register_font();
-    let bad = |e: &dyn std::fmt::Display| TrainError::BadFile {
-        path: out.to_path_buf(),
-        message: e.to_string(),
-    };
+    let bad = |e: &dyn std::fmt::Display| TrainError::BadFile { path: out.to_path_buf(), message: e.to_string() };
     {
         let root = BitMapBackend::new(&tmp, (800, 480)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| bad(&e))?;
@@ -67,12 +54,7 @@ pub fn plot_metrics(metrics: &Path, out: &Path, title: &str, keys: &[&str]) -> R
             .y_label_area_size(56)
             .build_cartesian_2d(0f64..x_max, (y_min - pad)..(y_max + pad))
             .map_err(|e| bad(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc("step")
-            .y_desc("loss")
-            .draw()
-            .map_err(|e| bad(&e))?;
+        chart.configure_mesh().x_desc("step").y_desc("loss").draw().map_err(|e| bad(&e))?;
         let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
         for (i, (k, pts)) in series.iter().enumerate() {
             let c = colors[i % colors.len()];
@@ -80,16 +62,9 @@ pub fn plot_metrics(metrics: &Path, out: &Path, title: &str, keys: &[&str]) -> R
                 .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
                 .map_err(|e| bad(&e))?
                 .label(*k)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2))
-                });
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| bad(&e))?;
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| bad(&e))?;
         root.present().map_err(|e| bad(&e))?;
     }
     std::fs::rename(&tmp, out).map_err(io(out))

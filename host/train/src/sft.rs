@@ -15,8 +15,8 @@ use crate::data::{load_sft, stratified_split, DataOptions, Example, Tok};
 use crate::error::{io, Result, TrainError};
 use crate::model::Llama;
 use crate::weights::{load_model, save_model};
-use burn::module::Module;
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -105,27 +105,13 @@ pub struct SftArgs {
 
 /// AdamW (Loshchilov & Hutter 2019) with HF Trainer's knobs; shared by SFT and DPO.
 pub(crate) fn adamw(beta1: f64, beta2: f64, epsilon: f64, weight_decay: f64) -> AdamWConfig {
-    AdamWConfig::new()
-        .with_beta_1(beta1 as f32)
-        .with_beta_2(beta2 as f32)
-        .with_epsilon(epsilon as f32)
-        .with_weight_decay(weight_decay as f32)
+    AdamWConfig::new().with_beta_1(beta1 as f32).with_beta_2(beta2 as f32).with_epsilon(epsilon as f32).with_weight_decay(weight_decay as f32)
 }
 
 /// (total optimizer steps, warm-up steps) as HF Trainer derives them: `max_steps`, else
 /// ⌈epochs · examples / examples per step⌉ (at least 1); warm-up ⌈ratio · total⌉.
-pub(crate) fn schedule(
-    max_steps: Option<usize>,
-    epochs: f64,
-    examples: usize,
-    per_step: usize,
-    warmup_ratio: f64,
-) -> (usize, usize) {
-    let total = max_steps.unwrap_or_else(|| {
-        ((epochs * examples as f64) / per_step as f64)
-            .ceil()
-            .max(1.0) as usize
-    });
+pub(crate) fn schedule(max_steps: Option<usize>, epochs: f64, examples: usize, per_step: usize, warmup_ratio: f64) -> (usize, usize) {
+    let total = max_steps.unwrap_or_else(|| ((epochs * examples as f64) / per_step as f64).ceil().max(1.0) as usize);
     (total, (warmup_ratio * total as f64).ceil() as usize)
 }
 
@@ -180,18 +166,7 @@ pub struct TrainerState {
 /// `checkpoint-N` directories under `dir`, sorted by N.
 pub fn checkpoints(dir: &std::path::Path) -> Vec<(usize, PathBuf)> {
     let mut v: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_str()?
-                        .strip_prefix("checkpoint-")?
-                        .parse()
-                        .ok()
-                        .map(|n| (n, e.path()))
-                })
-                .collect()
-        })
+        .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str()?.strip_prefix("checkpoint-")?.parse().ok().map(|n| (n, e.path()))).collect())
         .unwrap_or_default();
     v.sort();
     v
@@ -253,37 +228,25 @@ struct Scale<'a> {
 impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-            self.grads
-                .register::<B::InnerBackend, D>(param.id, g.mul_scalar(self.factor));
+            self.grads.register::<B::InnerBackend, D>(param.id, g.mul_scalar(self.factor));
         }
     }
 }
 
 /// Global L2 norm of all gradients of `model`; scales them to `max_norm` when above it.
-pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
-    model: &M,
-    grads: &mut GradientsParams,
-    max_norm: f64,
-) -> f64 {
+pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
     let mut v = SqNorm { grads, sq: 0.0 };
     model.visit(&mut v);
     let norm = v.sq.sqrt();
     if max_norm > 0.0 && norm > max_norm {
-        let mut s = Scale {
-            grads,
-            factor: max_norm / (norm + 1e-6),
-        };
+        let mut s = Scale { grads, factor: max_norm / (norm + 1e-6) };
         model.visit(&mut s);
     }
     norm
 }
 
 /// Build (tokens, targets, mask) tensors [B, S−1] for a micro-batch, right-padded with EOS.
-pub fn batch_tensors<B: Backend>(
-    batch: &[&Example],
-    pad: u32,
-    device: &B::Device,
-) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>, Tensor<B, 2>, usize) {
+pub fn batch_tensors<B: Backend>(batch: &[&Example], pad: u32, device: &B::Device) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>, Tensor<B, 2>, usize) {
     batch_tensors_padded(batch, pad, 1, device)
 }
 
@@ -291,30 +254,16 @@ pub fn batch_tensors<B: Backend>(
 /// `pad_to_multiple_of` (HF `DataCollatorForSeq2Seq(pad_to_multiple_of=…)`): on GPU
 /// backends every new shape costs kernel compilation and autotuning, so fewer distinct
 /// lengths mean a faster start. Padding positions are masked out; the loss is unchanged.
-pub fn batch_tensors_padded<B: Backend>(
-    batch: &[&Example],
-    pad: u32,
-    pad_to_multiple_of: usize,
-    device: &B::Device,
-) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>, Tensor<B, 2>, usize) {
-    let s = (batch.iter().map(|e| e.ids.len()).max().unwrap_or(2).max(2) - 1)
-        .next_multiple_of(pad_to_multiple_of.max(1));
+pub fn batch_tensors_padded<B: Backend>(batch: &[&Example], pad: u32, pad_to_multiple_of: usize, device: &B::Device) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>, Tensor<B, 2>, usize) {
+    let s = (batch.iter().map(|e| e.ids.len()).max().unwrap_or(2).max(2) - 1).next_multiple_of(pad_to_multiple_of.max(1));
     let b = batch.len();
-    let (mut tok, mut tgt, mut msk) = (
-        Vec::with_capacity(b * s),
-        Vec::with_capacity(b * s),
-        Vec::with_capacity(b * s),
-    );
+    let (mut tok, mut tgt, mut msk) = (Vec::with_capacity(b * s), Vec::with_capacity(b * s), Vec::with_capacity(b * s));
     let mut n = 0;
     for e in batch {
         for i in 0..s {
             let have = i + 1 < e.ids.len();
             tok.push(*e.ids.get(i).unwrap_or(&pad) as i64);
-            tgt.push(if have {
-                e.ids[i + 1] as i64
-            } else {
-                pad as i64
-            });
+            tgt.push(if have { e.ids[i + 1] as i64 } else { pad as i64 });
             let m = have && e.mask[i + 1];
             n += usize::from(m);
             msk.push(if m { 1.0f32 } else { 0.0 });
@@ -329,25 +278,12 @@ pub fn batch_tensors_padded<B: Backend>(
 }
 
 /// Mean target-token loss of `model` over `examples` (no gradients).
-pub fn evaluate<B: Backend>(
-    model: &Llama<B>,
-    examples: &[Example],
-    bs: usize,
-    pad: u32,
-    device: &B::Device,
-) -> f64 {
+pub fn evaluate<B: Backend>(model: &Llama<B>, examples: &[Example], bs: usize, pad: u32, device: &B::Device) -> f64 {
     evaluate_padded(model, examples, bs, pad, 1, device)
 }
 
 /// [`evaluate`] with batches padded as [`batch_tensors_padded`] does.
-pub fn evaluate_padded<B: Backend>(
-    model: &Llama<B>,
-    examples: &[Example],
-    bs: usize,
-    pad: u32,
-    pad_to_multiple_of: usize,
-    device: &B::Device,
-) -> f64 {
+pub fn evaluate_padded<B: Backend>(model: &Llama<B>, examples: &[Example], bs: usize, pad: u32, pad_to_multiple_of: usize, device: &B::Device) -> f64 {
     let (mut sum, mut n) = (0.0, 0usize);
     for chunk in examples.chunks(bs.max(1)) {
         let refs: Vec<&Example> = chunk.iter().collect();
@@ -362,31 +298,18 @@ pub fn evaluate_padded<B: Backend>(
 /// `args.output_dir`, plus `training_args.json`.
 pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Result<SftSummary> {
     if args.per_device_train_batch_size == 0 || args.gradient_accumulation_steps == 0 {
-        return Err(TrainError::Args(
-            "batch size and gradient accumulation must be ≥ 1".into(),
-        ));
+        return Err(TrainError::Args("batch size and gradient accumulation must be ≥ 1".into()));
     }
     if args.bf16 && !B::supports_dtype(device, burn::tensor::DType::BF16) {
-        return Err(TrainError::Args(
-            "--bf16: this backend has no bf16 tensors (use --backend cuda)".into(),
-        ));
+        return Err(TrainError::Args("--bf16: this backend has no bf16 tensors (use --backend cuda)".into()));
     }
     B::seed(device, args.seed);
     let tok = Tok::load(&args.model_name_or_path)?;
     let (config, model): (LlamaConfig, Llama<B>) = load_model(&args.model_name_or_path, device)?;
     let mut model = model.with_bf16(args.bf16);
-    let opts = DataOptions {
-        model_max_len: args.model_max_len,
-        skip_excess_length: args.skip_excess_length,
-        train_on_source: args.train_on_source,
-        include_sources: args.include_sources.clone(),
-    };
+    let opts = DataOptions { model_max_len: args.model_max_len, skip_excess_length: args.skip_excess_length, train_on_source: args.train_on_source, include_sources: args.include_sources.clone() };
     let (examples, data_report) = load_sft(&args.dataset, &tok, &opts)?;
-    let (mut train, mut eval) = if args.eval_dataset_size > 0.0 {
-        stratified_split(examples, args.eval_dataset_size, args.data_seed)
-    } else {
-        (examples, Vec::new())
-    };
+    let (mut train, mut eval) = if args.eval_dataset_size > 0.0 { stratified_split(examples, args.eval_dataset_size, args.data_seed) } else { (examples, Vec::new()) };
     if let Some(m) = args.max_train_samples {
         train.truncate(m);
     }
@@ -394,32 +317,13 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
         eval.truncate(m);
     }
     if train.is_empty() {
-        return Err(TrainError::Args(format!(
-            "no training examples left in {} ({data_report:?})",
-            args.dataset.display()
-        )));
+        return Err(TrainError::Args(format!("no training examples left in {} ({data_report:?})", args.dataset.display())));
     }
     let per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps;
-    let (total, warmup) = schedule(
-        args.max_steps,
-        args.num_train_epochs,
-        train.len(),
-        per_step,
-        args.warmup_ratio,
-    );
+    let (total, warmup) = schedule(args.max_steps, args.num_train_epochs, train.len(), per_step, args.warmup_ratio);
     std::fs::create_dir_all(&args.output_dir).map_err(io(&args.output_dir))?;
-    std::fs::write(
-        args.output_dir.join("training_args.json"),
-        serde_json::to_vec_pretty(args).expect("args serialise"),
-    )
-    .map_err(io(&args.output_dir))?;
-    let mut optim = adamw(
-        args.adam_beta1,
-        args.adam_beta2,
-        args.adam_epsilon,
-        args.weight_decay,
-    )
-    .init::<B, Llama<B>>();
+    std::fs::write(args.output_dir.join("training_args.json"), serde_json::to_vec_pretty(args).expect("args serialise")).map_err(io(&args.output_dir))?;
+    let mut optim = adamw(args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.weight_decay).init::<B, Llama<B>>();
     let pad = tok.eos.1;
     let megabatch = MEGABATCH_MULT * args.per_device_train_batch_size;
     let lengths: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();
@@ -430,27 +334,11 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
         }
     };
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-    let mut st = TrainerState {
-        step: 0,
-        cursor: 0,
-        rng: args.data_seed,
-        order: (0..train.len()).collect(),
-        seen: 0,
-        tokens_done: 0,
-        first_loss: f64::NAN,
-        first_eval_loss: None,
-    };
+    let mut st = TrainerState { step: 0, cursor: 0, rng: args.data_seed, order: (0..train.len()).collect(), seen: 0, tokens_done: 0, first_loss: f64::NAN, first_eval_loss: None };
     shuffle(&mut st.order, &mut st.rng);
     if args.resume {
         let restored;
-        (model, optim, restored) = load_latest_checkpoint(
-            &args.output_dir,
-            model,
-            optim,
-            train.len(),
-            &recorder,
-            device,
-        )?;
+        (model, optim, restored) = load_latest_checkpoint(&args.output_dir, model, optim, train.len(), &recorder, device)?;
         if let Some(r) = restored {
             st = r;
         }
@@ -459,21 +347,9 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
     if args.resume {
         trim_metrics(&metrics_path, st.step)?;
     }
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(args.resume)
-        .write(true)
-        .truncate(!args.resume)
-        .open(&metrics_path)
-        .map_err(io(&metrics_path))?;
-    let pb = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        indicatif::ProgressBar::new(total as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("sft [{bar:30}] {pos}/{len} {msg} eta {eta}")
-    {
+    let mut metrics = std::fs::OpenOptions::new().create(true).append(args.resume).write(true).truncate(!args.resume).open(&metrics_path).map_err(io(&metrics_path))?;
+    let pb = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { indicatif::ProgressBar::new(total as u64) } else { indicatif::ProgressBar::hidden() };
+    if let Ok(style) = indicatif::ProgressStyle::with_template("sft [{bar:30}] {pos}/{len} {msg} eta {eta}") {
         pb.set_style(style);
     }
     let t0 = Instant::now();
@@ -483,29 +359,9 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
     if !eval.is_empty() && st.step == 0 {
         // Baseline eval before the first update (HF `eval_on_start`), so the eval curve
         // starts from the untuned model.
-        let el = evaluate_padded(
-            &model.valid(),
-            &eval,
-            args.per_device_train_batch_size,
-            pad,
-            args.pad_to_multiple_of,
-            device,
-        );
-        let m = Metrics {
-            step: 0,
-            epoch: 0.0,
-            loss: None,
-            eval_loss: Some(el),
-            learning_rate: 0.0,
-            grad_norm: None,
-            tokens_per_second: 0.0,
-        };
-        writeln!(
-            metrics,
-            "{}",
-            serde_json::to_string(&m).expect("metrics serialise")
-        )
-        .map_err(io(&metrics_path))?;
+        let el = evaluate_padded(&model.valid(), &eval, args.per_device_train_batch_size, pad, args.pad_to_multiple_of, device);
+        let m = Metrics { step: 0, epoch: 0.0, loss: None, eval_loss: Some(el), learning_rate: 0.0, grad_norm: None, tokens_per_second: 0.0 };
+        writeln!(metrics, "{}", serde_json::to_string(&m).expect("metrics serialise")).map_err(io(&metrics_path))?;
         st.first_eval_loss = Some(el);
     }
     for step in st.step..total {
@@ -524,11 +380,7 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
             }
             micro.push(mb);
         }
-        let n_targets: usize = micro
-            .iter()
-            .flatten()
-            .map(|e| e.mask.iter().skip(1).filter(|&&m| m).count())
-            .sum();
+        let n_targets: usize = micro.iter().flatten().map(|e| e.mask.iter().skip(1).filter(|&&m| m).count()).sum();
         let mut acc = GradientsAccumulator::<Llama<B>>::new();
         let mut loss_sum = 0.0;
         for mb in &micro {
@@ -555,116 +407,41 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
         pb.set_position(done as u64);
         pb.set_message(format!("loss {loss:.4} {tps:.0} tok/s"));
         let log = |m: &Metrics, f: &mut std::fs::File| -> Result<()> {
-            writeln!(
-                f,
-                "{}",
-                serde_json::to_string(m).expect("metrics serialise")
-            )
-            .map_err(io(&metrics_path))
+            writeln!(f, "{}", serde_json::to_string(m).expect("metrics serialise")).map_err(io(&metrics_path))
         };
-        if args.logging_steps > 0 && (done % args.logging_steps == 0 || done == 1 || done == total)
-        {
-            log(
-                &Metrics {
-                    step: done,
-                    epoch,
-                    loss: Some(loss),
-                    eval_loss: None,
-                    learning_rate: lr,
-                    grad_norm: Some(grad_norm),
-                    tokens_per_second: tps,
-                },
-                &mut metrics,
-            )?;
+        if args.logging_steps > 0 && (done % args.logging_steps == 0 || done == 1 || done == total) {
+            log(&Metrics { step: done, epoch, loss: Some(loss), eval_loss: None, learning_rate: lr, grad_norm: Some(grad_norm), tokens_per_second: tps }, &mut metrics)?;
             tracing::info!(step = done, loss, lr, grad_norm, tps, "sft");
         }
-        let eval_now = !eval.is_empty()
-            && ((args.eval_steps > 0 && done % args.eval_steps == 0) || done == total);
+        let eval_now = !eval.is_empty() && ((args.eval_steps > 0 && done % args.eval_steps == 0) || done == total);
         if eval_now {
             let valid = model.valid();
-            let el = evaluate_padded(
-                &valid,
-                &eval,
-                args.per_device_train_batch_size,
-                pad,
-                args.pad_to_multiple_of,
-                device,
-            );
+            let el = evaluate_padded(&valid, &eval, args.per_device_train_batch_size, pad, args.pad_to_multiple_of, device);
             final_eval = Some(el);
-            log(
-                &Metrics {
-                    step: done,
-                    epoch,
-                    loss: None,
-                    eval_loss: Some(el),
-                    learning_rate: lr,
-                    grad_norm: None,
-                    tokens_per_second: tps,
-                },
-                &mut metrics,
-            )?;
+            log(&Metrics { step: done, epoch, loss: None, eval_loss: Some(el), learning_rate: lr, grad_norm: None, tokens_per_second: tps }, &mut metrics)?;
         }
         if args.save_steps > 0 && done % args.save_steps == 0 && done < total {
-            save_checkpoint(
-                &args.output_dir,
-                args.save_total_limit,
-                &args.model_name_or_path,
-                &config,
-                &model,
-                &optim,
-                &st,
-                &recorder,
-            )?;
+            save_checkpoint(&args.output_dir, args.save_total_limit, &args.model_name_or_path, &config, &model, &optim, &st, &recorder)?;
         }
     }
     pb.finish_and_clear();
     save_model(&model, &config, &args.model_name_or_path, &args.output_dir)?;
-    crate::plot::plot_metrics(
-        &metrics_path,
-        &args.output_dir.join("loss.png"),
-        "SFT",
-        &["loss", "eval_loss"],
-    )?;
+    crate::plot::plot_metrics(&metrics_path, &args.output_dir.join("loss.png"), "SFT", &["loss", "eval_loss"])?;
     let q = step_losses.len().div_ceil(4).max(1);
-    let mean = |v: &[f64]| {
-        if v.is_empty() {
-            f64::NAN
-        } else {
-            v.iter().sum::<f64>() / v.len() as f64
-        }
-    };
+    let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
     let first_quarter_loss = mean(&step_losses[..q.min(step_losses.len())]);
     let last_quarter_loss = mean(&step_losses[step_losses.len().saturating_sub(q)..]);
-    Ok(SftSummary {
-        first_quarter_loss,
-        last_quarter_loss,
-        steps: total,
-        train_examples: train.len(),
-        eval_examples: eval.len(),
-        first_loss: st.first_loss,
-        last_loss,
-        initial_eval_loss: st.first_eval_loss,
-        final_eval_loss: final_eval,
-        data: data_report,
-    })
+    Ok(SftSummary { first_quarter_loss, last_quarter_loss, steps: total, train_examples: train.len(), eval_examples: eval.len(), first_loss: st.first_loss, last_loss, initial_eval_loss: st.first_eval_loss, final_eval_loss: final_eval, data: data_report })
 }
 
 /// On resume from step `step`: keep only the metrics lines up to that step (the lines the
 /// interrupted run logged after its last checkpoint are logged again), atomically. With
 /// no checkpoint (`step` 0) the file starts empty.
 pub(crate) fn trim_metrics(path: &std::path::Path, step: usize) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
-    };
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
     let kept: String = text
         .lines()
-        .filter(|l| {
-            step > 0
-                && serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|v| v.get("step")?.as_u64())
-                    .is_some_and(|s| s as usize <= step)
-        })
+        .filter(|l| step > 0 && serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v.get("step")?.as_u64()).is_some_and(|s| s as usize <= step))
         .map(|l| format!("{l}\n"))
         .collect();
     crate::weights::write_atomic(path, kept.as_bytes())
@@ -682,29 +459,14 @@ pub(crate) fn load_latest_checkpoint<B: AutodiffBackend, O: Optimizer<Llama<B>, 
     recorder: &NamedMpkFileRecorder<FullPrecisionSettings>,
     device: &B::Device,
 ) -> Result<(Llama<B>, O, Option<TrainerState>)> {
-    let Some((_, ck)) = checkpoints(output_dir).pop() else {
-        return Ok((model, optim, None));
-    };
-    let rec = |e: burn::record::RecorderError| TrainError::BadFile {
-        path: ck.clone(),
-        message: e.to_string(),
-    };
+    let Some((_, ck)) = checkpoints(output_dir).pop() else { return Ok((model, optim, None)) };
+    let rec = |e: burn::record::RecorderError| TrainError::BadFile { path: ck.clone(), message: e.to_string() };
     let model = model.load_record(recorder.load(ck.join("model"), device).map_err(rec)?);
     let optim = optim.load_record(recorder.load(ck.join("optimizer"), device).map_err(rec)?);
     let sp = ck.join("trainer_state.json");
-    let st: TrainerState =
-        serde_json::from_slice(&std::fs::read(&sp).map_err(io(&sp))?).map_err(|e| {
-            TrainError::BadFile {
-                path: sp.clone(),
-                message: e.to_string(),
-            }
-        })?;
+    let st: TrainerState = serde_json::from_slice(&std::fs::read(&sp).map_err(io(&sp))?).map_err(|e| TrainError::BadFile { path: sp.clone(), message: e.to_string() })?;
     if st.order.len() != n_train {
-        return Err(TrainError::Args(format!(
-            "{} was saved for {} training examples, the dataset now gives {n_train}",
-            ck.display(),
-            st.order.len()
-        )));
+        return Err(TrainError::Args(format!("{} was saved for {} training examples, the dataset now gives {n_train}", ck.display(), st.order.len())));
     }
     tracing::info!("resuming from {} at step {}", ck.display(), st.step);
     Ok((model, optim, Some(st)))
@@ -728,21 +490,10 @@ pub(crate) fn save_checkpoint<B: AutodiffBackend, O: Optimizer<Llama<B>, B>>(
     let tmp = output_dir.join(format!(".checkpoint-{}.tmp", st.step));
     let _ = std::fs::remove_dir_all(&tmp);
     save_model(model, config, tokenizer_dir, &tmp)?;
-    let rec = |e: burn::record::RecorderError| TrainError::BadFile {
-        path: tmp.clone(),
-        message: e.to_string(),
-    };
-    recorder
-        .record(model.clone().into_record(), tmp.join("model"))
-        .map_err(rec)?;
-    recorder
-        .record(optim.to_record(), tmp.join("optimizer"))
-        .map_err(rec)?;
-    std::fs::write(
-        tmp.join("trainer_state.json"),
-        serde_json::to_vec(st).expect("state serialises"),
-    )
-    .map_err(io(&tmp))?;
+    let rec = |e: burn::record::RecorderError| TrainError::BadFile { path: tmp.clone(), message: e.to_string() };
+    recorder.record(model.clone().into_record(), tmp.join("model")).map_err(rec)?;
+    recorder.record(optim.to_record(), tmp.join("optimizer")).map_err(rec)?;
+    std::fs::write(tmp.join("trainer_state.json"), serde_json::to_vec(st).expect("state serialises")).map_err(io(&tmp))?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
     if let Some(limit) = save_total_limit {

@@ -12,23 +12,17 @@ use std::path::PathBuf;
 fn model_dir() -> Option<PathBuf> {
     let p = std::env::var_os("BAGEL_MINILM_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/models/all-minilm-l6-v2")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/models/all-minilm-l6-v2"));
     if p.join("model.safetensors").exists() {
         Some(p)
     } else {
-        eprintln!(
-            "skipping: {} not found (run `cargo xtask fetch-models`)",
-            p.display()
-        );
+        eprintln!("skipping: {} not found (run `cargo xtask fetch-models`)", p.display());
         None
     }
 }
 
 fn vectors() -> serde_json::Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/vectors/minilm_embedding_vectors.json");
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors/minilm_embedding_vectors.json");
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
@@ -43,18 +37,11 @@ fn minilm_embeddings_match_sentence_transformers() {
     let items = v["items"].as_array().unwrap();
     let mut emb = SentenceEmbedder::<CpuInference>::load(&dir, &Default::default()).unwrap();
     assert_eq!(emb.dim(), 384);
-    assert_eq!(
-        emb.max_seq_length, 256,
-        "sentence_bert_config.json max_seq_length"
-    );
+    assert_eq!(emb.max_seq_length, 256, "sentence_bert_config.json max_seq_length");
     let texts: Vec<&str> = items.iter().map(|i| i["text"].as_str().unwrap()).collect();
     for (t, item) in texts.iter().zip(items) {
         let want: Vec<u32> = serde_json::from_value(item["token_ids"].clone()).unwrap();
-        assert_eq!(
-            emb.token_ids(t).unwrap(),
-            want,
-            "token ids of {t:?} (padding must be off)"
-        );
+        assert_eq!(emb.token_ids(t).unwrap(), want, "token ids of {t:?} (padding must be off)");
     }
     // Batch of 4 over 6 texts of different lengths: padding is present in every batch.
     emb.batch_size = 4;
@@ -68,10 +55,7 @@ fn minilm_embeddings_match_sentence_transformers() {
     let cosine: Vec<Vec<f64>> = serde_json::from_value(v["cosine"].clone()).unwrap();
     for i in 0..got.len() {
         for j in 0..got.len() {
-            assert!(
-                (dot(&got[i], &got[j]) - cosine[i][j]).abs() < 1e-4,
-                "cosine[{i}][{j}]"
-            );
+            assert!((dot(&got[i], &got[j]) - cosine[i][j]).abs() < 1e-4, "cosine[{i}][{j}]");
         }
     }
     // One at a time (no padding) gives the same vectors as the padded batches.

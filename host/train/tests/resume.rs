@@ -12,34 +12,15 @@ fn tiny_dir() -> PathBuf {
 fn write_dataset(path: &Path) {
     use arrow_array::{ArrayRef, RecordBatch, StringArray};
     let n = 24;
-    let col = |f: &dyn Fn(usize) -> String| {
-        Arc::new(StringArray::from((0..n).map(f).collect::<Vec<_>>())) as ArrayRef
-    };
+    let col = |f: &dyn Fn(usize) -> String| Arc::new(StringArray::from((0..n).map(f).collect::<Vec<_>>())) as ArrayRef;
     let batch = RecordBatch::try_from_iter(vec![
         ("id", col(&|i| format!("id{i}"))),
-        (
-            "source",
-            col(&|i| {
-                if i % 2 == 0 {
-                    "a_alpaca".into()
-                } else {
-                    "b_vicuna".into()
-                }
-            }),
-        ),
-        (
-            "input",
-            col(&|i| format!("USER: What is {i} plus {i}?\nASSISTANT: ")),
-        ),
+        ("source", col(&|i| if i % 2 == 0 { "a_alpaca".into() } else { "b_vicuna".into() })),
+        ("input", col(&|i| format!("USER: What is {i} plus {i}?\nASSISTANT: "))),
         ("output", col(&|i| format!("{} is the answer.", 2 * i))),
     ])
     .unwrap();
-    let mut w = parquet::arrow::ArrowWriter::try_new(
-        std::fs::File::create(path).unwrap(),
-        batch.schema(),
-        None,
-    )
-    .unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
 }
@@ -103,15 +84,10 @@ fn resumed_run_continues_the_same_loss_curve() {
     let a = tmp.path().join("a");
     train_sft::<CpuBackend>(&args(&model, &data, &a), &device).unwrap();
     let full = losses(&a);
-    assert_eq!(
-        full.iter().map(|x| x.0).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 6]
-    );
+    assert_eq!(full.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6]);
     let cks = checkpoints(&a);
     assert_eq!(cks.iter().map(|c| c.0).collect::<Vec<_>>(), vec![3]);
-    assert!(
-        cks[0].1.join("model.safetensors").exists() && cks[0].1.join("trainer_state.json").exists()
-    );
+    assert!(cks[0].1.join("model.safetensors").exists() && cks[0].1.join("trainer_state.json").exists());
 
     // Interrupted after step 3: only checkpoint-3 exists; resume.
     let b = tmp.path().join("b");
@@ -124,16 +100,10 @@ fn resumed_run_continues_the_same_loss_curve() {
     r.resume = true;
     train_sft::<CpuBackend>(&r, &device).unwrap();
     let resumed = losses(&b);
-    assert_eq!(
-        resumed.iter().map(|x| x.0).collect::<Vec<_>>(),
-        vec![4, 5, 6]
-    );
+    assert_eq!(resumed.iter().map(|x| x.0).collect::<Vec<_>>(), vec![4, 5, 6]);
     for ((s1, l1), (s2, l2)) in full[3..].iter().zip(&resumed) {
         assert_eq!(s1, s2);
-        assert!(
-            (l1 - l2).abs() < 1e-5,
-            "step {s1}: {l1} uninterrupted vs {l2} resumed"
-        );
+        assert!((l1 - l2).abs() < 1e-5, "step {s1}: {l1} uninterrupted vs {l2} resumed");
     }
     assert!(full[5].1 < full[0].1, "loss falls: {full:?}");
 }
@@ -150,10 +120,7 @@ fn save_total_limit_keeps_the_newest() {
     a.save_steps = 1;
     a.save_total_limit = Some(2);
     train_sft::<CpuBackend>(&a, &Default::default()).unwrap();
-    assert_eq!(
-        checkpoints(&out).iter().map(|c| c.0).collect::<Vec<_>>(),
-        vec![4, 5]
-    );
+    assert_eq!(checkpoints(&out).iter().map(|c| c.0).collect::<Vec<_>>(), vec![4, 5]);
 }
 
 #[test]
@@ -171,12 +138,7 @@ fn gradient_checkpointing_and_group_by_length() {
     a.output_dir = tmp.path().join("ckpt");
     a.gradient_checkpointing = true;
     let ck = bagel_train::train_sft_on(bagel_train::BackendKind::Cpu, &a).unwrap();
-    assert!(
-        (plain.last_loss - ck.last_loss).abs() < 1e-4,
-        "checkpointing recomputes, same numbers: {} vs {}",
-        plain.last_loss,
-        ck.last_loss
-    );
+    assert!((plain.last_loss - ck.last_loss).abs() < 1e-4, "checkpointing recomputes, same numbers: {} vs {}", plain.last_loss, ck.last_loss);
     assert!(a.output_dir.join("loss.png").exists(), "loss curve plotted");
     // Grouping: mega-batches sorted longest first.
     let mut order = vec![0, 1, 2, 3, 4, 5];

@@ -40,23 +40,14 @@ fn linear_schedule_matches_hf_by_hand() {
 fn loss_mask_covers_output_and_eos_and_no_double_bos() {
     let tok = Tok::load(&tiny_dir()).unwrap();
     assert_eq!((tok.bos.1, tok.eos.1), (1, 2));
-    let e = tok
-        .example("x_alpaca", "### Instruction:\nHi", "Hello", false)
-        .unwrap();
+    let e = tok.example("x_alpaca", "### Instruction:\nHi", "Hello", false).unwrap();
     assert_eq!(e.ids[0], 1);
     assert_eq!(*e.ids.last().unwrap(), 2);
     let n_out = tok.encode("Hello").unwrap().len() + 1;
     assert_eq!(e.mask.iter().filter(|&&m| m).count(), n_out);
     assert!(e.mask[e.ids.len() - n_out..].iter().all(|&m| m));
     // chatml rows start with the BOS string: exactly one BOS.
-    let c = tok
-        .example(
-            "x_chatml",
-            "<s>user\nHi</s>\n<s>assistant\n",
-            "Hello<|im_end|>",
-            false,
-        )
-        .unwrap();
+    let c = tok.example("x_chatml", "<s>user\nHi</s>\n<s>assistant\n", "Hello<|im_end|>", false).unwrap();
     assert_eq!(c.ids[0], 1);
     assert_ne!(c.ids[1], 1, "double BOS");
     let all = tok.example("x", "a", "b", true).unwrap();
@@ -64,11 +55,7 @@ fn loss_mask_covers_output_and_eos_and_no_double_bos() {
 }
 
 fn ex(ids: &[u32], n_src: usize) -> Example {
-    Example {
-        source: "t".into(),
-        ids: ids.to_vec(),
-        mask: (0..ids.len()).map(|i| i >= n_src).collect(),
-    }
+    Example { source: "t".into(), ids: ids.to_vec(), mask: (0..ids.len()).map(|i| i >= n_src).collect() }
 }
 
 #[test]
@@ -96,10 +83,7 @@ fn accumulation_normalised_by_tokens_equals_one_big_batch() {
     assert!((big_v - small_v).abs() < 1e-5, "{big_v} vs {small_v}");
     let n_big = clip_global_norm(&model, &mut g_big, 0.0);
     let n_acc = clip_global_norm(&model, &mut g_acc, 0.0);
-    assert!(
-        (n_big - n_acc).abs() < 1e-4 * n_big.max(1.0),
-        "grad norms {n_big} vs {n_acc}"
-    );
+    assert!((n_big - n_acc).abs() < 1e-4 * n_big.max(1.0), "grad norms {n_big} vs {n_acc}");
     // Random init gives a loss near ln(V) = ln 64 ≈ 4.159 per token.
     assert!((big_v - 64f64.ln()).abs() < 0.5, "{big_v}");
 }
@@ -115,10 +99,7 @@ fn global_clipping_scales_to_max_norm() {
     let before = clip_global_norm(&model, &mut g, 0.0);
     let cap = before / 4.0;
     let reported = clip_global_norm(&model, &mut g, cap);
-    assert!(
-        (reported - before).abs() < 1e-9,
-        "the pre-clip norm is reported"
-    );
+    assert!((reported - before).abs() < 1e-9, "the pre-clip norm is reported");
     let after = clip_global_norm(&model, &mut g, 0.0);
     assert!((after - cap).abs() < 1e-3 * cap, "{after} vs {cap}");
 }
@@ -130,8 +111,7 @@ fn save_then_load_gives_the_same_logits() {
     bagel_train::weights::save_model(&model, &c, &tiny_dir(), dir.path()).unwrap();
     assert!(dir.path().join("tokenizer.json").exists() && dir.path().join("config.json").exists());
     let device = Default::default();
-    let (c2, loaded): (_, Llama<B>) =
-        bagel_train::weights::load_model(dir.path(), &device).unwrap();
+    let (c2, loaded): (_, Llama<B>) = bagel_train::weights::load_model(dir.path(), &device).unwrap();
     assert_eq!(c2.vocab_size, 64);
     let a = ex(&[1, 5, 9, 12, 30, 2], 2);
     let (t, _, _, _) = batch_tensors::<B>(&[&a], 2, &device);
@@ -147,11 +127,7 @@ fn pad_to_multiple_of_changes_shape_not_loss() {
     use bagel_train::sft::batch_tensors_padded;
     type B = burn::backend::NdArray<f32>;
     let device = Default::default();
-    let a = bagel_train::data::Example {
-        ids: vec![1, 5, 6, 7, 2],
-        mask: vec![false, false, true, true, true],
-        source: "x".into(),
-    };
+    let a = bagel_train::data::Example { ids: vec![1, 5, 6, 7, 2], mask: vec![false, false, true, true, true], source: "x".into() };
     let (t, _, m, n) = batch_tensors_padded::<B>(&[&a], 2, 8, &device);
     assert_eq!(t.dims(), [1, 8]);
     assert_eq!(n, 3);
@@ -167,31 +143,14 @@ fn pad_to_multiple_of_changes_shape_not_loss() {
 #[test]
 fn step_bench_counts_params_and_refuses_bf16_on_cpu() {
     use bagel_train::bench::StepBenchArgs;
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/models/tiny-llama");
-    let mut args = StepBenchArgs {
-        config_dir: dir,
-        batch: 2,
-        seq: 16,
-        steps: 3,
-        warmup: 1,
-        bf16: false,
-        seed: 7,
-        peak_tflops: 790.0,
-    };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/models/tiny-llama");
+    let mut args = StepBenchArgs { config_dir: dir, batch: 2, seq: 16, steps: 3, warmup: 1, bf16: false, seed: 7, peak_tflops: 790.0 };
     let r = bagel_train::bench_sft_step_on(bagel_train::BackendKind::Cpu, &args).unwrap();
-    assert_eq!(
-        r.params,
-        32000 * 64 + 2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 176 + 2 * 64) + 64
-    );
+    assert_eq!(r.params, 32000 * 64 + 2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 176 + 2 * 64) + 64);
     assert_eq!(r.tokens_per_step, 32);
     assert_eq!(r.losses.len(), 4);
     assert!(r.losses[3] < r.losses[0], "{:?}", r.losses);
-    assert!(
-        (r.losses[0] - (32000f64).ln()).abs() < 0.1,
-        "first loss near ln V: {}",
-        r.losses[0]
-    );
+    assert!((r.losses[0] - (32000f64).ln()).abs() < 0.1, "first loss near ln V: {}", r.losses[0]);
     args.bf16 = true;
     let err = bagel_train::bench_sft_step_on(bagel_train::BackendKind::Cpu, &args).unwrap_err();
     assert!(err.to_string().contains("no bf16 tensors"), "{err}");

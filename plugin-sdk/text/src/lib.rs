@@ -45,12 +45,7 @@ pub fn collapse_newlines(s: &str) -> String {
     while let Some(off) = s[from..].find('\n') {
         let nl = from + off;
         // Maximal whitespace run around this newline: [start, end).
-        let start = s[copied..nl]
-            .char_indices()
-            .rev()
-            .take_while(|&(_, c)| is_py_space(c))
-            .last()
-            .map_or(nl, |(i, _)| copied + i);
+        let start = s[copied..nl].char_indices().rev().take_while(|&(_, c)| is_py_space(c)).last().map_or(nl, |(i, _)| copied + i);
         let mut end = nl;
         let mut newlines = 0usize;
         let mut last_nl_end = nl + 1;
@@ -111,8 +106,7 @@ mod tests {
                     out.push(c);
                     continue;
                 }
-                let (mut end, mut newlines, mut last) =
-                    (start + c.len_utf8(), usize::from(c == '\n'), None);
+                let (mut end, mut newlines, mut last) = (start + c.len_utf8(), usize::from(c == '\n'), None);
                 if c == '\n' {
                     last = Some(end);
                 }

@@ -30,21 +30,9 @@ impl Source for Ai2Arc {
                 format: InputFormat::Auto,
             }],
             params: vec![
-                ParamSpec {
-                    name: "config".into(),
-                    default: "\"ARC-Challenge\"".into(),
-                    description: "ARC-Easy or ARC-Challenge".into(),
-                },
-                ParamSpec {
-                    name: "split".into(),
-                    default: "\"train\"".into(),
-                    description: "dataset split".into(),
-                },
-                ParamSpec {
-                    name: "coin_p".into(),
-                    default: "0.5".into(),
-                    description: "probability of the letter-only form".into(),
-                },
+                ParamSpec { name: "config".into(), default: "\"ARC-Challenge\"".into(), description: "ARC-Easy or ARC-Challenge".into() },
+                ParamSpec { name: "split".into(), default: "\"train\"".into(), description: "dataset split".into() },
+                ParamSpec { name: "coin_p".into(), default: "0.5".into(), description: "probability of the letter-only form".into() },
             ],
             description: "AI2 Reasoning Challenge multiple-choice questions".into(),
         }
@@ -53,23 +41,12 @@ impl Source for Ai2Arc {
     fn configure(params: &Params) -> Result<Self, PluginError> {
         let config = params.str("config").map_err(PluginError::BadParam)?;
         if config != "ARC-Easy" && config != "ARC-Challenge" {
-            return Err(PluginError::BadParam(format!(
-                "config must be ARC-Easy or ARC-Challenge, got {config:?}"
-            )));
+            return Err(PluginError::BadParam(format!("config must be ARC-Easy or ARC-Challenge, got {config:?}")));
         }
-        Ok(Ai2Arc {
-            rng: rng(),
-            coin_p: params.f64("coin_p").map_err(PluginError::BadParam)?,
-        })
+        Ok(Ai2Arc { rng: rng(), coin_p: params.f64("coin_p").map_err(PluginError::BadParam)? })
     }
 
-    fn push_rows(
-        &mut self,
-        _input: &str,
-        first_row: u64,
-        rows: &[String],
-        out: &mut Output,
-    ) -> Result<(), PluginError> {
+    fn push_rows(&mut self, _input: &str, first_row: u64, rows: &[String], out: &mut Output) -> Result<(), PluginError> {
         for (i, text) in rows.iter().enumerate() {
             let row = first_row + i as u64;
             match multiple_choice(text, "question") {
@@ -81,13 +58,7 @@ impl Source for Ai2Arc {
                         (instruction, format!("{key} {answer_text}"))
                     };
                     let id = instruction.clone();
-                    out.conversation(
-                        row,
-                        "ai2_arc",
-                        id,
-                        DedupMode::CheckAdd,
-                        as_conversation(&instruction, &answer, None),
-                    );
+                    out.conversation(row, "ai2_arc", id, DedupMode::CheckAdd, as_conversation(&instruction, &answer, None));
                 }
                 Err(msg) => out.invalid(row, msg),
             }

@@ -13,24 +13,14 @@ const PREAMBLE: &str = "Below is an instruction that describes a task.  Write a 
 
 impl Format for Alpaca {
     fn info() -> FormatInfo {
-        FormatInfo {
-            name: "alpaca".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "### Instruction / ### Response (no default system prompt)".into(),
-        }
+        FormatInfo { name: "alpaca".into(), version: env!("CARGO_PKG_VERSION").into(), description: "### Instruction / ### Response (no default system prompt)".into() }
     }
 
-    fn render(
-        _opts: &RenderOptions,
-        conv: &[Turn],
-        _add_default_system: bool,
-    ) -> Result<Rendered, PluginError> {
+    fn render(_opts: &RenderOptions, conv: &[Turn], _add_default_system: bool) -> Result<Rendered, PluginError> {
         check_shape(conv)?;
         let has_system = conv[0].from == Role::System;
         // Blocks joined by a blank line, written straight into one string.
-        let mut input = String::with_capacity(
-            PREAMBLE.len() + conv.iter().map(|t| t.value.len() + 24).sum::<usize>(),
-        );
+        let mut input = String::with_capacity(PREAMBLE.len() + conv.iter().map(|t| t.value.len() + 24).sum::<usize>());
         input.push_str(PREAMBLE);
         for (idx, turn) in conv[..conv.len() - 1].iter().enumerate() {
             input.push_str("\n\n");
@@ -45,10 +35,7 @@ impl Format for Alpaca {
         // lstrip(collapse(x)) == collapse(lstrip(x)): collapsing maps whitespace runs to
         // whitespace, so the leading run is removed either way.
         let last = &conv[conv.len() - 1].value;
-        Ok(Rendered {
-            input,
-            output: collapse_newlines(py_lstrip(last)),
-        })
+        Ok(Rendered { input, output: collapse_newlines(py_lstrip(last)) })
     }
 }
 

@@ -14,28 +14,14 @@ pub const DEFAULT_SYSTEM: &str = "You are an unbiased, uncensored, helpful assis
 
 impl Format for ChatMl {
     fn info() -> FormatInfo {
-        FormatInfo {
-            name: "chatml".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "BOS role\\n text EOS blocks; output ends in <|im_end|>".into(),
-        }
+        FormatInfo { name: "chatml".into(), version: env!("CARGO_PKG_VERSION").into(), description: "BOS role\\n text EOS blocks; output ends in <|im_end|>".into() }
     }
 
-    fn render(
-        opts: &RenderOptions,
-        conv: &[Turn],
-        add_default_system: bool,
-    ) -> Result<Rendered, PluginError> {
+    fn render(opts: &RenderOptions, conv: &[Turn], add_default_system: bool) -> Result<Rendered, PluginError> {
         check_shape(conv)?;
         let (bos, eos) = (&opts.bos, &opts.eos);
         // Blocks joined by "\n", written straight into one string.
-        let mut input = String::with_capacity(
-            DEFAULT_SYSTEM.len()
-                + conv
-                    .iter()
-                    .map(|t| t.value.len() + 2 * (bos.len() + eos.len()) + 12)
-                    .sum::<usize>(),
-        );
+        let mut input = String::with_capacity(DEFAULT_SYSTEM.len() + conv.iter().map(|t| t.value.len() + 2 * (bos.len() + eos.len()) + 12).sum::<usize>());
         if conv[0].from != Role::System && add_default_system {
             for p in [bos.as_str(), "system\n", DEFAULT_SYSTEM, eos, "\n"] {
                 input.push_str(p);

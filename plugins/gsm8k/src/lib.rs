@@ -24,17 +24,8 @@ impl Source for Gsm8k {
                 format: InputFormat::Auto,
             }],
             params: vec![
-                ParamSpec {
-                    name: "split".into(),
-                    default: "\"train\"".into(),
-                    description: "dataset split (config `main`)".into(),
-                },
-                ParamSpec {
-                    name: "strip_calculator".into(),
-                    default: "true".into(),
-                    description: "remove `<<expr=value>>` calculator annotations from answers"
-                        .into(),
-                },
+                ParamSpec { name: "split".into(), default: "\"train\"".into(), description: "dataset split (config `main`)".into() },
+                ParamSpec { name: "strip_calculator".into(), default: "true".into(), description: "remove `<<expr=value>>` calculator annotations from answers".into() },
             ],
             description: "GSM8K grade-school math word problems with worked answers".into(),
         }
@@ -42,31 +33,16 @@ impl Source for Gsm8k {
 
     fn configure(params: &Params) -> Result<Self, PluginError> {
         params.str("split").map_err(PluginError::BadParam)?;
-        Ok(Gsm8k {
-            strip_calculator: params
-                .bool("strip_calculator")
-                .map_err(PluginError::BadParam)?,
-        })
+        Ok(Gsm8k { strip_calculator: params.bool("strip_calculator").map_err(PluginError::BadParam)? })
     }
 
-    fn push_rows(
-        &mut self,
-        _input: &str,
-        first_row: u64,
-        rows: &[String],
-        out: &mut Output,
-    ) -> Result<(), PluginError> {
+    fn push_rows(&mut self, _input: &str, first_row: u64, rows: &[String], out: &mut Output) -> Result<(), PluginError> {
         for (i, text) in rows.iter().enumerate() {
             let row = first_row + i as u64;
-            let parsed = Row::parse(text)
-                .and_then(|r| Ok((r.str("question")?.to_string(), r.str("answer")?.to_string())));
+            let parsed = Row::parse(text).and_then(|r| Ok((r.str("question")?.to_string(), r.str("answer")?.to_string())));
             match parsed {
                 Ok((question, answer)) => {
-                    let answer = if self.strip_calculator {
-                        strip_annotations(&answer)
-                    } else {
-                        answer
-                    };
+                    let answer = if self.strip_calculator { strip_annotations(&answer) } else { answer };
                     let conv = as_conversation(&question, &answer, None);
                     out.conversation(row, "gsm8k", question, DedupMode::CheckAdd, conv);
                 }

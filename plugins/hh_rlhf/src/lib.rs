@@ -31,56 +31,28 @@ impl Source for HhRlhf {
             inputs: vec![InputSpec {
                 name: "data".into(),
                 dataset: "Anthropic/hh-rlhf".into(),
-                patterns: vec![
-                    "{subset}/{split}.jsonl.gz".into(),
-                    "{subset}_{split}.jsonl.gz".into(),
-                ],
+                patterns: vec!["{subset}/{split}.jsonl.gz".into(), "{subset}_{split}.jsonl.gz".into()],
                 format: InputFormat::Auto,
             }],
             params: vec![
-                ParamSpec {
-                    name: "subset".into(),
-                    default: "\"harmless-base\"".into(),
-                    description: "data directory (harmless-base, helpful-base, …)".into(),
-                },
-                ParamSpec {
-                    name: "split".into(),
-                    default: "\"test\"".into(),
-                    description: "train or test".into(),
-                },
-                ParamSpec {
-                    name: "single_turn_only".into(),
-                    default: "false".into(),
-                    description: "keep only one-turn prompts, as bare human text".into(),
-                },
+                ParamSpec { name: "subset".into(), default: "\"harmless-base\"".into(), description: "data directory (harmless-base, helpful-base, …)".into() },
+                ParamSpec { name: "split".into(), default: "\"test\"".into(), description: "train or test".into() },
+                ParamSpec { name: "single_turn_only".into(), default: "false".into(), description: "keep only one-turn prompts, as bare human text".into() },
             ],
-            description:
-                "Anthropic HH-RLHF preference pairs (last assistant reply chosen vs rejected)"
-                    .into(),
+            description: "Anthropic HH-RLHF preference pairs (last assistant reply chosen vs rejected)".into(),
         }
     }
 
     fn configure(params: &Params) -> Result<Self, PluginError> {
         params.str("subset").map_err(PluginError::BadParam)?;
         params.str("split").map_err(PluginError::BadParam)?;
-        Ok(HhRlhf {
-            single_turn_only: params
-                .bool("single_turn_only")
-                .map_err(PluginError::BadParam)?,
-        })
+        Ok(HhRlhf { single_turn_only: params.bool("single_turn_only").map_err(PluginError::BadParam)? })
     }
 
-    fn push_rows(
-        &mut self,
-        _input: &str,
-        first_row: u64,
-        rows: &[String],
-        out: &mut Output,
-    ) -> Result<(), PluginError> {
+    fn push_rows(&mut self, _input: &str, first_row: u64, rows: &[String], out: &mut Output) -> Result<(), PluginError> {
         for (i, text) in rows.iter().enumerate() {
             let row = first_row + i as u64;
-            let parsed = Row::parse(text)
-                .and_then(|r| Ok((r.str("chosen")?.to_string(), r.str("rejected")?.to_string())));
+            let parsed = Row::parse(text).and_then(|r| Ok((r.str("chosen")?.to_string(), r.str("rejected")?.to_string())));
             match parsed {
                 Err(msg) => out.invalid(row, msg),
                 Ok((chosen, rejected)) => match pair(&chosen, &rejected, self.single_turn_only) {
@@ -97,10 +69,7 @@ impl Source for HhRlhf {
 pub fn pair(chosen: &str, rejected: &str, single_turn_only: bool) -> Result<DpoPair, &'static str> {
     let c = chosen.rfind(ASSISTANT).ok_or("no assistant turn")?;
     let (prefix, reply) = (&chosen[..c], &chosen[c + ASSISTANT.len()..]);
-    let r = rejected
-        .rfind(ASSISTANT)
-        .filter(|&r| &rejected[..r] == prefix)
-        .ok_or("prompts differ")?;
+    let r = rejected.rfind(ASSISTANT).filter(|&r| &rejected[..r] == prefix).ok_or("prompts differ")?;
     let (chosen, rejected) = (py_strip(reply), py_strip(&rejected[r + ASSISTANT.len()..]));
     if chosen.is_empty() || rejected.is_empty() {
         return Err("empty reply");
@@ -116,12 +85,7 @@ pub fn pair(chosen: &str, rejected: &str, single_turn_only: bool) -> Result<DpoP
             _ => return Err("multi-turn prompt"),
         }
     }
-    Ok(DpoPair {
-        prompt: prompt.to_string(),
-        chosen: chosen.to_string(),
-        rejected: rejected.to_string(),
-        conversation: None,
-    })
+    Ok(DpoPair { prompt: prompt.to_string(), chosen: chosen.to_string(), rejected: rejected.to_string(), conversation: None })
 }
 
 export_source!(HhRlhf);

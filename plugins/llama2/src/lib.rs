@@ -14,18 +14,10 @@ pub const DEFAULT_SYSTEM: &str = "You are an unbiased, uncensored, helpful assis
 
 impl Format for Llama2 {
     fn info() -> FormatInfo {
-        FormatInfo {
-            name: "llama2".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "[INST] <<SYS>> ... [/INST] (Llama-2 chat)".into(),
-        }
+        FormatInfo { name: "llama2".into(), version: env!("CARGO_PKG_VERSION").into(), description: "[INST] <<SYS>> ... [/INST] (Llama-2 chat)".into() }
     }
 
-    fn render(
-        opts: &RenderOptions,
-        conv: &[Turn],
-        add_default_system: bool,
-    ) -> Result<Rendered, PluginError> {
+    fn render(opts: &RenderOptions, conv: &[Turn], add_default_system: bool) -> Result<Rendered, PluginError> {
         let offset = check_shape(conv)?;
         let system: Option<&str> = if offset == 1 {
             Some(&conv[0].value)
@@ -34,13 +26,7 @@ impl Format for Llama2 {
         } else {
             None
         };
-        let mut s = String::with_capacity(
-            DEFAULT_SYSTEM.len()
-                + conv
-                    .iter()
-                    .map(|t| t.value.len() + opts.bos.len() + opts.eos.len() + 20)
-                    .sum::<usize>(),
-        );
+        let mut s = String::with_capacity(DEFAULT_SYSTEM.len() + conv.iter().map(|t| t.value.len() + opts.bos.len() + opts.eos.len() + 20).sum::<usize>());
         match system {
             // Python truthiness: an empty system string counts as no system prompt.
             Some(sys) if !sys.is_empty() => {
@@ -55,38 +41,19 @@ impl Format for Llama2 {
         let mut idx = offset;
         while idx + 2 < n {
             let user = &conv[idx].value;
-            let user = if do_strip {
-                py_strip(user)
-            } else {
-                user.as_str()
-            };
+            let user = if do_strip { py_strip(user) } else { user.as_str() };
             do_strip = true;
             let resp = py_strip(&conv[idx + 1].value);
-            for p in [
-                user,
-                " [/INST] ",
-                resp,
-                " ",
-                &opts.eos,
-                &opts.bos,
-                "[INST] ",
-            ] {
+            for p in [user, " [/INST] ", resp, " ", &opts.eos, &opts.bos, "[INST] "] {
                 s.push_str(p);
             }
             idx += 2;
         }
         let message = &conv[n - 2].value;
-        let message = if do_strip {
-            py_strip(message)
-        } else {
-            message.as_str()
-        };
+        let message = if do_strip { py_strip(message) } else { message.as_str() };
         s.push_str(message);
         s.push_str(" [/INST]");
-        Ok(Rendered {
-            input: s,
-            output: collapse_newlines(&conv[n - 1].value),
-        })
+        Ok(Rendered { input: s, output: collapse_newlines(&conv[n - 1].value) })
     }
 }
 

@@ -55,22 +55,9 @@ impl Source for Mmlu {
                 format: InputFormat::Auto,
             }],
             params: vec![
-                ParamSpec {
-                    name: "split".into(),
-                    default: "\"auxiliary_train\"".into(),
-                    description: "dataset split (config `all`)".into(),
-                },
-                ParamSpec {
-                    name: "max_rows".into(),
-                    default: "50000".into(),
-                    description: "sample size: seeded shuffle, first N (no shuffle when N ≥ rows)"
-                        .into(),
-                },
-                ParamSpec {
-                    name: "coin_p".into(),
-                    default: "0.5".into(),
-                    description: "probability of the letter-only form".into(),
-                },
+                ParamSpec { name: "split".into(), default: "\"auxiliary_train\"".into(), description: "dataset split (config `all`)".into() },
+                ParamSpec { name: "max_rows".into(), default: "50000".into(), description: "sample size: seeded shuffle, first N (no shuffle when N ≥ rows)".into() },
+                ParamSpec { name: "coin_p".into(), default: "0.5".into(), description: "probability of the letter-only form".into() },
             ],
             description: "MMLU-style multiple-choice questions (auxiliary_train by default)".into(),
         }
@@ -86,22 +73,11 @@ impl Source for Mmlu {
         })
     }
 
-    fn push_rows(
-        &mut self,
-        _input: &str,
-        first_row: u64,
-        rows: &[String],
-        out: &mut Output,
-    ) -> Result<(), PluginError> {
+    fn push_rows(&mut self, _input: &str, first_row: u64, rows: &[String], out: &mut Output) -> Result<(), PluginError> {
         for (i, text) in rows.iter().enumerate() {
             let row = first_row + i as u64;
             match parse(text) {
-                Ok((question, choices, answer)) => self.items.push(Item {
-                    row,
-                    question,
-                    choices,
-                    answer,
-                }),
+                Ok((question, choices, answer)) => self.items.push(Item { row, question, choices, answer }),
                 Err(msg) => out.invalid(row, msg),
             }
         }
@@ -129,12 +105,7 @@ impl Source for Mmlu {
                 out.filtered(it.row, "more than 7 choices");
                 continue;
             }
-            let lines: Vec<String> = it
-                .choices
-                .iter()
-                .zip(LETTERS)
-                .map(|(c, l)| format!("{l}. {c}"))
-                .collect();
+            let lines: Vec<String> = it.choices.iter().zip(LETTERS).map(|(c, l)| format!("{l}. {c}")).collect();
             let question = format!("{}\n{}", it.question, lines.join("\n"));
             let letter = LETTERS[it.answer];
             let coin: f64 = self.rng.random();
@@ -153,26 +124,13 @@ impl Source for Mmlu {
 /// Parse one row into (question, choices, answer index). The answer must index a choice.
 fn parse(text: &str) -> Result<(String, Vec<String>, usize), String> {
     let row = Row::parse(text)?;
-    let p = if row.get("question").is_none() && row.get("train").is_some_and(|v| v.is_object()) {
-        "train."
-    } else {
-        ""
-    };
+    let p = if row.get("question").is_none() && row.get("train").is_some_and(|v| v.is_object()) { "train." } else { "" };
     let question = row.str(&format!("{p}question"))?;
     let choices = row.str_list(&format!("{p}choices"))?;
     let answer = row.int(&format!("{p}answer"))?;
     let idx = usize::try_from(answer).ok().filter(|&a| a < choices.len());
-    let idx = idx.ok_or_else(|| {
-        format!(
-            "answer {answer} is out of range for {} choices",
-            choices.len()
-        )
-    })?;
-    Ok((
-        question.to_string(),
-        choices.into_iter().map(str::to_string).collect(),
-        idx,
-    ))
+    let idx = idx.ok_or_else(|| format!("answer {answer} is out of range for {} choices", choices.len()))?;
+    Ok((question.to_string(), choices.into_iter().map(str::to_string).collect(), idx))
 }
 
 export_source!(Mmlu);

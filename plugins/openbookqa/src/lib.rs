@@ -28,28 +28,13 @@ impl Source for OpenBookQa {
             inputs: vec![InputSpec {
                 name: "data".into(),
                 dataset: "allenai/openbookqa".into(),
-                patterns: vec![
-                    "{config}/{split}-*.parquet".into(),
-                    "{config}/{split}.jsonl".into(),
-                ],
+                patterns: vec!["{config}/{split}-*.parquet".into(), "{config}/{split}.jsonl".into()],
                 format: InputFormat::Auto,
             }],
             params: vec![
-                ParamSpec {
-                    name: "config".into(),
-                    default: "\"main\"".into(),
-                    description: "main or additional".into(),
-                },
-                ParamSpec {
-                    name: "split".into(),
-                    default: "\"train\"".into(),
-                    description: "dataset split".into(),
-                },
-                ParamSpec {
-                    name: "coin_p".into(),
-                    default: "0.5".into(),
-                    description: "probability of the letter-only form".into(),
-                },
+                ParamSpec { name: "config".into(), default: "\"main\"".into(), description: "main or additional".into() },
+                ParamSpec { name: "split".into(), default: "\"train\"".into(), description: "dataset split".into() },
+                ParamSpec { name: "coin_p".into(), default: "0.5".into(), description: "probability of the letter-only form".into() },
             ],
             description: "OpenBookQA multiple-choice science questions".into(),
         }
@@ -58,24 +43,13 @@ impl Source for OpenBookQa {
     fn configure(params: &Params) -> Result<Self, PluginError> {
         let config = params.str("config").map_err(PluginError::BadParam)?;
         if config != "main" && config != "additional" {
-            return Err(PluginError::BadParam(format!(
-                "config must be main or additional, got {config:?}"
-            )));
+            return Err(PluginError::BadParam(format!("config must be main or additional, got {config:?}")));
         }
         params.str("split").map_err(PluginError::BadParam)?;
-        Ok(OpenBookQa {
-            rng: rng(),
-            coin_p: params.f64("coin_p").map_err(PluginError::BadParam)?,
-        })
+        Ok(OpenBookQa { rng: rng(), coin_p: params.f64("coin_p").map_err(PluginError::BadParam)? })
     }
 
-    fn push_rows(
-        &mut self,
-        _input: &str,
-        first_row: u64,
-        rows: &[String],
-        out: &mut Output,
-    ) -> Result<(), PluginError> {
+    fn push_rows(&mut self, _input: &str, first_row: u64, rows: &[String], out: &mut Output) -> Result<(), PluginError> {
         for (i, text) in rows.iter().enumerate() {
             let row = first_row + i as u64;
             match multiple_choice(text, "question_stem") {

@@ -22,16 +22,11 @@ impl Source for SelfInstruct {
             inputs: vec![InputSpec {
                 name: "data".into(),
                 dataset: "yizhongw/self_instruct".into(),
-                patterns: vec![
-                    "user_oriented_instructions.jsonl".into(),
-                    "human_eval/*.parquet".into(),
-                ],
+                patterns: vec!["user_oriented_instructions.jsonl".into(), "human_eval/*.parquet".into()],
                 format: InputFormat::Auto,
             }],
             params: vec![],
-            description:
-                "Self-Instruct user-oriented instructions (252 human-evaluation tasks; demo data)"
-                    .into(),
+            description: "Self-Instruct user-oriented instructions (252 human-evaluation tasks; demo data)".into(),
         }
     }
 
@@ -39,13 +34,7 @@ impl Source for SelfInstruct {
         Ok(SelfInstruct)
     }
 
-    fn push_rows(
-        &mut self,
-        _input: &str,
-        first_row: u64,
-        rows: &[String],
-        out: &mut Output,
-    ) -> Result<(), PluginError> {
+    fn push_rows(&mut self, _input: &str, first_row: u64, rows: &[String], out: &mut Output) -> Result<(), PluginError> {
         for (i, text) in rows.iter().enumerate() {
             let row = first_row + i as u64;
             match parse(text) {
@@ -53,19 +42,9 @@ impl Source for SelfInstruct {
                 Ok((_, pairs)) if pairs.is_empty() => out.filtered(row, "no instances"),
                 Ok((instruction, pairs)) => {
                     for (input, output) in pairs {
-                        let instruction = if input.is_empty() {
-                            instruction.clone()
-                        } else {
-                            format!("{instruction}\n{input}")
-                        };
+                        let instruction = if input.is_empty() { instruction.clone() } else { format!("{instruction}\n{input}") };
                         let conv = as_conversation(&instruction, &output, None);
-                        out.conversation(
-                            row,
-                            "self_instruct",
-                            instruction,
-                            DedupMode::CheckAdd,
-                            conv,
-                        );
+                        out.conversation(row, "self_instruct", instruction, DedupMode::CheckAdd, conv);
                     }
                 }
             }
@@ -82,31 +61,18 @@ fn parse(text: &str) -> Result<(String, Vec<(String, String)>), String> {
         let inputs = row.str_list("instances.input")?;
         let outputs = row.str_list("instances.output")?;
         if inputs.len() != outputs.len() {
-            return Err(format!(
-                "instances.input has {} items but instances.output has {}",
-                inputs.len(),
-                outputs.len()
-            ));
+            return Err(format!("instances.input has {} items but instances.output has {}", inputs.len(), outputs.len()));
         }
-        inputs
-            .into_iter()
-            .zip(outputs)
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
+        inputs.into_iter().zip(outputs).map(|(a, b)| (a.to_string(), b.to_string())).collect()
     } else {
         let mut pairs = Vec::new();
         for (k, inst) in row.array("instances")?.iter().enumerate() {
             let input = match inst.get("input") {
                 None => "",
                 Some(v) if v.is_null() => "",
-                Some(v) => v
-                    .as_str()
-                    .ok_or_else(|| format!("instances[{k}].input is not a string"))?,
+                Some(v) => v.as_str().ok_or_else(|| format!("instances[{k}].input is not a string"))?,
             };
-            let output = inst
-                .get("output")
-                .and_then(|v| v.as_str())
-                .ok_or_else(|| format!("instances[{k}].output is missing or not a string"))?;
+            let output = inst.get("output").and_then(|v| v.as_str()).ok_or_else(|| format!("instances[{k}].output is missing or not a string"))?;
             pairs.push((input.to_string(), output.to_string()));
         }
         pairs

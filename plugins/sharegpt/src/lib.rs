@@ -46,31 +46,18 @@ impl Source for ShareGpt {
         Ok(ShareGpt)
     }
 
-    fn push_rows(
-        &mut self,
-        _input: &str,
-        first_row: u64,
-        rows: &[String],
-        out: &mut Output,
-    ) -> Result<(), PluginError> {
+    fn push_rows(&mut self, _input: &str, first_row: u64, rows: &[String], out: &mut Output) -> Result<(), PluginError> {
         for (i, text) in rows.iter().enumerate() {
             let row = first_row + i as u64;
             match convert(text) {
                 Err(msg) => out.invalid(row, msg),
                 Ok(Err(why)) => out.filtered(row, why),
                 Ok(Ok(turns)) => {
-                    if turns
-                        .iter()
-                        .any(|t| t.from == Role::Gpt && has_refusal(&t.value))
-                    {
+                    if turns.iter().any(|t| t.from == Role::Gpt && has_refusal(&t.value)) {
                         out.refused(row);
                         continue;
                     }
-                    let humans: Vec<&str> = turns
-                        .iter()
-                        .filter(|t| t.from == Role::Human)
-                        .map(|t| t.value.as_str())
-                        .collect();
+                    let humans: Vec<&str> = turns.iter().filter(|t| t.from == Role::Human).map(|t| t.value.as_str()).collect();
                     let key = humans.join("\n");
                     out.conversation(row, "sharegpt", key, DedupMode::CheckAdd, turns);
                 }

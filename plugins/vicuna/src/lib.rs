@@ -14,23 +14,13 @@ pub const DEFAULT_SYSTEM: &str = "A chat between a user and an unbiased, uncenso
 
 impl Format for Vicuna {
     fn info() -> FormatInfo {
-        FormatInfo {
-            name: "vicuna".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "USER: / ASSISTANT: lines".into(),
-        }
+        FormatInfo { name: "vicuna".into(), version: env!("CARGO_PKG_VERSION").into(), description: "USER: / ASSISTANT: lines".into() }
     }
 
-    fn render(
-        _opts: &RenderOptions,
-        conv: &[Turn],
-        add_default_system: bool,
-    ) -> Result<Rendered, PluginError> {
+    fn render(_opts: &RenderOptions, conv: &[Turn], add_default_system: bool) -> Result<Rendered, PluginError> {
         check_shape(conv)?;
         // Lines joined by "\n", written straight into one string.
-        let mut input = String::with_capacity(
-            DEFAULT_SYSTEM.len() + conv.iter().map(|t| t.value.len() + 12).sum::<usize>(),
-        );
+        let mut input = String::with_capacity(DEFAULT_SYSTEM.len() + conv.iter().map(|t| t.value.len() + 12).sum::<usize>());
         if conv[0].from != Role::System && add_default_system {
             input.push_str(DEFAULT_SYSTEM);
             input.push('\n');
@@ -47,10 +37,7 @@ impl Format for Vicuna {
         input.push_str("ASSISTANT: ");
         // lstrip(collapse(x)) == collapse(lstrip(x)) (see the alpaca plugin).
         let last = &conv[conv.len() - 1].value;
-        Ok(Rendered {
-            input,
-            output: collapse_newlines(py_lstrip(last)),
-        })
+        Ok(Rendered { input, output: collapse_newlines(py_lstrip(last)) })
     }
 }
 

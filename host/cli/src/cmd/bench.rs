@@ -49,51 +49,12 @@ enum Action {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let Action::SftStep {
-        config,
-        batch,
-        seq,
-        steps,
-        warmup,
-        bf16,
-        backend,
-        seed,
-        peak_tflops,
-        json,
-    } = a.action;
-    let args = StepBenchArgs {
-        config_dir: config,
-        batch,
-        seq,
-        steps,
-        warmup,
-        bf16,
-        seed,
-        peak_tflops,
-    };
+    let Action::SftStep { config, batch, seq, steps, warmup, bf16, backend, seed, peak_tflops, json } = a.action;
+    let args = StepBenchArgs { config_dir: config, batch, seq, steps, warmup, bf16, seed, peak_tflops };
     let r = bagel_train::bench_sft_step_on(backend.kind(), &args)?;
-    println!(
-        "{:<12} {:>10} {:>12} {:>10} {:>12} {:>8} {:>14}",
-        "precision", "params", "tokens/step", "first (s)", "step (s)", "MFU", "tokens/s"
-    );
-    println!(
-        "{:<12} {:>10} {:>12} {:>10.1} {:>12.4} {:>7.1}% {:>14.0}",
-        r.precision,
-        r.params,
-        r.tokens_per_step,
-        r.first_step_s,
-        r.step_s_median,
-        100.0 * r.mfu,
-        r.tokens_per_s
-    );
-    println!(
-        "losses: {}",
-        r.losses
-            .iter()
-            .map(|l| format!("{l:.4}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
+    println!("{:<12} {:>10} {:>12} {:>10} {:>12} {:>8} {:>14}", "precision", "params", "tokens/step", "first (s)", "step (s)", "MFU", "tokens/s");
+    println!("{:<12} {:>10} {:>12} {:>10.1} {:>12.4} {:>7.1}% {:>14.0}", r.precision, r.params, r.tokens_per_step, r.first_step_s, r.step_s_median, 100.0 * r.mfu, r.tokens_per_s);
+    println!("losses: {}", r.losses.iter().map(|l| format!("{l:.4}")).collect::<Vec<_>>().join(" "));
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_vec_pretty(&r)?)?;
     }

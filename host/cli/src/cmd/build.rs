@@ -132,13 +132,8 @@ where
     }
 }
 
-fn load_embedder<B: Backend>(
-    dir: &std::path::Path,
-    device: &B::Device,
-    batch: usize,
-) -> Result<BurnEmbedder<B>> {
-    let mut inner = bagel_train::embed::SentenceEmbedder::<B>::load(dir, device)
-        .with_context(|| format!("loading the decontamination model {}", dir.display()))?;
+fn load_embedder<B: Backend>(dir: &std::path::Path, device: &B::Device, batch: usize) -> Result<BurnEmbedder<B>> {
+    let mut inner = bagel_train::embed::SentenceEmbedder::<B>::load(dir, device).with_context(|| format!("loading the decontamination model {}", dir.display()))?;
     inner.batch_size = batch.max(1);
     let key = inner.content_key()?;
     Ok(BurnEmbedder { inner, key })
@@ -193,20 +188,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
             PluginFail::Fail => OnPluginError::Fail,
             PluginFail::Skip => OnPluginError::Skip,
         },
-        limits: Limits {
-            call_timeout: Duration::from_secs_f64(a.call_timeout),
-            memory_bytes: a.memory_mib << 20,
-        },
+        limits: Limits { call_timeout: Duration::from_secs_f64(a.call_timeout), memory_bytes: a.memory_mib << 20 },
         refusal: match a.refusal {
             Refusal::Intended => RefusalMode::Intended,
             Refusal::Compat => RefusalMode::Compat,
         },
         batch_size: a.batch_size,
-        jobs: a.jobs.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        }),
+        jobs: a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
         wasm_cache: bagel_runtime::cache::default_dir(),
         use_stage_cache: !a.no_cache,
         chunking: match a.chunking {
@@ -234,8 +222,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.decontam_ngram == 0 {
         anyhow::bail!("--decontam-ngram must be at least 1");
     }
-    let wants_embedder =
-        opts.recipe.benchmarks.iter().any(|b| b.enabled) && opts.decontam.embedding;
+    let wants_embedder = opts.recipe.benchmarks.iter().any(|b| b.enabled) && opts.decontam.embedding;
     let embedder: Option<Box<dyn bagel_decontam::Embedder>> = match (&a.decontam_model, wants_embedder) {
         (_, false) => None,
         (None, true) => anyhow::bail!(
@@ -253,14 +240,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
             EmbedBackend::Cuda => anyhow::bail!("this bagel was built without the `cuda` feature"),
         },
     };
-    let report = build_with(&opts, embedder.as_deref())
-        .with_context(|| format!("bagel build into {}", opts.out.display()))?;
+    let report = build_with(&opts, embedder.as_deref()).with_context(|| format!("bagel build into {}", opts.out.display()))?;
     print!("{}", report.table());
-    println!(
-        "wrote {}/sft.parquet (sha256 {}) and dpo.parquet (sha256 {})",
-        opts.out.display(),
-        report.sft_sha256,
-        report.dpo_sha256
-    );
+    println!("wrote {}/sft.parquet (sha256 {}) and dpo.parquet (sha256 {})", opts.out.display(), report.sft_sha256, report.dpo_sha256);
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,7 @@
 //! One module per subcommand.
 pub mod bench;
 pub mod build;
-pub mod generate;
-pub mod model;
 pub mod plugins;
+pub mod model;
 pub mod train;
+pub mod generate;

@@ -44,32 +44,17 @@ enum Action {
 pub fn run(a: Args) -> Result<ExitCode> {
     match a.action {
         Action::Init { from, out, seed } => {
-            let n = bagel_train::weights::init_random(&from, &out, seed)
-                .with_context(|| format!("writing {}", out.display()))?;
+            let n = bagel_train::weights::init_random(&from, &out, seed).with_context(|| format!("writing {}", out.display()))?;
             println!("initialised {n} parameters into {}", out.display());
         }
         Action::Logits { model, prompt } => {
             let (ids, top) = bagel_train::generate::top_logits(&model, &prompt, 10)?;
-            let top: Vec<String> = top
-                .iter()
-                .map(|(i, l)| format!("{{\"id\": {i}, \"logit\": {l}}}"))
-                .collect();
-            println!(
-                "{{\"token_ids\": {ids:?}, \"top10\": [{}]}}",
-                top.join(", ")
-            );
+            let top: Vec<String> = top.iter().map(|(i, l)| format!("{{\"id\": {i}, \"logit\": {l}}}")).collect();
+            println!("{{\"token_ids\": {ids:?}, \"top10\": [{}]}}", top.join(", "));
         }
         Action::Import { file, out } => {
-            let c = bagel_train::gguf::import(&file, &out)
-                .with_context(|| format!("importing {}", file.display()))?;
-            println!(
-                "imported {} ({} parameters, {} layers, vocab {}) into {}",
-                file.display(),
-                c.num_parameters(),
-                c.num_hidden_layers,
-                c.vocab_size,
-                out.display()
-            );
+            let c = bagel_train::gguf::import(&file, &out).with_context(|| format!("importing {}", file.display()))?;
+            println!("imported {} ({} parameters, {} layers, vocab {}) into {}", file.display(), c.num_parameters(), c.num_hidden_layers, c.vocab_size, out.display());
         }
     }
     Ok(ExitCode::SUCCESS)

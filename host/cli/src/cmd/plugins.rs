@@ -33,17 +33,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Action::List { plugins } => (plugins, true),
         Action::Check { plugins } => (plugins, false),
     };
-    let rt = Runtime::new(
-        Limits::default(),
-        RefusalMode::Intended,
-        bagel_runtime::cache::default_dir(),
-    )?;
+    let rt = Runtime::new(Limits::default(), RefusalMode::Intended, bagel_runtime::cache::default_dir())?;
     let mut bad = 0;
     if list {
-        println!(
-            "{:<7} {:<14} {:<8} {:<5} {:>3}  {:<40} sha256",
-            "world", "name", "version", "wit", "P", "inputs"
-        );
+        println!("{:<7} {:<14} {:<8} {:<5} {:>3}  {:<40} sha256", "world", "name", "version", "wit", "P", "inputs");
     }
     for (file, res) in Runtime::discover(&dir)?.into_iter().zip(rt.load_dir(&dir)?) {
         match res {
@@ -53,19 +46,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
                         "source",
                         i.version.clone(),
                         i.priority.to_string(),
-                        i.inputs
-                            .iter()
-                            .map(|x| format!("{}={}:{}", x.name, x.dataset, x.patterns.join("|")))
-                            .collect::<Vec<_>>()
-                            .join(" "),
+                        i.inputs.iter().map(|x| format!("{}={}:{}", x.name, x.dataset, x.patterns.join("|"))).collect::<Vec<_>>().join(" "),
                     ),
                     PluginKind::Format(i) => ("format", i.version.clone(), "-".into(), "-".into()),
                 };
                 if list {
-                    println!(
-                        "{world:<7} {:<14} {version:<8} {:<5} {prio:>3}  {inputs:<40} {}",
-                        p.name, p.wit_version, p.sha256
-                    );
+                    println!("{world:<7} {:<14} {version:<8} {:<5} {prio:>3}  {inputs:<40} {}", p.name, p.wit_version, p.sha256);
                 } else {
                     println!("ok   {} ({world}) {}", p.name, file.display());
                 }

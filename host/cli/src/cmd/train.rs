@@ -20,19 +20,9 @@ pub struct Args {
 /// file, TOML syntax, a value that is a table.
 pub fn expand_config(argv: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>> {
     use anyhow::Context;
-    let s: Vec<String> = argv
-        .iter()
-        .map(|a| a.to_string_lossy().to_string())
-        .collect();
-    let Some(t) = s.iter().position(|a| a == "train") else {
-        return Ok(argv);
-    };
-    let Some(c) = s
-        .iter()
-        .position(|a| a == "--config" || a.starts_with("--config="))
-    else {
-        return Ok(argv);
-    };
+    let s: Vec<String> = argv.iter().map(|a| a.to_string_lossy().to_string()).collect();
+    let Some(t) = s.iter().position(|a| a == "train") else { return Ok(argv) };
+    let Some(c) = s.iter().position(|a| a == "--config" || a.starts_with("--config=")) else { return Ok(argv) };
     if c < t + 2 {
         return Ok(argv);
     }
@@ -40,10 +30,8 @@ pub fn expand_config(argv: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsSt
         Some(f) => (f.to_string(), 1),
         None => (s.get(c + 1).cloned().context("--config needs a file")?, 2),
     };
-    let text =
-        std::fs::read_to_string(&file).with_context(|| format!("reading trainer config {file}"))?;
-    let table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("parsing trainer config {file}"))?;
+    let text = std::fs::read_to_string(&file).with_context(|| format!("reading trainer config {file}"))?;
+    let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing trainer config {file}"))?;
     let mut flags: Vec<std::ffi::OsString> = Vec::new();
     for (k, v) in &table {
         let flag = format!("--{}", k.replace('_', "-"));
@@ -51,20 +39,11 @@ pub fn expand_config(argv: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsSt
             toml::Value::Boolean(true) => flags.push(flag.into()),
             toml::Value::Boolean(false) => {}
             toml::Value::Array(items) => {
-                let parts: Vec<String> = items
-                    .iter()
-                    .map(|i| {
-                        i.as_str()
-                            .map(str::to_string)
-                            .unwrap_or_else(|| i.to_string())
-                    })
-                    .collect();
+                let parts: Vec<String> = items.iter().map(|i| i.as_str().map(str::to_string).unwrap_or_else(|| i.to_string())).collect();
                 flags.push(flag.into());
                 flags.push(parts.join(",").into());
             }
-            toml::Value::Table(_) => anyhow::bail!(
-                "trainer config {file}: `{k}` is a table; only flag = value pairs are allowed"
-            ),
+            toml::Value::Table(_) => anyhow::bail!("trainer config {file}: `{k}` is a table; only flag = value pairs are allowed"),
             toml::Value::String(x) => {
                 flags.push(flag.into());
                 flags.push(x.into());
@@ -89,39 +68,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("sft.toml");
         std::fs::write(&f, "learning_rate = 2e-4\nmax-steps = 10\ngroup_by_length = true\ntrain_on_source = false\ninclude_sources = [\"a_chatml\", \"b\"]\n").unwrap();
-        let argv: Vec<std::ffi::OsString> = [
-            "bagel",
-            "train",
-            "sft",
-            "--max-steps",
-            "3",
-            "--config",
-            f.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.into())
-        .collect();
-        let got: Vec<String> = super::expand_config(argv)
-            .unwrap()
-            .iter()
-            .map(|s| s.to_string_lossy().to_string())
-            .collect();
+        let argv: Vec<std::ffi::OsString> = ["bagel", "train", "sft", "--max-steps", "3", "--config", f.to_str().unwrap()].iter().map(|s| s.into()).collect();
+        let got: Vec<String> = super::expand_config(argv).unwrap().iter().map(|s| s.to_string_lossy().to_string()).collect();
         assert_eq!(
             got,
-            [
-                "bagel",
-                "train",
-                "sft",
-                "--group-by-length",
-                "--include-sources",
-                "a_chatml,b",
-                "--learning-rate",
-                "0.0002",
-                "--max-steps",
-                "10",
-                "--max-steps",
-                "3"
-            ]
+            ["bagel", "train", "sft", "--group-by-length", "--include-sources", "a_chatml,b", "--learning-rate", "0.0002", "--max-steps", "10", "--max-steps", "3"]
         );
     }
 }
@@ -266,15 +217,9 @@ fn run_dpo(f: DpoFlags) -> Result<ExitCode> {
         );
     }
     if let (Some(first), Some(last)) = (s.eval.first(), s.eval.last()) {
-        println!(
-            "dpo eval ({} pairs): loss {:.4} -> {:.4}; rewards/accuracies {:.2} -> {:.2}",
-            s.eval_pairs, first.1, last.1, first.2, last.2
-        );
+        println!("dpo eval ({} pairs): loss {:.4} -> {:.4}; rewards/accuracies {:.2} -> {:.2}", s.eval_pairs, first.1, last.1, first.2, last.2);
     }
-    println!(
-        "model, reference_logps.json and metrics.jsonl written to {}",
-        args.output_dir.display()
-    );
+    println!("model, reference_logps.json and metrics.jsonl written to {}", args.output_dir.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -450,9 +395,6 @@ pub fn run(a: Args) -> Result<ExitCode> {
         s.data.filtered_by_source,
         s.data.no_targets
     );
-    println!(
-        "model and metrics.jsonl written to {}",
-        args.output_dir.display()
-    );
+    println!("model and metrics.jsonl written to {}", args.output_dir.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -7,11 +7,7 @@ pub struct Looper;
 
 impl Format for Looper {
     fn info() -> FormatInfo {
-        FormatInfo {
-            name: "looper".into(),
-            version: "0.0.0".into(),
-            description: "infinite loop fixture".into(),
-        }
+        FormatInfo { name: "looper".into(), version: "0.0.0".into(), description: "infinite loop fixture".into() }
     }
     fn render(_o: &RenderOptions, conv: &[Turn], _c: bool) -> Result<Rendered, PluginError> {
         let mut x: u64 = conv.len() as u64;
@@ -21,10 +17,7 @@ impl Format for Looper {
                 break;
             }
         }
-        Ok(Rendered {
-            input: String::new(),
-            output: x.to_string(),
-        })
+        Ok(Rendered { input: String::new(), output: x.to_string() })
     }
 }
 

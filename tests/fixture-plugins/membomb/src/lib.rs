@@ -12,27 +12,15 @@ impl Source for Fixture {
             version: "0.0.0".into(),
             priority: 9,
             kinds: vec![RecordKind::Sft],
-            inputs: vec![InputSpec {
-                name: "data".into(),
-                dataset: "fixture/membomb".into(),
-                patterns: vec!["*.jsonl".into()],
-                format: InputFormat::Jsonl,
-            }],
+            inputs: vec![InputSpec { name: "data".into(), dataset: "fixture/membomb".into(), patterns: vec!["*.jsonl".into()], format: InputFormat::Jsonl }],
             params: vec![],
-            description: "allocates 1 MiB blocks forever; the host's memory cap must stop it."
-                .into(),
+            description: "allocates 1 MiB blocks forever; the host's memory cap must stop it.".into(),
         }
     }
     fn configure(_p: &Params) -> Result<Self, PluginError> {
         Ok(Fixture)
     }
-    fn push_rows(
-        &mut self,
-        _input: &str,
-        first_row: u64,
-        rows: &[String],
-        out: &mut Output,
-    ) -> Result<(), PluginError> {
+    fn push_rows(&mut self, _input: &str, first_row: u64, rows: &[String], out: &mut Output) -> Result<(), PluginError> {
         let _ = (first_row, out);
         let mut hoard: Vec<Vec<u8>> = Vec::new();
         loop {

@@ -12,12 +12,7 @@ impl Source for Fixture {
             version: "0.0.0".into(),
             priority: 9,
             kinds: vec![RecordKind::Sft],
-            inputs: vec![InputSpec {
-                name: "data".into(),
-                dataset: "fixture/panicker".into(),
-                patterns: vec!["*.jsonl".into()],
-                format: InputFormat::Jsonl,
-            }],
+            inputs: vec![InputSpec { name: "data".into(), dataset: "fixture/panicker".into(), patterns: vec!["*.jsonl".into()], format: InputFormat::Jsonl }],
             params: vec![],
             description: "panics on the first batch (a trap).".into(),
         }
@@ -25,13 +20,7 @@ impl Source for Fixture {
     fn configure(_p: &Params) -> Result<Self, PluginError> {
         Ok(Fixture)
     }
-    fn push_rows(
-        &mut self,
-        _input: &str,
-        first_row: u64,
-        rows: &[String],
-        out: &mut Output,
-    ) -> Result<(), PluginError> {
+    fn push_rows(&mut self, _input: &str, first_row: u64, rows: &[String], out: &mut Output) -> Result<(), PluginError> {
         let _ = (first_row, out);
         panic!("fixture panic after {} rows", rows.len());
     }
