@@ -120,29 +120,17 @@ pub fn format_records(rt: &Runtime, formats: &[&Plugin], records: &[Record], bos
     let mut multi: Vec<Instruction> = Vec::new();
     let mut single: Vec<Instruction> = Vec::new();
     for r in records {
-        let Some(conv) = r.conversation() else {
-            continue;
-        };
+        let Some(conv) = r.conversation() else { continue };
         let mut prefixes = expansion_prefixes(conv).peekable();
         if prefixes.peek().is_none() {
-            *out.dropped_by_expansion
-                .entry(r.source.clone())
-                .or_default() += 1;
+            *out.dropped_by_expansion.entry(r.source.clone()).or_default() += 1;
         } else if conv.len() > 3 {
             for (k, len) in prefixes.enumerate() {
                 out.expanded_examples += 1;
-                multi.push(Instruction {
-                    id: uid(&format!("{}/{}", r.id, k)),
-                    source: &r.source,
-                    conversation: &conv[..len],
-                });
+                multi.push(Instruction { id: uid(&format!("{}/{}", r.id, k)), source: &r.source, conversation: &conv[..len] });
             }
         } else {
-            single.push(Instruction {
-                id: r.id.clone(),
-                source: &r.source,
-                conversation: conv,
-            });
+            single.push(Instruction { id: r.id.clone(), source: &r.source, conversation: conv });
         }
     }
     let mut instructions = multi;
@@ -206,13 +194,7 @@ fn render_one(
     let mut sft = Vec::with_capacity(sft_idx.len());
     let mut sources: BTreeMap<&str, Arc<str>> = BTreeMap::new();
     for chunk in sft_idx.chunks(RENDER_BATCH) {
-        let items: Vec<RenderItem> = chunk
-            .iter()
-            .map(|&i| RenderItem {
-                conversation: instructions[i].conversation,
-                add_default_system: coins.coin(0.5),
-            })
-            .collect();
+        let items: Vec<RenderItem> = chunk.iter().map(|&i| RenderItem { conversation: instructions[i].conversation, add_default_system: coins.coin(0.5) }).collect();
         let rendered = job.render_batch(bos, eos, &items)?;
         let text = Arc::new(rendered.text);
         for (&i, r) in chunk.iter().zip(rendered.items) {

@@ -168,9 +168,7 @@ fn read_json_array<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, mut
     // Positions: `line` counts newlines seen; the column of the byte at absolute offset o
     // is o − `line_start` + 1 (bytes, 1-based), computed only when an error needs it.
     let (mut line, mut line_start, mut base) = (1u64, 0u64, 0u64);
-    let bad = |line: u64, col: u64, what: &str| {
-        BadFileAt::new(path, &format!("line {line} column {col}"), what)
-    };
+    let bad = |line: u64, col: u64, what: &str| BadFileAt::new(path, &format!("line {line} column {col}"), what);
     let mut state = State::Start;
     const BOM: [u8; 3] = [0xef, 0xbb, 0xbf];
     let mut bom = 0usize;
@@ -190,13 +188,7 @@ fn read_json_array<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, mut
         b.push(row)
     };
     loop {
-        let buf = r.fill_buf().map_err(|e| {
-            bad(
-                line,
-                base.saturating_sub(line_start),
-                &format!("read failed: {e}"),
-            )
-        })?;
+        let buf = r.fill_buf().map_err(|e| bad(line, base - line_start, &format!("read failed: {e}")))?;
         if buf.is_empty() {
             break;
         }
@@ -222,8 +214,7 @@ fn read_json_array<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, mut
                         } else {
                             // String contents up to the next quote, backslash or newline
                             // (a raw newline is invalid JSON, but keeps the line count true).
-                            i = memchr::memchr3(b'"', b'\\', b'\n', &buf[i + 1..])
-                                .map_or(len, |k| i + 1 + k);
+                            i = memchr::memchr3(b'"', b'\\', b'\n', &buf[i + 1..]).map_or(len, |k| i + 1 + k);
                             continue;
                         }
                     } else {
@@ -248,11 +239,7 @@ fn read_json_array<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, mut
                 _ if matches!(c, b' ' | b'\t' | b'\n' | b'\r') => {}
                 State::Start if c == b'[' => state = State::BeforeElement,
                 // A UTF-8 BOM before the array, possibly split across reads.
-                State::Start
-                    if bom < 3 && c == BOM[bom] && line == 1 && col() == bom as u64 + 1 =>
-                {
-                    bom += 1
-                }
+                State::Start if bom < 3 && c == BOM[bom] && line == 1 && col() == bom as u64 + 1 => bom += 1,
                 State::Start => return Err(bad(line, col(), "not a JSON array (expected `[`)")),
                 // `[]`; after a comma, `]` is a trailing comma (below).
                 State::BeforeElement if c == b']' && b.count == 0 => state = State::Done,
@@ -266,16 +253,8 @@ fn read_json_array<F: FnMut(u64, Vec<RowResult>) -> Result<()>>(path: &Path, mut
                         _ => {}
                     }
                 }
-                State::BeforeElement => {
-                    return Err(bad(line, col(), "invalid JSON array: empty element"))
-                }
-                State::Done => {
-                    return Err(bad(
-                        line,
-                        col(),
-                        "invalid JSON array: text after the closing `]`",
-                    ))
-                }
+                State::BeforeElement => return Err(bad(line, col(), "invalid JSON array: empty element")),
+                State::Done => return Err(bad(line, col(), "invalid JSON array: text after the closing `]`")),
             }
             i += 1;
         }

@@ -192,8 +192,13 @@ fn single_source_recipe(plugin: &str, file: &str) -> Recipe {
     toml::from_str(&format!("[[source]]\nplugin = \"{plugin}\"\nfiles = {{ data = [\"{file}\"] }}\n")).unwrap()
 }
 
+/// File names in `dir` (none if it does not exist).
+fn file_names(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect()).unwrap_or_default()
+}
+
 fn assert_no_outputs(out: &Path) {
-    let names: Vec<String> = std::fs::read_dir(out).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect()).unwrap_or_default();
+    let names = file_names(out);
     for n in &names {
         assert!(!n.ends_with(".parquet") && !n.contains(".tmp-") && n != "build-report.json", "partial output left: {n} in {names:?}");
     }
@@ -222,14 +227,8 @@ fn a_failed_output_writer_leaves_the_previous_pair() {
     assert_eq!(sha("sft.parquet"), first.sft_sha256);
     assert_eq!(sha("dpo.parquet"), first.dpo_sha256);
     std::fs::remove_dir(&blocker).unwrap();
-    let names: Vec<String> = std::fs::read_dir(out.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .collect();
-    assert!(
-        names.iter().all(|n| !n.contains(".tmp-")),
-        "temp files left: {names:?}"
-    );
+    let names = file_names(out.path());
+    assert!(names.iter().all(|n| !n.contains(".tmp-")), "temp files left: {names:?}");
 }
 
 #[test]
