@@ -25,6 +25,49 @@ impl Turn {
     pub fn new(from: Role, value: impl Into<String>) -> Self {
         Turn { from, value: value.into() }
     }
+
+    /// This turn, borrowed.
+    pub fn to_ref(&self) -> TurnRef<'_> {
+        TurnRef { from: self.from, value: &self.value }
+    }
+}
+
+/// One ShareGPT turn borrowed from someone else's text: what the format glue hands to
+/// [`crate::format::Format::render_into`] (slices of the host's batch, no copies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TurnRef<'a> {
+    /// The role.
+    pub from: Role,
+    /// The text, unmodified.
+    pub value: &'a str,
+}
+
+/// Read access to a turn, owned ([`Turn`]) or borrowed ([`TurnRef`]), so that one
+/// prompt-format implementation (generic over `T: AsTurn`) serves both
+/// [`crate::format::Format::render`] and [`crate::format::Format::render_into`].
+pub trait AsTurn {
+    /// The role (`from`).
+    fn role(&self) -> Role;
+    /// The text (`value`).
+    fn text(&self) -> &str;
+}
+
+impl AsTurn for Turn {
+    fn role(&self) -> Role {
+        self.from
+    }
+    fn text(&self) -> &str {
+        &self.value
+    }
+}
+
+impl AsTurn for TurnRef<'_> {
+    fn role(&self) -> Role {
+        self.from
+    }
+    fn text(&self) -> &str {
+        self.value
+    }
 }
 
 /// The reference `as_conversation(instruction, response, system)` (SOURCES.md §1.2):
@@ -247,7 +290,7 @@ impl Default for RenderOptions {
 }
 
 /// One rendered SFT example.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rendered {
     /// Model input (prompt), no BOS token prepended by the format unless the format says so.
     pub input: String,

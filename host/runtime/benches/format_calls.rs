@@ -25,17 +25,16 @@ fn conversations(n: usize) -> Vec<Vec<Turn>> {
         .collect()
 }
 
+fn sdk_role(r: Role) -> bagel_plugin_sdk::Role {
+    match r {
+        Role::System => bagel_plugin_sdk::Role::System,
+        Role::Human => bagel_plugin_sdk::Role::Human,
+        Role::Gpt => bagel_plugin_sdk::Role::Gpt,
+    }
+}
+
 fn sdk_turns(c: &[Turn]) -> Vec<bagel_plugin_sdk::Turn> {
-    c.iter()
-        .map(|t| bagel_plugin_sdk::Turn {
-            from: match t.from {
-                Role::System => bagel_plugin_sdk::Role::System,
-                Role::Human => bagel_plugin_sdk::Role::Human,
-                Role::Gpt => bagel_plugin_sdk::Role::Gpt,
-            },
-            value: t.value.clone(),
-        })
-        .collect()
+    c.iter().map(|t| bagel_plugin_sdk::Turn { from: sdk_role(t.from), value: t.value.clone() }).collect()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -51,62 +50,74 @@ fn main() {
     let rt = Runtime::new(Limits::default(), RefusalMode::Intended, None).unwrap();
     let plugin = rt.load_file(&dir.join("llama2.wasm")).expect("run `cargo xtask build-plugins` first");
 
-    // Native: the same crate, linked as an rlib; input conversion counted (the runtime
-    // path converts too).
     let opts = bagel_plugin_sdk::RenderOptions::default();
-    let mut native = Vec::new();
-    let mut check_native = 0usize;
-    for _ in 0..reps {
-        let t = Instant::now();
-        for c in &convs {
-            let turns = sdk_turns(c);
-            let r = bagel_format_llama2::Llama2::render(&opts, &turns, c.len() % 2 == 0).unwrap();
-            check_native += r.input.len() + r.output.len();
-        }
-        native.push(t.elapsed().as_secs_f64());
-    }
-
-    let mut rows = Vec::new();
     // `BAGEL_BENCH_BATCHES=512` runs one batch size (e.g. under `perf record`).
     let batches: Vec<usize> = match std::env::var("BAGEL_BENCH_BATCHES") {
         Ok(v) => v.split(',').map(|b| b.trim().parse().expect("BAGEL_BENCH_BATCHES: comma-separated sizes")).collect(),
         Err(_) => vec![1, 64, 512, 4096],
     };
-    // `render`: two `String`s per row, like the native call. `render_batch` (packed): the
-    // rows stay byte ranges of the plugin's one answer text (what `bagel build` uses).
-    for packed in [false, true] {
-        for &batch in &batches {
-            let mut times = Vec::new();
-            let mut check = 0usize;
-            for _ in 0..reps {
-                let mut job = FormatJob::start(&rt, &plugin, 0).unwrap();
-                let t = Instant::now();
-                for chunk in convs.chunks(batch) {
-                    let items: Vec<RenderItem> = chunk.iter().map(|c| RenderItem { conversation: c, add_default_system: c.len() % 2 == 0 }).collect();
-                    if packed {
-                        let out = job.render_batch("<s>", "</s>", &items).unwrap();
-                        for r in &out.items {
-                            let (i, o) = r.as_ref().unwrap();
-                            check += out.text[i.clone()].len() + out.text[o.clone()].len();
-                        }
-                    } else {
-                        for r in job.render("<s>", "</s>", &items).unwrap() {
-                            let r = r.unwrap();
-                            check += r.input.len() + r.output.len();
-                        }
+    // Paths: 0 = native `render` (owned turns in, two `String`s out: the input conversion
+    // is counted, as the runtime path converts too); 1 = native `render_into` (turns
+    // borrowed from the host's conversation, output into buffers reused across rows: the
+    // fastest native call of the same code); then the wasm paths. `render`: two `String`s
+    // per row, like the native call; `render_batch` (packed): the rows stay byte ranges of
+    // the plugin's one answer text (what `bagel build` uses). Repetitions interleave the
+    // paths, so a drift of the machine's speed hits all of them alike.
+    let wasm_paths: Vec<(bool, usize)> = [false, true].iter().flat_map(|&p| batches.iter().map(move |&b| (p, b))).collect();
+    let mut times = vec![Vec::new(); 2 + wasm_paths.len()];
+    let mut checks = vec![0usize; 2 + wasm_paths.len()];
+    for _ in 0..reps {
+        let t = Instant::now();
+        for c in &convs {
+            let turns = sdk_turns(c);
+            let r = bagel_format_llama2::Llama2::render(&opts, &turns, c.len() % 2 == 0).unwrap();
+            checks[0] += r.input.len() + r.output.len();
+        }
+        times[0].push(t.elapsed().as_secs_f64());
+
+        let t = Instant::now();
+        let (mut input, mut output, mut turns) = (String::new(), String::new(), Vec::new());
+        for c in &convs {
+            turns.clear();
+            turns.extend(c.iter().map(|t| bagel_plugin_sdk::TurnRef { from: sdk_role(t.from), value: &t.value }));
+            input.clear();
+            output.clear();
+            bagel_format_llama2::Llama2::render_into(&opts, &turns, c.len() % 2 == 0, &mut input, &mut output).unwrap();
+            checks[1] += input.len() + output.len();
+        }
+        times[1].push(t.elapsed().as_secs_f64());
+
+        for (k, &(packed, batch)) in wasm_paths.iter().enumerate() {
+            let check = &mut checks[2 + k];
+            let mut job = FormatJob::start(&rt, &plugin, 0).unwrap();
+            let t = Instant::now();
+            for chunk in convs.chunks(batch) {
+                let items: Vec<RenderItem> = chunk.iter().map(|c| RenderItem { conversation: c, add_default_system: c.len() % 2 == 0 }).collect();
+                if packed {
+                    let out = job.render_batch("<s>", "</s>", &items).unwrap();
+                    for r in &out.items {
+                        let (i, o) = r.as_ref().unwrap();
+                        *check += out.text[i.clone()].len() + out.text[o.clone()].len();
+                    }
+                } else {
+                    for r in job.render("<s>", "</s>", &items).unwrap() {
+                        let r = r.unwrap();
+                        *check += r.input.len() + r.output.len();
                     }
                 }
-                times.push(t.elapsed().as_secs_f64());
             }
-            assert_eq!(check, check_native, "runtime and native outputs differ in size");
-            rows.push((if packed { format!("wasm, batch {batch}, packed") } else { format!("wasm, batch {batch}") }, median(times)));
+            times[2 + k].push(t.elapsed().as_secs_f64());
         }
     }
-    let nat = median(native);
-    println!("format plugin `llama2`, {n} conversations (1–3 turns), median of {reps} runs");
-    println!("{:<28} {:>12} {:>14} {:>10}", "path", "ns/row", "rows/s", "× native");
-    println!("{:<28} {:>12.0} {:>14.0} {:>10.2}", "native (rlib)", nat / n as f64 * 1e9, n as f64 / nat, 1.0);
-    for (path, t) in rows {
-        println!("{:<28} {:>12.0} {:>14.0} {:>10.2}", path, t / n as f64 * 1e9, n as f64 / t, t / nat);
+    assert!(checks.iter().all(|&c| c == checks[0]), "paths disagree on the output size: {checks:?}");
+    let names: Vec<String> = ["native, render (owned)".to_string(), "native, render_into".to_string()]
+        .into_iter()
+        .chain(wasm_paths.iter().map(|&(packed, batch)| if packed { format!("wasm, batch {batch}, packed") } else { format!("wasm, batch {batch}") }))
+        .collect();
+    let medians: Vec<f64> = times.into_iter().map(median).collect();
+    println!("format plugin `llama2`, {n} conversations (1–3 turns), median of {reps} interleaved runs");
+    println!("{:<28} {:>8} {:>12} {:>12} {:>12}", "path", "ns/row", "rows/s", "× render", "× render_into");
+    for (name, t) in names.iter().zip(&medians) {
+        println!("{:<28} {:>8.0} {:>12.0} {:>12.2} {:>12.2}", name, t / n as f64 * 1e9, n as f64 / t, t / medians[0], t / medians[1]);
     }
 }

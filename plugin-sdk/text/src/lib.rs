@@ -3,7 +3,7 @@
 //! The reference recipe (jondurbin/bagel, commit 3c7d241) is Python; these functions
 //! reproduce the exact string semantics it relies on:
 //! - [`is_py_space`] / [`py_strip`] / [`py_lstrip`]: Python `str.isspace` / `str.strip()`.
-//! - [`collapse_newlines`]: `re.sub(r"(\s*\n){3,}", "\n\n", s)` (bagel `data.py`).
+//! - [`collapse_newlines`] / [`collapse_newlines_into`]: `re.sub(r"(\s*\n){3,}", "\n\n", s)` (bagel `data.py`).
 //! - [`uid`]: `str(uuid.uuid5(uuid.NAMESPACE_OID, text))` (SOURCES.md §1.1).
 #![forbid(unsafe_code)]
 
@@ -28,24 +28,33 @@ pub fn py_rstrip(s: &str) -> &str {
     s.trim_end_matches(is_py_space)
 }
 
-/// `re.sub(r"(\s*\n){3,}", "\n\n", s)` with Python's Unicode `\s`.
+/// `re.sub(r"(\s*\n){3,}", "\n\n", s)` with Python's Unicode `\s`, as a new string.
+/// See [`collapse_newlines_into`].
+pub fn collapse_newlines(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    collapse_newlines_into(s, &mut out);
+    out
+}
+
+/// Append `re.sub(r"(\s*\n){3,}", "\n\n", s)` (Python's Unicode `\s`) to `out`.
 ///
 /// Equivalent closed form: in every maximal run of whitespace that holds at least three
 /// `\n`, the part from the run's start through its last `\n` becomes `"\n\n"`; whitespace
 /// after that last `\n` is kept. Runs with fewer than three newlines are unchanged.
 ///
-/// Only whitespace runs that contain a `\n` can change, so the text between newlines is
-/// copied in slices (found with `str::find`, word-at-a-time) instead of char by char.
-pub fn collapse_newlines(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    // `copied`: bytes of `s` already in `out`; always the end of a maximal whitespace run
-    // or 0, so the char at `copied` (if any) is not whitespace or starts the text.
+/// Only whitespace runs that contain a `\n` can change. Newlines are found with
+/// `str::find` (word-at-a-time), and text is copied only where a run collapses and at the
+/// end, so a text with nothing to collapse is one copy.
+pub fn collapse_newlines_into(s: &str, out: &mut String) {
+    // `copied`: bytes of `s` already in `out`; always the end of a collapsed run or 0.
+    // `from`: where to look for the next newline; always the end of a maximal whitespace
+    // run or 0, so the char before it (if any) is not whitespace.
     let mut copied = 0;
     let mut from = 0;
     while let Some(off) = s[from..].find('\n') {
         let nl = from + off;
         // Maximal whitespace run around this newline: [start, end).
-        let start = s[copied..nl].char_indices().rev().take_while(|&(_, c)| is_py_space(c)).last().map_or(nl, |(i, _)| copied + i);
+        let start = s[from..nl].char_indices().rev().take_while(|&(_, c)| is_py_space(c)).last().map_or(nl, |(i, _)| from + i);
         let mut end = nl;
         let mut newlines = 0usize;
         let mut last_nl_end = nl + 1;
@@ -62,15 +71,11 @@ pub fn collapse_newlines(s: &str) -> String {
         if newlines >= 3 {
             out.push_str(&s[copied..start]);
             out.push_str("\n\n");
-            out.push_str(&s[last_nl_end..end]);
-        } else {
-            out.push_str(&s[copied..end]);
+            copied = last_nl_end;
         }
-        copied = end;
         from = end;
     }
     out.push_str(&s[copied..]);
-    out
 }
 
 /// The dedup key / row id: `uuid5(NAMESPACE_OID, text)` as a lowercase hyphenated string
@@ -161,6 +166,10 @@ mod tests {
         assert_eq!(collapse_newlines("\n\n\n"), "\n\n");
         assert_eq!(collapse_newlines("x\u{1f}\n\n\ny"), "x\n\ny");
         assert_eq!(collapse_newlines("日本\n\n\n\n語"), "日本\n\n語");
+        // `_into` appends to what the buffer holds.
+        let mut out = String::from("kept|");
+        collapse_newlines_into("a \n \n \n  b\n\n\n", &mut out);
+        assert_eq!(out, "kept|a\n\n  b\n\n");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! user message is not stripped, later ones are; history responses are stripped and
 //! followed by ` EOS BOS[INST] `; the output keeps leading newlines (newline collapse only).
 use bagel_plugin_sdk::format::{check_shape, Format};
-use bagel_plugin_sdk::text::{collapse_newlines, py_strip};
+use bagel_plugin_sdk::text::{collapse_newlines_into, py_strip};
 use bagel_plugin_sdk::*;
 
 /// The llama2 format.
@@ -18,43 +18,55 @@ impl Format for Llama2 {
     }
 
     fn render(opts: &RenderOptions, conv: &[Turn], add_default_system: bool) -> Result<Rendered, PluginError> {
-        let offset = check_shape(conv)?;
-        let system: Option<&str> = if offset == 1 {
-            Some(&conv[0].value)
-        } else if add_default_system {
-            Some(DEFAULT_SYSTEM)
-        } else {
-            None
-        };
-        let mut s = String::with_capacity(DEFAULT_SYSTEM.len() + conv.iter().map(|t| t.value.len() + opts.bos.len() + opts.eos.len() + 20).sum::<usize>());
-        match system {
-            // Python truthiness: an empty system string counts as no system prompt.
-            Some(sys) if !sys.is_empty() => {
-                for p in ["[INST] <<SYS>>\n", sys, "\n<</SYS>>\n\n"] {
-                    s.push_str(p);
-                }
-            }
-            _ => s.push_str("[INST] "),
-        }
-        let n = conv.len();
-        let mut do_strip = false;
-        let mut idx = offset;
-        while idx + 2 < n {
-            let user = &conv[idx].value;
-            let user = if do_strip { py_strip(user) } else { user.as_str() };
-            do_strip = true;
-            let resp = py_strip(&conv[idx + 1].value);
-            for p in [user, " [/INST] ", resp, " ", &opts.eos, &opts.bos, "[INST] "] {
+        let mut r = Rendered::default();
+        write(opts, conv, add_default_system, &mut r.input, &mut r.output)?;
+        Ok(r)
+    }
+
+    fn render_into(opts: &RenderOptions, conv: &[TurnRef<'_>], add_default_system: bool, input: &mut String, output: &mut String) -> Result<(), PluginError> {
+        write(opts, conv, add_default_system, input, output)
+    }
+}
+
+/// The format, on owned or borrowed turns: appends to `s` and `output`.
+fn write<T: AsTurn>(opts: &RenderOptions, conv: &[T], add_default_system: bool, s: &mut String, output: &mut String) -> Result<(), PluginError> {
+    let offset = check_shape(conv)?;
+    let system: Option<&str> = if offset == 1 {
+        Some(conv[0].text())
+    } else if add_default_system {
+        Some(DEFAULT_SYSTEM)
+    } else {
+        None
+    };
+    s.reserve(DEFAULT_SYSTEM.len() + conv.iter().map(|t| t.text().len() + opts.bos.len() + opts.eos.len() + 20).sum::<usize>());
+    match system {
+        // Python truthiness: an empty system string counts as no system prompt.
+        Some(sys) if !sys.is_empty() => {
+            for p in ["[INST] <<SYS>>\n", sys, "\n<</SYS>>\n\n"] {
                 s.push_str(p);
             }
-            idx += 2;
         }
-        let message = &conv[n - 2].value;
-        let message = if do_strip { py_strip(message) } else { message.as_str() };
-        s.push_str(message);
-        s.push_str(" [/INST]");
-        Ok(Rendered { input: s, output: collapse_newlines(&conv[n - 1].value) })
+        _ => s.push_str("[INST] "),
     }
+    let n = conv.len();
+    let mut do_strip = false;
+    let mut idx = offset;
+    while idx + 2 < n {
+        let user = conv[idx].text();
+        let user = if do_strip { py_strip(user) } else { user };
+        do_strip = true;
+        let resp = py_strip(conv[idx + 1].text());
+        for p in [user, " [/INST] ", resp, " ", &opts.eos, &opts.bos, "[INST] "] {
+            s.push_str(p);
+        }
+        idx += 2;
+    }
+    let message = conv[n - 2].text();
+    let message = if do_strip { py_strip(message) } else { message };
+    s.push_str(message);
+    s.push_str(" [/INST]");
+    collapse_newlines_into(conv[n - 1].text(), output);
+    Ok(())
 }
 
 export_format!(Llama2);

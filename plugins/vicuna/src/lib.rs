@@ -3,7 +3,7 @@
 //! system turn and the coin says so, the system line
 //! `A chat between a user and an unbiased, uncensored assistant.` is added.
 use bagel_plugin_sdk::format::{check_shape, Format};
-use bagel_plugin_sdk::text::{collapse_newlines, py_lstrip, py_strip};
+use bagel_plugin_sdk::text::{collapse_newlines_into, py_lstrip, py_strip};
 use bagel_plugin_sdk::*;
 
 /// The vicuna format.
@@ -17,28 +17,39 @@ impl Format for Vicuna {
         FormatInfo { name: "vicuna".into(), version: env!("CARGO_PKG_VERSION").into(), description: "USER: / ASSISTANT: lines".into() }
     }
 
-    fn render(_opts: &RenderOptions, conv: &[Turn], add_default_system: bool) -> Result<Rendered, PluginError> {
-        check_shape(conv)?;
-        // Lines joined by "\n", written straight into one string.
-        let mut input = String::with_capacity(DEFAULT_SYSTEM.len() + conv.iter().map(|t| t.value.len() + 12).sum::<usize>());
-        if conv[0].from != Role::System && add_default_system {
-            input.push_str(DEFAULT_SYSTEM);
-            input.push('\n');
-        }
-        for turn in &conv[..conv.len() - 1] {
-            input.push_str(match turn.from {
-                Role::System => "",
-                Role::Human => "USER: ",
-                Role::Gpt => "ASSISTANT: ",
-            });
-            input.push_str(py_strip(&turn.value));
-            input.push('\n');
-        }
-        input.push_str("ASSISTANT: ");
-        // lstrip(collapse(x)) == collapse(lstrip(x)) (see the alpaca plugin).
-        let last = &conv[conv.len() - 1].value;
-        Ok(Rendered { input, output: collapse_newlines(py_lstrip(last)) })
+    fn render(opts: &RenderOptions, conv: &[Turn], add_default_system: bool) -> Result<Rendered, PluginError> {
+        let mut r = Rendered::default();
+        write(opts, conv, add_default_system, &mut r.input, &mut r.output)?;
+        Ok(r)
     }
+
+    fn render_into(opts: &RenderOptions, conv: &[TurnRef<'_>], add_default_system: bool, input: &mut String, output: &mut String) -> Result<(), PluginError> {
+        write(opts, conv, add_default_system, input, output)
+    }
+}
+
+/// The format, on owned or borrowed turns: appends to `input` and `output`.
+fn write<T: AsTurn>(_opts: &RenderOptions, conv: &[T], add_default_system: bool, input: &mut String, output: &mut String) -> Result<(), PluginError> {
+    check_shape(conv)?;
+    // Lines joined by "\n", written straight into one string.
+    input.reserve(DEFAULT_SYSTEM.len() + conv.iter().map(|t| t.text().len() + 12).sum::<usize>());
+    if conv[0].role() != Role::System && add_default_system {
+        input.push_str(DEFAULT_SYSTEM);
+        input.push('\n');
+    }
+    for turn in &conv[..conv.len() - 1] {
+        input.push_str(match turn.role() {
+            Role::System => "",
+            Role::Human => "USER: ",
+            Role::Gpt => "ASSISTANT: ",
+        });
+        input.push_str(py_strip(turn.text()));
+        input.push('\n');
+    }
+    input.push_str("ASSISTANT: ");
+    // lstrip(collapse(x)) == collapse(lstrip(x)) (see the alpaca plugin).
+    collapse_newlines_into(py_lstrip(conv[conv.len() - 1].text()), output);
+    Ok(())
 }
 
 export_format!(Vicuna);
