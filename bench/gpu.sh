@@ -10,7 +10,13 @@
 #   BAGEL=target/cuda/release/bagel bench/gpu.sh
 # Settings (environment): CONFIG (examples/models/llama-0.85b), BATCH (8), SEQ (1024),
 # STEPS (10), WARMUP (3), RUNS ("burn-f32 burn-f32 burn-bf16 burn-bf16 torch-eager
-# torch-compile"; also torch-f32: PyTorch eager without autocast), LIMIT (seconds per run, 240), OUT_DIR (bench-out).
+# torch-compile"; also torch-f32: PyTorch eager without autocast; burn-f32-burnmm and
+# burn-bf16-burnmm: bagel with BAGEL_CUBLAS=0, i.e. burn's own matmul kernels for the
+# linear layers), LIMIT (seconds per run, 240), OUT_DIR (bench-out).
+#
+# bagel's linear layers call cuBLAS (host/train/src/cublas.rs), loaded at run time: when
+# the loader does not know libcublas.so, this script adds the CUDA toolkit's or PyTorch's
+# copy to LD_LIBRARY_PATH.
 set -uo pipefail
 BAGEL=${BAGEL:-target/cuda/release/bagel}
 CONFIG=${CONFIG:-examples/models/llama-0.85b}
@@ -18,6 +24,11 @@ BATCH=${BATCH:-8} SEQ=${SEQ:-1024} STEPS=${STEPS:-10} WARMUP=${WARMUP:-3} LIMIT=
 RUNS=${RUNS:-"burn-f32 burn-f32 burn-bf16 burn-bf16 torch-eager torch-compile"}
 OUT_DIR=${OUT_DIR:-bench-out}
 mkdir -p "$OUT_DIR"
+if ! ldconfig -p | grep -q 'libcublas\.so'; then
+  lib=$( (ls /usr/local/cuda/lib64/libcublas.so* 2>/dev/null; find / -xdev -name 'libcublas.so*' -path '*nvidia*' 2>/dev/null) | head -1)
+  [ -n "$lib" ] && export LD_LIBRARY_PATH="$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  echo "cuBLAS: ${lib:-not found, bagel falls back to the burn matmul}"
+fi
 export BAGEL_CACHE_DIR=${BAGEL_CACHE_DIR:-$PWD/.bagel-cache}
 used() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1; }
 i=0
@@ -27,6 +38,8 @@ for run in $RUNS; do
   case $run in
     burn-f32) cmd=("$BAGEL" bench sft-step --backend cuda --config "$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --json "$out") ;;
     burn-bf16) cmd=("$BAGEL" bench sft-step --backend cuda --bf16 --config "$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --json "$out") ;;
+    burn-f32-burnmm) cmd=(env BAGEL_CUBLAS=0 "$BAGEL" bench sft-step --backend cuda --config "$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --json "$out") ;;
+    burn-bf16-burnmm) cmd=(env BAGEL_CUBLAS=0 "$BAGEL" bench sft-step --backend cuda --bf16 --config "$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --json "$out") ;;
     torch-eager) cmd=(python3 bench/torch_sft_step.py --config "$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --json "$out") ;;
     torch-f32) cmd=(python3 bench/torch_sft_step.py --f32 --config "$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --json "$out") ;;
     torch-compile) cmd=(python3 bench/torch_sft_step.py --compile --config "$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --json "$out") ;;
@@ -47,7 +60,7 @@ done
 python3 - "$OUT_DIR" <<'PY'
 import json, sys, glob, os
 d = sys.argv[1]
-print(f"\n{'#':>2} {'run':<14} {'rc':>3} {'params':>11} {'first step s':>12} {'step s':>8} {'tokens/s':>9} {'MFU':>6} {'peak GiB':>9}")
+print(f"\n{'#':>2} {'run':<16} {'rc':>3} {'params':>11} {'first step s':>12} {'step s':>8} {'cuBLAS s':>8} {'tokens/s':>9} {'MFU':>6} {'peak GiB':>9}")
 for meta in sorted(glob.glob(f"{d}/*.meta"), key=lambda p: int(os.path.basename(p).split('-')[0])):
     m = json.load(open(meta))
     j = meta[:-5] + ".json"
@@ -55,5 +68,5 @@ for meta in sorted(glob.glob(f"{d}/*.meta"), key=lambda p: int(os.path.basename(
     peak = (m["gpu_mem_peak_mib"] - m["gpu_mem_base_mib"]) / 1024
     f = lambda k, fmt: format(r[k], fmt) if k in r else "-"
     n = os.path.basename(meta).split('-')[0]
-    print(f"{n:>2} {m['run']:<14} {m['rc']:>3} {f('params','>11')} {f('first_step_s','>12.1f')} {f('step_s_median','>8.3f')} {f('tokens_per_s','>9.0f')} {(format(100*r['mfu'],'>5.1f')+'%') if 'mfu' in r else '-':>6} {peak:>9.1f}")
+    print(f"{n:>2} {m['run']:<16} {m['rc']:>3} {f('params','>11')} {f('first_step_s','>12.1f')} {f('step_s_median','>8.3f')} {f('cublas_gemm_s_per_step','>8.3f')} {f('tokens_per_s','>9.0f')} {(format(100*r['mfu'],'>5.1f')+'%') if 'mfu' in r else '-':>6} {peak:>9.1f}")
 PY

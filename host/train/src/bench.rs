@@ -65,6 +65,18 @@ pub struct StepBenchReport {
     pub mfu: f64,
     /// Loss of every step (warm-up included): it must fall on a fixed batch.
     pub losses: Vec<f64>,
+    /// cuBLAS GEMMs per timed step (linear layers on the CUDA backend; 0 elsewhere).
+    pub cublas_gemms_per_step: f64,
+    /// Seconds per timed step spent in those GEMMs (launch to completion, host clock).
+    pub cublas_gemm_s_per_step: f64,
+}
+
+/// cuBLAS totals so far: (GEMMs, seconds); zeros without the `cuda` feature.
+fn gemm_stats() -> (u64, f64) {
+    #[cfg(feature = "cuda")]
+    return crate::cublas::gemm_stats();
+    #[cfg(not(feature = "cuda"))]
+    (0, 0.0)
 }
 
 /// Run the benchmark on `device`. Errors: an unreadable config, zero sizes, or bf16 on a
@@ -89,7 +101,11 @@ pub fn bench_sft_step<B: AutodiffBackend>(args: &StepBenchArgs, device: &B::Devi
     let mut optim = AdamWConfig::new().with_weight_decay(0.0).init::<B, Llama<B>>();
     let (mut losses, mut times) = (Vec::new(), Vec::new());
     let mut first_step_s = 0.0;
+    let mut gemms_at_warmup = gemm_stats();
     for step in 0..args.warmup + args.steps {
+        if step == args.warmup {
+            gemms_at_warmup = gemm_stats();
+        }
         let t = Instant::now();
         let loss = model.loss_sum(inputs.clone(), targets.clone(), mask.clone()).div_scalar(n_targets);
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -105,6 +121,7 @@ pub fn bench_sft_step<B: AutodiffBackend>(args: &StepBenchArgs, device: &B::Devi
         }
         tracing::info!(step, loss = losses[step], seconds = t.elapsed().as_secs_f64(), "bench step");
     }
+    let (gemms, gemm_s) = gemm_stats();
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
@@ -121,5 +138,7 @@ pub fn bench_sft_step<B: AutodiffBackend>(args: &StepBenchArgs, device: &B::Devi
         tokens_per_s,
         mfu: 6.0 * params as f64 * tokens_per_s / (args.peak_tflops * 1e12),
         losses,
+        cublas_gemms_per_step: (gemms - gemms_at_warmup.0) as f64 / args.steps as f64,
+        cublas_gemm_s_per_step: (gemm_s - gemms_at_warmup.1) / args.steps as f64,
     })
 }

@@ -21,6 +21,8 @@
 
 pub mod bench;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cublas;
 pub mod data;
 pub mod dpo;
 pub mod embed;

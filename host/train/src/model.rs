@@ -226,10 +226,19 @@ impl<B: Backend> Llama<B> {
 /// `x W^T` for x [B, S, in] and W [out, in], as one [B·S, in] × [in, out] product (one
 /// large GEMM rather than B broadcast ones: GPU matmul kernels are picked and tuned per
 /// shape, and the large-M case is where tensor-core kernels pay).
+///
+/// On this crate's CUDA backends the product runs through cuBLAS (`crate::cublas`, feature
+/// `cuda`; `BAGEL_CUBLAS=0` turns it off).
 pub(crate) fn linear<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>) -> Tensor<B, 3> {
     let [b, s, i] = x.dims();
     let o = w.dims()[0];
-    x.reshape([b * s, i]).matmul(w.transpose()).reshape([b, s, o])
+    let x = x.reshape([b * s, i]);
+    #[cfg(feature = "cuda")]
+    let (x, w) = match crate::cublas::linear(x, w) {
+        Ok(y) => return y.reshape([b, s, o]),
+        Err(xw) => xw,
+    };
+    x.matmul(w.transpose()).reshape([b, s, o])
 }
 
 /// RMSNorm: x / sqrt(mean(x²) + ε) · w.

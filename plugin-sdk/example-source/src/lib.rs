@@ -23,7 +23,7 @@ impl Source for MyQa {
         for (i, text) in rows.iter().enumerate() {
             let row = first_row + i as u64;
             match Row::parse(text).and_then(|r| Ok((r.str("q")?.to_string(), r.str("a")?.to_string()))) {
-                Ok((q, a)) if has_refusal(&a) => out.refused(row),
+                Ok((_, a)) if has_refusal(&a) => out.refused(row),
                 Ok((q, a)) => out.conversation(row, "my_qa", q.clone(), DedupMode::CheckAdd, as_conversation(&q, &a, None)),
                 Err(msg) => out.invalid(row, msg),
             }

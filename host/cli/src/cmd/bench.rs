@@ -55,6 +55,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     println!("{:<12} {:>10} {:>12} {:>10} {:>12} {:>8} {:>14}", "precision", "params", "tokens/step", "first (s)", "step (s)", "MFU", "tokens/s");
     println!("{:<12} {:>10} {:>12} {:>10.1} {:>12.4} {:>7.1}% {:>14.0}", r.precision, r.params, r.tokens_per_step, r.first_step_s, r.step_s_median, 100.0 * r.mfu, r.tokens_per_s);
     println!("losses: {}", r.losses.iter().map(|l| format!("{l:.4}")).collect::<Vec<_>>().join(" "));
+    if r.cublas_gemms_per_step > 0.0 {
+        println!("cuBLAS: {:.0} GEMMs per step, {:.3} s per step in them", r.cublas_gemms_per_step, r.cublas_gemm_s_per_step);
+    }
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_vec_pretty(&r)?)?;
     }
