@@ -3,9 +3,11 @@
 //!
 //! burn 0.21's CUDA matmul kernels (CubeCL) reach about 60 TFLOP/s in bf16 on an H200, a
 //! tenth of the tensor-core rate (bench/RESULTS.md, "where the step goes"). This module
-//! runs the model's linear layers, `y = x · Wᵀ` for x [M, K] and W [N, K], and their two
-//! backward GEMMs (`dx = dy · W` [M, K], `dW = dyᵀ · x` [N, K]) through `cublasGemmEx`
-//! on burn's own device buffers: bf16 or f32 operands, f32 accumulation
+//! runs the model's matrix products through cuBLAS on burn's own device buffers: the
+//! linear layers, `y = x · Wᵀ` for x [M, K] and W [N, K], with their two backward GEMMs
+//! (`dx = dy · W` [M, K], `dW = dyᵀ · x` [N, K]), and attention's batched products
+//! (`q · kᵀ`, `p · v` over [B, H] matrices). `cublasGemmEx` /
+//! `cublasGemmStridedBatchedEx`: bf16 or f32 operands, f32 accumulation
 //! (`CUBLAS_COMPUTE_32F`, no TF32, as PyTorch's default), output in the operands' dtype.
 //!
 //! Ordering: CubeCL launches on its own non-blocking streams, which cuBLAS cannot see
@@ -15,7 +17,7 @@
 //! waits per GEMM (three GEMMs per linear layer per step); the profile in
 //! bench/RESULTS.md says what they cost.
 //!
-//! Dispatch: [`linear`] is called from the backend-generic model code. It checks the
+//! Dispatch: [`matmul`] is called from the backend-generic model code. It checks the
 //! backend's tensor type at run time (`Any` downcasts of the primitives) and takes the
 //! cuBLAS path only for the CUDA backends of this crate ([`crate::CudaBackend`],
 //! [`crate::CudaBackendCheckpointed`], [`crate::CudaInference`]); every other backend, and
@@ -92,19 +94,23 @@ fn check<E: std::fmt::Debug>(what: &str, r: Result<(), E>) {
     }
 }
 
-/// `op(a) · op(b)` for 2-D tensors on one CUDA device, where `op(a)` = `aᵀ` when `ta` (so
-/// a is stored [K, M], else [M, K]) and likewise `b` with `tb` (stored [N, K], else
-/// [K, N]). Returns [M, N] in the operands' dtype (bf16 or f32; both the same).
+/// `op(a) · op(b)` for tensors of rank ≥ 2 on one CUDA device: the last two dimensions are
+/// the matrices, the leading ones (equal in `a` and `b`) a batch. `op(a)` = `aᵀ` when `ta`
+/// (so a matrix of a is stored [K, M], else [M, K]) and likewise `b` with `tb` (stored
+/// [N, K], else [K, N]). Returns [..., M, N] in the operands' dtype (bf16 or f32; both the
+/// same), through `cublasGemmEx` (one matrix) or `cublasGemmStridedBatchedEx`.
 ///
 /// Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ, which is what is asked
-/// of `cublasGemmEx` (cuBLAS documentation, "cublasGemmEx"; the usual row-major trick).
+/// of cuBLAS (cuBLAS documentation, "cublasGemmEx"; the usual row-major trick).
 pub(crate) fn gemm(a: Prim, b: Prim, ta: bool, tb: bool) -> Prim {
     let a = burn_cubecl::kernel::into_contiguous(a);
     let b = burn_cubecl::kernel::into_contiguous(b);
     let (sa, sb) = (a.shape(), b.shape());
-    assert!(sa.len() == 2 && sb.len() == 2, "gemm: 2-D operands, got {:?} and {:?}", &sa[..], &sb[..]);
-    let (m, k) = if ta { (sa[1], sa[0]) } else { (sa[0], sa[1]) };
-    let (kb, n) = if tb { (sb[1], sb[0]) } else { (sb[0], sb[1]) };
+    let r = sa.len();
+    assert!(r >= 2 && sb.len() == r && sa[..r - 2] == sb[..r - 2], "gemm: operands {:?} and {:?} (same rank ≥ 2, same batch dims)", &sa[..], &sb[..]);
+    let batch: usize = sa[..r - 2].iter().product();
+    let (m, k) = if ta { (sa[r - 1], sa[r - 2]) } else { (sa[r - 2], sa[r - 1]) };
+    let (kb, n) = if tb { (sb[r - 1], sb[r - 2]) } else { (sb[r - 2], sb[r - 1]) };
     assert_eq!(k, kb, "gemm: inner dimensions differ ({:?}{} · {:?}{})", &sa[..], if ta { "ᵀ" } else { "" }, &sb[..], if tb { "ᵀ" } else { "" });
     assert_eq!(a.dtype, b.dtype, "gemm: operand dtypes differ");
     let (dtype, elem) = match a.dtype {
@@ -113,9 +119,11 @@ pub(crate) fn gemm(a: Prim, b: Prim, ta: bool, tb: bool) -> Prim {
         other => panic!("gemm: dtype {other:?} (bf16 or f32 only)"),
     };
     let client = a.client.clone();
-    let out = client.empty(m * n * elem);
-    let c = CubeTensor::new_contiguous(client.clone(), a.device.clone(), Shape::from([m, n]), out, a.dtype);
-    if m == 0 || n == 0 {
+    let out = client.empty(batch * m * n * elem);
+    let mut shape: Vec<usize> = sa[..r - 2].to_vec();
+    shape.extend([m, n]);
+    let c = CubeTensor::new_contiguous(client.clone(), a.device.clone(), Shape::from(shape), out, a.dtype);
+    if batch == 0 || m == 0 || n == 0 {
         return c;
     }
     // The operands' pending writes are on CubeCL's stream: wait for them.
@@ -127,6 +135,7 @@ pub(crate) fn gemm(a: Prim, b: Prim, ta: bool, tb: bool) -> Prim {
     let (alpha, beta) = (1f32, 0f32);
     let op = |t: bool| if t { cb::cublasOperation_t::CUBLAS_OP_T } else { cb::cublasOperation_t::CUBLAS_OP_N };
     let dim = |x: usize| i32::try_from(x).expect("gemm: dimension above i32::MAX");
+    let (lda, ldb) = (dim(if tb { k } else { n }), dim(if ta { m } else { k }));
     BLAS.with(|cell| {
         let mut slot = cell.borrow_mut();
         let blas = slot.get_or_insert_with(|| unsafe {
@@ -140,31 +149,42 @@ pub(crate) fn gemm(a: Prim, b: Prim, ta: bool, tb: bool) -> Prim {
             Blas { handle, stream }
         });
         let t = Instant::now();
+        let (alpha, beta) = (&alpha as *const f32 as *const _, &beta as *const f32 as *const _);
+        let (compute, algo) = (cb::cublasComputeType_t::CUBLAS_COMPUTE_32F, cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT);
         unsafe {
-            check(
-                "GemmEx",
-                cudarc::cublas::result::gemm_ex(
-                    blas.handle,
-                    op(tb),
-                    op(ta),
-                    dim(n),
-                    dim(m),
-                    dim(k),
-                    &alpha as *const f32 as *const _,
-                    pb as *const _,
-                    dtype,
-                    dim(if tb { k } else { n }),
-                    pa as *const _,
-                    dtype,
-                    dim(if ta { m } else { k }),
-                    &beta as *const f32 as *const _,
-                    pc as *mut _,
-                    dtype,
-                    dim(n),
-                    cb::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                    cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                ),
-            );
+            if batch == 1 {
+                check("GemmEx", cudarc::cublas::result::gemm_ex(blas.handle, op(tb), op(ta), dim(n), dim(m), dim(k), alpha, pb as *const _, dtype, lda, pa as *const _, dtype, ldb, beta, pc as *mut _, dtype, dim(n), compute, algo));
+            } else {
+                let stride = |x: usize| x as i64;
+                check(
+                    "GemmStridedBatchedEx",
+                    cudarc::cublas::result::gemm_strided_batched_ex(
+                        blas.handle,
+                        op(tb),
+                        op(ta),
+                        dim(n),
+                        dim(m),
+                        dim(k),
+                        alpha,
+                        pb as *const _,
+                        dtype,
+                        lda,
+                        stride(k * n),
+                        pa as *const _,
+                        dtype,
+                        ldb,
+                        stride(m * k),
+                        beta,
+                        pc as *mut _,
+                        dtype,
+                        dim(n),
+                        stride(m * n),
+                        dim(batch),
+                        compute,
+                        algo,
+                    ),
+                );
+            }
             check("stream sync after GEMM", cudarc::driver::result::stream::synchronize(blas.stream));
         }
         GEMMS.fetch_add(1, Ordering::Relaxed);
@@ -174,47 +194,58 @@ pub(crate) fn gemm(a: Prim, b: Prim, ta: bool, tb: bool) -> Prim {
     c
 }
 
-/// Autodiff node of `y = x · Wᵀ`: state = the checkpointed x and W.
+/// Autodiff node of `c = op(a) · op(b)` ([`gemm`]'s flags); state = the checkpointed a and b.
 #[derive(Debug)]
-struct Linear;
+struct Gemm {
+    ta: bool,
+    tb: bool,
+}
 
-impl Backward<Inner, 2> for Linear {
+impl Backward<Inner, 2> for Gemm {
     type State = (Option<NodeId>, Option<NodeId>);
 
+    /// With dc the gradient of c: d op(a) = dc · op(b)ᵀ and d op(b) = op(a)ᵀ · dc, so
+    /// da = dc · op(b)ᵀ (or its transpose op(b) · dcᵀ when `ta`) and db = op(a)ᵀ · dc (or
+    /// dcᵀ · op(a) when `tb`), each one [`gemm`] with flags and no transposed copies.
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
-        let (x, w) = ops.state;
-        let x: Option<Prim> = x.map(|x| checkpointer.retrieve_node_output(x));
-        let w: Option<Prim> = w.map(|w| checkpointer.retrieve_node_output(w));
+        let Gemm { ta, tb } = self;
+        let (a, b) = ops.state;
+        let a: Option<Prim> = a.map(|a| checkpointer.retrieve_node_output(a));
+        let b: Option<Prim> = b.map(|b| checkpointer.retrieve_node_output(b));
         binary::<Inner, _, _>(
             ops.parents,
             ops.node,
             grads,
-            // dx [M, K] = dy [M, N] · W [N, K]
-            |dy| gemm(dy, w.expect("W kept for dx"), false, false),
-            // dW [N, K] = dyᵀ [N, M] · x [M, K]
-            |dy| gemm(dy, x.expect("x kept for dW"), true, false),
+            |dc| {
+                let b = b.expect("b kept for da");
+                if ta { gemm(b, dc, tb, true) } else { gemm(dc, b, false, !tb) }
+            },
+            |dc| {
+                let a = a.expect("a kept for db");
+                if tb { gemm(dc, a, true, ta) } else { gemm(a, dc, !ta, false) }
+            },
         );
     }
 }
 
-/// `x · Wᵀ` under autodiff with checkpoint strategy `C`.
-fn linear_autodiff<C: CheckpointStrategy>(x: FloatTensor<Autodiff<Inner, C>>, w: FloatTensor<Autodiff<Inner, C>>) -> FloatTensor<Autodiff<Inner, C>> {
-    let (x_tracked, w_tracked) = (x.is_tracked(), w.is_tracked());
-    match Linear.prepare::<C>([x.node.clone(), w.node.clone()]).compute_bound().stateful() {
+/// `op(a) · op(b)` under autodiff with checkpoint strategy `C`.
+fn gemm_autodiff<C: CheckpointStrategy>(a: FloatTensor<Autodiff<Inner, C>>, b: FloatTensor<Autodiff<Inner, C>>, ta: bool, tb: bool) -> FloatTensor<Autodiff<Inner, C>> {
+    let (a_tracked, b_tracked) = (a.is_tracked(), b.is_tracked());
+    match (Gemm { ta, tb }).prepare::<C>([a.node.clone(), b.node.clone()]).compute_bound().stateful() {
         OpsKind::Tracked(mut prep) => {
-            // dx needs W, dW needs x.
-            let x_state = w_tracked.then(|| prep.checkpoint(&x));
-            let w_state = x_tracked.then(|| prep.checkpoint(&w));
-            prep.finish((x_state, w_state), gemm(x.primitive, w.primitive, false, true))
+            // da needs b, db needs a.
+            let a_state = b_tracked.then(|| prep.checkpoint(&a));
+            let b_state = a_tracked.then(|| prep.checkpoint(&b));
+            prep.finish((a_state, b_state), gemm(a.primitive, b.primitive, ta, tb))
         }
-        OpsKind::UnTracked(prep) => prep.finish(gemm(x.primitive, w.primitive, false, true)),
+        OpsKind::UnTracked(prep) => prep.finish(gemm(a.primitive, b.primitive, ta, tb)),
     }
 }
 
-/// `x · Wᵀ` for x [M, K] and W [N, K] → [M, N] through cuBLAS when `B` is one of this
+/// `op(a) · op(b)` ([`gemm`]'s shapes and flags) through cuBLAS when `B` is one of this
 /// crate's CUDA backends and the path is on (module docs); `Err` with the operands handed
 /// back for burn's matmul otherwise.
-pub(crate) fn linear<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Result<Tensor<B, 2>, (Tensor<B, 2>, Tensor<B, 2>)> {
+pub(crate) fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, ta: bool, tb: bool) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
     use std::any::TypeId;
     // By backend, not by primitive: both checkpoint strategies share one primitive type.
     let ty = TypeId::of::<B>();
@@ -225,24 +256,24 @@ pub(crate) fn linear<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Result<Ten
     } else if ty == TypeId::of::<Inner>() {
         2
     } else {
-        return Err((x, w));
+        return Err((a, b));
     };
     if !enabled() {
-        return Err((x, w));
+        return Err((a, b));
     }
-    let (TensorPrimitive::Float(xp), TensorPrimitive::Float(wp)) = (x.into_primitive(), w.into_primitive()) else {
+    let (TensorPrimitive::Float(ap), TensorPrimitive::Float(bp)) = (a.into_primitive(), b.into_primitive()) else {
         unreachable!("float tensors have float primitives")
     };
     /// `p` as type `T`, which the `TypeId` check above says it is.
     fn to<T: 'static, P: 'static>(p: P) -> T {
         *(Box::new(p) as Box<dyn Any>).downcast::<T>().ok().expect("type checked by TypeId")
     }
-    let y: FloatTensor<B> = match kind {
-        0 => to(linear_autodiff::<NoCheckpointing>(to(xp), to(wp))),
-        1 => to(linear_autodiff::<BalancedCheckpointing>(to(xp), to(wp))),
-        _ => to(gemm(to(xp), to(wp), false, true)),
+    let c: FloatTensor<B> = match kind {
+        0 => to(gemm_autodiff::<NoCheckpointing>(to(ap), to(bp), ta, tb)),
+        1 => to(gemm_autodiff::<BalancedCheckpointing>(to(ap), to(bp), ta, tb)),
+        _ => to(gemm(to(ap), to(bp), ta, tb)),
     };
-    Ok(Tensor::from_primitive(TensorPrimitive::Float(y)))
+    Ok(Tensor::from_primitive(TensorPrimitive::Float(c)))
 }
 
 #[cfg(test)]
@@ -336,7 +367,7 @@ mod tests {
                 let xt = upload(&x, m, k).require_grad();
                 let wt = upload(&w, n, k).require_grad();
                 let (xl, wl) = (xt.clone().cast(dtype), wt.clone().cast(dtype));
-                let y = if fast { linear(xl, wl).ok().expect("cuBLAS path taken") } else { xl.matmul(wl.transpose()) };
+                let y = if fast { matmul(xl, wl, false, true).ok().expect("cuBLAS path taken") } else { xl.matmul(wl.transpose()) };
                 let loss = (y.clone().cast(FloatDType::F32) * upload(&up, m, n)).sum();
                 let g = loss.backward();
                 let e = [rel_err(y.inner(), &y_ref), rel_err(xt.grad(&g).unwrap(), &dx_ref), rel_err(wt.grad(&g).unwrap(), &dw_ref)];
@@ -347,6 +378,40 @@ mod tests {
             let fast = run(true);
             assert!(fast.iter().all(|&e| e < tol), "{dtype:?}: cuBLAS {fast:?} above {tol} (burn: {burn:?})");
         }
+        // Batched [2, 3] matrices, every transpose case, f32: forward against f64, both
+        // gradients against burn's own autodiff of the same product (an independent
+        // derivation; burn's matmul is TF32, hence 1e-3).
+        let (bt, (m, k, n)) = (6usize, (40usize, 24usize, 56usize));
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let (ad, bd) = (if ta { [2, 3, k, m] } else { [2, 3, m, k] }, if tb { [2, 3, n, k] } else { [2, 3, k, n] });
+            let (av, bv, upv) = (random(bt * m * k, 8), random(bt * k * n, 9), random(bt * m * n, 10));
+            let t4 = |v: &[f32], d: [usize; 4]| Tensor::<Ad, 4>::from_data(TensorData::new(v.to_vec(), d), &device);
+            let run = |fast: bool| {
+                let (a, b) = (t4(&av, ad).require_grad(), t4(&bv, bd).require_grad());
+                let c = if fast {
+                    matmul(a.clone(), b.clone(), ta, tb).ok().expect("cuBLAS path taken")
+                } else {
+                    let oa = if ta { a.clone().swap_dims(2, 3) } else { a.clone() };
+                    let ob = if tb { b.clone().swap_dims(2, 3) } else { b.clone() };
+                    oa.matmul(ob)
+                };
+                let g = (c.clone() * t4(&upv, [2, 3, m, n])).sum().backward();
+                let flat = |t: Tensor<Inner, 4>| -> Vec<f32> { t.into_data().to_vec().unwrap() };
+                (flat(c.inner()), flat(a.grad(&g).unwrap()), flat(b.grad(&g).unwrap()))
+            };
+            let (c1, da1, db1) = run(true);
+            let (_, da0, db0) = run(false);
+            let c_ref: Vec<f64> = (0..bt).flat_map(|i| gemm_f64(&av[i * m * k..(i + 1) * m * k], &bv[i * k * n..(i + 1) * k * n], m, k, n, ta, tb)).collect();
+            let rel = |x: &[f32], r: &[f32]| -> f64 {
+                let num: f64 = x.iter().zip(r).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+                (num / r.iter().map(|&b| (b as f64).powi(2)).sum::<f64>()).sqrt()
+            };
+            let ec = rel(&c1, &c_ref.iter().map(|&x| x as f32).collect::<Vec<_>>());
+            let (ea, eb) = (rel(&da1, &da0), rel(&db1, &db0));
+            eprintln!("batched ta={ta} tb={tb}: c vs f64 {ec:.1e}, da vs burn {ea:.1e}, db vs burn {eb:.1e}");
+            assert!(ec < 1e-5 && ea < 1e-3 && eb < 1e-3, "batched ta={ta} tb={tb}: {ec} {ea} {eb}");
+        }
+        let (m, k, n) = (256, 192, 320);
         // Transposed operand, inference backend: aᵀ · b for a [K, M], b [K, N].
         let (a, b) = (random(k * m, 4), random(k * n, 5));
         let t = |v: &[f32], r: usize, c: usize| Tensor::<Inner, 2>::from_data(TensorData::new(v.to_vec(), [r, c]), &device).into_primitive().tensor();

@@ -168,8 +168,8 @@ impl<B: Backend> Llama<B> {
             let g = self.n_heads / self.n_kv_heads;
             let k = repeat_kv(k, g);
             let v = repeat_kv(v, g);
-            let scores = self.hi(q.matmul(k.swap_dims(2, 3))).div_scalar((hd as f64).sqrt()) + mask.clone();
-            let attn = self.lo(softmax(scores, 3)).matmul(v).swap_dims(1, 2).reshape([b, s, self.n_heads * hd]);
+            let scores = self.hi(matmul_t(q, k, false, true)).div_scalar((hd as f64).sqrt()) + mask.clone();
+            let attn = matmul_t(self.lo(softmax(scores, 3)), v, false, false).swap_dims(1, 2).reshape([b, s, self.n_heads * hd]);
             x = x + self.hi(linear(attn, self.lo(blk.o.val())));
             let m = self.lo(rms_norm(x.clone(), blk.mlp_norm.val(), self.eps));
             let ff = silu(linear(m.clone(), self.lo(blk.gate.val()))) * linear(m, self.lo(blk.up.val()));
@@ -226,19 +226,25 @@ impl<B: Backend> Llama<B> {
 /// `x W^T` for x [B, S, in] and W [out, in], as one [B·S, in] × [in, out] product (one
 /// large GEMM rather than B broadcast ones: GPU matmul kernels are picked and tuned per
 /// shape, and the large-M case is where tensor-core kernels pay).
-///
-/// On this crate's CUDA backends the product runs through cuBLAS (`crate::cublas`, feature
-/// `cuda`; `BAGEL_CUBLAS=0` turns it off).
 pub(crate) fn linear<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>) -> Tensor<B, 3> {
     let [b, s, i] = x.dims();
     let o = w.dims()[0];
-    let x = x.reshape([b * s, i]);
+    matmul_t(x.reshape([b * s, i]), w, false, true).reshape([b, s, o])
+}
+
+/// `op(a) · op(b)` over the last two dimensions (leading ones a batch), where `op(a)` is
+/// `a` transposed when `ta`, likewise `b` with `tb`. On this crate's CUDA backends the
+/// product runs through cuBLAS (`crate::cublas`, feature `cuda`; `BAGEL_CUBLAS=0` turns it
+/// off), elsewhere through burn's `matmul`.
+pub(crate) fn matmul_t<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, ta: bool, tb: bool) -> Tensor<B, D> {
     #[cfg(feature = "cuda")]
-    let (x, w) = match crate::cublas::linear(x, w) {
-        Ok(y) => return y.reshape([b, s, o]),
-        Err(xw) => xw,
+    let (a, b) = match crate::cublas::matmul(a, b, ta, tb) {
+        Ok(c) => return c,
+        Err(ab) => ab,
     };
-    x.matmul(w.transpose()).reshape([b, s, o])
+    let a = if ta { a.swap_dims(D - 2, D - 1) } else { a };
+    let b = if tb { b.swap_dims(D - 2, D - 1) } else { b };
+    a.matmul(b)
 }
 
 /// RMSNorm: x / sqrt(mean(x²) + ε) · w.
