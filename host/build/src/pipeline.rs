@@ -363,8 +363,8 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
     // the previous pair. (Should the second rename fail, the outputs stamp below is not
     // written, so the next build redoes both.)
     let ((sft_file, sft_sha256), (dpo_file, dpo_sha256)) = (sft_res?, dpo_res?);
-    sft_file.commit()?;
-    dpo_file.commit()?;
+    crate::write::commit(sft_file)?;
+    crate::write::commit(dpo_file)?;
     report.sft_sha256 = sft_sha256;
     report.dpo_sha256 = dpo_sha256;
     match &removed {

@@ -11,7 +11,7 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
@@ -41,55 +41,25 @@ impl OutputCompression {
 /// Rows per parquet row group / record batch.
 pub const ROW_GROUP: usize = 8192;
 
-/// A temp file that is removed unless committed.
-#[must_use = "an AtomicFile is removed when dropped unless committed"]
-pub struct AtomicFile {
-    tmp: PathBuf,
-    dest: PathBuf,
-    done: bool,
+/// A temp file next to its destination, removed unless committed
+/// ([`bagel_core::atomic::AtomicPath`]).
+pub use bagel_core::atomic::AtomicPath as AtomicFile;
+
+/// Rename `file` into place. Errors: [`BuildError::Io`] naming the destination.
+pub fn commit(file: AtomicFile) -> Result<()> {
+    let dest = file.dest().to_path_buf();
+    file.commit().map_err(io(&dest))
 }
 
-impl AtomicFile {
-    /// Reserve a temp path next to `dest`.
-    pub fn new(dest: &Path) -> AtomicFile {
-        let name = dest.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        let tmp = dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-        AtomicFile { tmp, dest: dest.to_path_buf(), done: false }
-    }
-    /// The temp path to write.
-    pub fn path(&self) -> &Path {
-        &self.tmp
-    }
-    /// Rename into place.
-    pub fn commit(mut self) -> Result<()> {
-        std::fs::rename(&self.tmp, &self.dest).map_err(io(&self.dest))?;
-        self.done = true;
-        Ok(())
-    }
-}
-
-impl Drop for AtomicFile {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
-}
-
-/// Write bytes atomically.
+/// Write bytes atomically. Errors: [`BuildError::Io`] naming `dest`; nothing is left behind.
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic_with(dest, |w| w.write_all(bytes))
+    bagel_core::atomic::write(dest, bytes).map_err(io(dest))
 }
 
 /// Stream a file atomically: `fill` writes it through a 1 MiB buffer, so large contents
 /// are never held whole. An error from `fill` (naming `dest`) leaves nothing behind.
 pub fn write_atomic_with(dest: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
-    let f = AtomicFile::new(dest);
-    let file = std::fs::File::create(f.path()).map_err(io(f.path()))?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    fill(&mut out).and_then(|()| out.flush()).map_err(io(dest))?;
-    drop(out);
-    f.commit()
+    bagel_core::atomic::write_with(dest, fill).map_err(io(dest))
 }
 
 /// Write a parquet file of non-null UTF-8 columns to a temp file next to `dest`.
@@ -254,7 +224,7 @@ pub fn write_batch_parquet(dest: &Path, batch: &RecordBatch) -> Result<()> {
     let mut w = ArrowWriter::try_new(out, batch.schema(), Some(props)).map_err(|e| perr(&e))?;
     w.write(batch).map_err(|e| perr(&e))?;
     w.close().map_err(|e| perr(&e))?;
-    file.commit()
+    commit(file)
 }
 
 #[cfg(test)]

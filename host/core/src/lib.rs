@@ -1,11 +1,13 @@
 //! bagel's dataset logic without I/O or plugins: the record model, the shared known-keys
 //! set (dedup), the refusal check, multi-turn expansion, the overlapping prompt-format
-//! chunks and the seeded randomness the build uses.
+//! chunks and the seeded randomness the build uses; plus [`atomic`], the one
+//! write-then-rename every crate uses for its outputs.
 //!
 //! Reference behaviour: jondurbin/bagel at commit 3c7d241 (`bagel/data.py`,
 //! `bagel/data_sources/util.py`), specified in `../shared/SOURCES.md`.
 #![deny(missing_docs)]
 
+pub mod atomic;
 pub mod chunk;
 pub mod dedup;
 pub mod expand;

@@ -172,9 +172,9 @@ impl NeighbourIndex {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| ierr(dir, e))?;
             }
-            let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-            index.save(&tmp.to_string_lossy()).map_err(|e| ierr(&tmp, e))?;
-            std::fs::rename(&tmp, path).map_err(|e| ierr(path, e))?;
+            let tmp = bagel_core::atomic::AtomicPath::new(path);
+            index.save(&tmp.path().to_string_lossy()).map_err(|e| ierr(path, e))?;
+            tmp.commit().map_err(|e| ierr(path, e))?;
         }
         Ok(NeighbourIndex { vectors, search: Search::Ann(index), cache_hit: false })
     }

@@ -322,9 +322,10 @@ pub fn import(path: &Path, out: &Path) -> Result<LlamaConfig> {
     }
     let views: Vec<(String, safetensors::tensor::TensorView)> =
         named.iter().map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).expect("consistent view"))).collect();
-    let tmp = out.join(".model.safetensors.tmp");
-    safetensors::serialize_to_file(views, None, &tmp).map_err(|e| bad(e.to_string()))?;
-    std::fs::rename(&tmp, out.join("model.safetensors")).map_err(io(out))?;
+    let dest = out.join("model.safetensors");
+    let tmp = bagel_core::atomic::AtomicPath::new(&dest);
+    safetensors::serialize_to_file(views, None, tmp.path()).map_err(|e| bad(e.to_string()))?;
+    tmp.commit().map_err(io(&dest))?;
     config.save(out)?;
     write_tokenizer(&g, &tokens, out).map_err(bad)?;
     Ok(config)

@@ -40,12 +40,13 @@ pub fn plot_metrics(metrics: &Path, out: &Path, title: &str, keys: &[&str]) -> R
     }
     let (x_max, y_min, y_max) = all.iter().fold((1.0f64, f64::INFINITY, f64::NEG_INFINITY), |(x, lo, hi), &(a, b)| (x.max(a), lo.min(b), hi.max(b)));
     let pad = ((y_max - y_min) * 0.05).max(1e-3);
+    // The temp keeps the `.png` extension: plotters picks the image format from it.
     let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let tmp = out.with_file_name(format!(".tmp-{}-{name}", std::process::id()));
+    let tmp = bagel_core::atomic::AtomicPath::with_temp_name(out, &format!(".tmp-{}-{name}", std::process::id()));
     register_font();
     let bad = |e: &dyn std::fmt::Display| TrainError::BadFile { path: out.to_path_buf(), message: e.to_string() };
     {
-        let root = BitMapBackend::new(&tmp, (800, 480)).into_drawing_area();
+        let root = BitMapBackend::new(tmp.path(), (800, 480)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| bad(&e))?;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 20))
@@ -67,5 +68,5 @@ pub fn plot_metrics(metrics: &Path, out: &Path, title: &str, keys: &[&str]) -> R
         chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| bad(&e))?;
         root.present().map_err(|e| bad(&e))?;
     }
-    std::fs::rename(&tmp, out).map_err(io(out))
+    tmp.commit().map_err(io(out))
 }

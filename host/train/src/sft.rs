@@ -496,15 +496,15 @@ pub(crate) fn save_checkpoint<B: AutodiffBackend, O: Optimizer<Llama<B>, B>>(
     recorder: &NamedMpkFileRecorder<FullPrecisionSettings>,
 ) -> Result<()> {
     let dir = output_dir.join(format!("checkpoint-{}", st.step));
-    let tmp = output_dir.join(format!(".checkpoint-{}.tmp", st.step));
-    let _ = std::fs::remove_dir_all(&tmp);
-    save_model(model, config, tokenizer_dir, &tmp)?;
-    let rec = |e: burn::record::RecorderError| TrainError::BadFile { path: tmp.clone(), message: e.to_string() };
-    recorder.record(model.clone().into_record(), tmp.join("model")).map_err(rec)?;
-    recorder.record(optim.to_record(), tmp.join("optimizer")).map_err(rec)?;
-    std::fs::write(tmp.join("trainer_state.json"), serde_json::to_vec(st).expect("state serialises")).map_err(io(&tmp))?;
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+    // Filled under a temp name and renamed into place (replacing an older one), or
+    // removed on an error: a checkpoint directory is always complete.
+    let tmp = bagel_core::atomic::AtomicPath::new_dir(&dir).map_err(io(&dir))?;
+    save_model(model, config, tokenizer_dir, tmp.path())?;
+    let rec = |e: burn::record::RecorderError| TrainError::BadFile { path: dir.clone(), message: e.to_string() };
+    recorder.record(model.clone().into_record(), tmp.path().join("model")).map_err(rec)?;
+    recorder.record(optim.to_record(), tmp.path().join("optimizer")).map_err(rec)?;
+    std::fs::write(tmp.path().join("trainer_state.json"), serde_json::to_vec(st).expect("state serialises")).map_err(io(&dir))?;
+    tmp.commit().map_err(io(&dir))?;
     if let Some(limit) = save_total_limit {
         let all = checkpoints(output_dir);
         for (_, old) in all.iter().take(all.len().saturating_sub(limit.max(1))) {

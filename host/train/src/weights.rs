@@ -6,6 +6,7 @@
 //! `config.json` and the tokenizer files copied from the source directory.
 use crate::config::LlamaConfig;
 use crate::error::{io, Result, TrainError};
+use bagel_core::atomic::AtomicPath;
 use crate::model::{Llama, TensorSource};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -114,11 +115,11 @@ pub fn save_model<B: Backend>(model: &Llama<B>, config: &LlamaConfig, tokenizer_
         .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).expect("consistent view")))
         .collect();
     let dest = out.join("model.safetensors");
-    let tmp = out.join(".model.safetensors.tmp");
+    let tmp = AtomicPath::new(&dest);
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    safetensors::serialize_to_file(views, Some(meta), &tmp).map_err(|e| TrainError::BadFile { path: tmp.clone(), message: e.to_string() })?;
-    std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+    safetensors::serialize_to_file(views, Some(meta), tmp.path()).map_err(|e| TrainError::BadFile { path: dest.clone(), message: e.to_string() })?;
+    tmp.commit().map_err(io(&dest))?;
     config.save(out)?;
     for f in TOKENIZER_FILES {
         let src = tokenizer_dir.join(f);
@@ -141,11 +142,9 @@ pub fn init_random(from: &Path, out: &Path, seed: u64) -> Result<usize> {
     Ok(config.num_parameters())
 }
 
-/// Write `bytes` to `path` through a temp file in the same directory and a rename, so a
-/// reader never sees a half-written file. Errors: [`TrainError::Io`] naming the file.
+/// Write `bytes` to `path` through a temp file in the same directory and a rename
+/// ([`bagel_core::atomic`]), so a reader never sees a half-written file and an error leaves
+/// nothing behind. Errors: [`TrainError::Io`] naming the file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    bagel_core::atomic::write(path, bytes).map_err(io(path))
 }
