@@ -21,8 +21,9 @@ use bindings::exports::bagel::plugin::format as fmt;
 /// (input, output). Stateless; called in batches.
 ///
 /// Implement [`Format::render`]. A format that also implements [`Format::render_into`]
-/// (usually both as one private function generic over [`AsTurn`], as the bundled formats
-/// do) renders a batch inside the plugin without copying the turns or allocating per row.
+/// (usually both from one function generic over [`AsTurn`], with
+/// [`render_with!`](crate::render_with), as the bundled formats do) renders a batch inside
+/// the plugin without copying the turns or allocating per row.
 pub trait Format: 'static {
     /// Describe the format.
     fn info() -> FormatInfo;
@@ -233,6 +234,36 @@ pub fn check_shape<T: AsTurn>(conversation: &[T]) -> Result<usize, PluginError> 
         }
     }
     Ok(offset)
+}
+
+/// Implement [`Format::render`] and [`Format::render_into`] inside an `impl Format` block
+/// with one function generic over [`AsTurn`], so owned and borrowed turns run the same
+/// code:
+///
+/// ```text
+/// impl Format for MyFormat {
+///     fn info() -> FormatInfo { /* ... */ }
+///     render_with!(write);
+/// }
+///
+/// /// Appends the input to `input` and the output to `output`.
+/// fn write<T: AsTurn>(opts: &RenderOptions, conversation: &[T], add_default_system: bool, input: &mut String, output: &mut String) -> Result<(), PluginError> {
+///     /* ... */
+/// }
+/// ```
+#[macro_export]
+macro_rules! render_with {
+    ($write:path) => {
+        fn render(opts: &$crate::RenderOptions, conversation: &[$crate::Turn], add_default_system: bool) -> Result<$crate::Rendered, $crate::PluginError> {
+            let mut r = $crate::Rendered::default();
+            $write(opts, conversation, add_default_system, &mut r.input, &mut r.output)?;
+            Ok(r)
+        }
+
+        fn render_into(opts: &$crate::RenderOptions, conversation: &[$crate::TurnRef<'_>], add_default_system: bool, input: &mut String, output: &mut String) -> Result<(), $crate::PluginError> {
+            $write(opts, conversation, add_default_system, input, output)
+        }
+    };
 }
 
 /// Export a [`Format`] implementation as the plugin's `bagel:plugin/format` interface.

@@ -16,15 +16,7 @@ impl Format for Alpaca {
         FormatInfo { name: "alpaca".into(), version: env!("CARGO_PKG_VERSION").into(), description: "### Instruction / ### Response (no default system prompt)".into() }
     }
 
-    fn render(opts: &RenderOptions, conv: &[Turn], add_default_system: bool) -> Result<Rendered, PluginError> {
-        let mut r = Rendered::default();
-        write(opts, conv, add_default_system, &mut r.input, &mut r.output)?;
-        Ok(r)
-    }
-
-    fn render_into(opts: &RenderOptions, conv: &[TurnRef<'_>], add_default_system: bool, input: &mut String, output: &mut String) -> Result<(), PluginError> {
-        write(opts, conv, add_default_system, input, output)
-    }
+    render_with!(write);
 }
 
 /// The format, on owned or borrowed turns: appends to `input` and `output`.

@@ -17,15 +17,7 @@ impl Format for Llama2 {
         FormatInfo { name: "llama2".into(), version: env!("CARGO_PKG_VERSION").into(), description: "[INST] <<SYS>> ... [/INST] (Llama-2 chat)".into() }
     }
 
-    fn render(opts: &RenderOptions, conv: &[Turn], add_default_system: bool) -> Result<Rendered, PluginError> {
-        let mut r = Rendered::default();
-        write(opts, conv, add_default_system, &mut r.input, &mut r.output)?;
-        Ok(r)
-    }
-
-    fn render_into(opts: &RenderOptions, conv: &[TurnRef<'_>], add_default_system: bool, input: &mut String, output: &mut String) -> Result<(), PluginError> {
-        write(opts, conv, add_default_system, input, output)
-    }
+    render_with!(write);
 }
 
 /// The format, on owned or borrowed turns: appends to `s` and `output`.

@@ -17,15 +17,7 @@ impl Format for Vicuna {
         FormatInfo { name: "vicuna".into(), version: env!("CARGO_PKG_VERSION").into(), description: "USER: / ASSISTANT: lines".into() }
     }
 
-    fn render(opts: &RenderOptions, conv: &[Turn], add_default_system: bool) -> Result<Rendered, PluginError> {
-        let mut r = Rendered::default();
-        write(opts, conv, add_default_system, &mut r.input, &mut r.output)?;
-        Ok(r)
-    }
-
-    fn render_into(opts: &RenderOptions, conv: &[TurnRef<'_>], add_default_system: bool, input: &mut String, output: &mut String) -> Result<(), PluginError> {
-        write(opts, conv, add_default_system, input, output)
-    }
+    render_with!(write);
 }
 
 /// The format, on owned or borrowed turns: appends to `input` and `output`.
