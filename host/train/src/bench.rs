@@ -13,7 +13,7 @@ use crate::error::{Result, TrainError};
 use crate::model::{Llama, RandomInit};
 use crate::sft::clip_global_norm;
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Distribution, ElementConversion, Int, Tensor};
 use serde::Serialize;
@@ -74,7 +74,7 @@ pub struct StepBenchReport {
 /// cuBLAS totals so far: (GEMMs, seconds); zeros without the `cuda` feature.
 fn gemm_stats() -> (u64, f64) {
     #[cfg(feature = "cuda")]
-    return crate::cublas::gemm_stats();
+    return crate::cuda_ops::gemm_stats();
     #[cfg(not(feature = "cuda"))]
     (0, 0.0)
 }
@@ -98,7 +98,8 @@ pub fn bench_sft_step<B: AutodiffBackend>(args: &StepBenchArgs, device: &B::Devi
     let targets = tokens.narrow(1, 1, args.seq);
     let mask = Tensor::<B, 2>::ones([args.batch, args.seq], device);
     let n_targets = (args.batch * args.seq) as f64;
-    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init::<B, Llama<B>>();
+    // burn's AdamWConfig defaults (β 0.9 / 0.999, ε 1e-5), no weight decay.
+    let mut optim = crate::sft::adamw(0.9, 0.999, 1e-5, 0.0).init::<B, Llama<B>>();
     let (mut losses, mut times) = (Vec::new(), Vec::new());
     let mut first_step_s = 0.0;
     let mut gemms_at_warmup = gemm_stats();

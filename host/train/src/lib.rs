@@ -22,7 +22,7 @@
 pub mod bench;
 pub mod config;
 #[cfg(feature = "cuda")]
-pub mod cublas;
+pub mod cuda_ops;
 pub mod data;
 pub mod dpo;
 pub mod embed;
@@ -30,6 +30,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod model;
+pub mod optim;
 pub mod plot;
 pub mod sft;
 pub mod weights;

@@ -234,11 +234,11 @@ pub(crate) fn linear<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>) -> Tensor<B, 
 
 /// `op(a) · op(b)` over the last two dimensions (leading ones a batch), where `op(a)` is
 /// `a` transposed when `ta`, likewise `b` with `tb`. On this crate's CUDA backends the
-/// product runs through cuBLAS (`crate::cublas`, feature `cuda`; `BAGEL_CUBLAS=0` turns it
-/// off), elsewhere through burn's `matmul`.
+/// product runs through cuBLAS (`crate::cuda_ops`, feature `cuda`; `BAGEL_CUBLAS=0` turns
+/// it off), elsewhere through burn's `matmul`.
 pub(crate) fn matmul_t<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, ta: bool, tb: bool) -> Tensor<B, D> {
     #[cfg(feature = "cuda")]
-    let (a, b) = match crate::cublas::matmul(a, b, ta, tb) {
+    let (a, b) = match crate::cuda_ops::matmul(a, b, ta, tb) {
         Ok(c) => return c,
         Err(ab) => ab,
     };

@@ -17,7 +17,7 @@ use crate::model::Llama;
 use crate::weights::{load_model, save_model};
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
@@ -103,9 +103,10 @@ pub struct SftArgs {
     pub pad_to_multiple_of: usize,
 }
 
-/// AdamW (Loshchilov & Hutter 2019) with HF Trainer's knobs; shared by SFT and DPO.
-pub(crate) fn adamw(beta1: f64, beta2: f64, epsilon: f64, weight_decay: f64) -> AdamWConfig {
-    AdamWConfig::new().with_beta_1(beta1 as f32).with_beta_2(beta2 as f32).with_epsilon(epsilon as f32).with_weight_decay(weight_decay as f32)
+/// AdamW (Loshchilov & Hutter 2019) with HF Trainer's knobs; shared by SFT, DPO and the
+/// step benchmark. Fused into one kernel per parameter on CUDA ([`crate::optim`]).
+pub(crate) fn adamw(beta1: f64, beta2: f64, epsilon: f64, weight_decay: f64) -> crate::optim::FusedAdamW {
+    crate::optim::FusedAdamW::new(beta1, beta2, epsilon, weight_decay)
 }
 
 /// (total optimizer steps, warm-up steps) as HF Trainer derives them: `max_steps`, else

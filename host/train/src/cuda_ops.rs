@@ -1,5 +1,5 @@
-//! cuBLAS GEMMs for the linear layers on the CUDA backend (issue 7, "custom burn ops that
-//! call NVIDIA's libraries through cudarc").
+//! cuBLAS GEMMs and a fused AdamW kernel on the CUDA backend (issue 7, "custom burn ops
+//! that call NVIDIA's libraries through cudarc").
 //!
 //! burn 0.21's CUDA matmul kernels (CubeCL) reach about 60 TFLOP/s in bf16 on an H200, a
 //! tenth of the tensor-core rate (bench/RESULTS.md, "where the step goes"). This module
@@ -23,6 +23,10 @@
 //! [`crate::CudaBackendCheckpointed`], [`crate::CudaInference`]); every other backend, and
 //! `BAGEL_CUBLAS=0`, keeps burn's matmul.
 //!
+//! Also here: the fused AdamW kernel of [`crate::optim::FusedAdamW`] ([`adamw_step`]),
+//! CUDA C compiled by NVRTC at first use and launched the same way (after a sync, on this
+//! module's stream, waited for). `BAGEL_CUBLAS=0` turns it off with the GEMMs.
+//!
 //! Library: cudarc loads `libcublas.so` (CUDA 13: `libcublas.so.13`) at the first GEMM, from
 //! the loader's search path (`LD_LIBRARY_PATH`; PyTorch's wheels ship it under
 //! `site-packages/nvidia/cu13/lib`). A missing library is reported once and the model falls
@@ -37,6 +41,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Shape, Tensor, TensorMetadata, TensorPrimitive};
 use burn_cubecl::cubecl::cuda::CudaRuntime;
 use burn_cubecl::tensor::CubeTensor;
+use burn::optim::{AdamWState, AdaptiveMomentumState};
 use cudarc::cublas::sys as cb;
 use cudarc::driver::sys as cu;
 use std::any::Any;
@@ -48,6 +53,8 @@ use std::time::Instant;
 /// GEMMs run through cuBLAS and their wall time (nanoseconds), host-side from the launch to
 /// the end of the stream wait (the wait for CubeCL's earlier work is not counted).
 static GEMMS: AtomicU64 = AtomicU64::new(0);
+/// Parameter updates done by the fused AdamW kernel.
+static ADAMW_STEPS: AtomicU64 = AtomicU64::new(0);
 static GEMM_NS: AtomicU64 = AtomicU64::new(0);
 
 /// Totals since the process started: (GEMMs run, seconds spent in them). The SFT step
@@ -76,14 +83,34 @@ fn enabled() -> bool {
     })
 }
 
-/// Per-thread cuBLAS state: the handle, bound to a stream of its own.
+/// Per-thread CUDA state: the cuBLAS handle, bound to a stream of its own, and the fused
+/// AdamW kernel once compiled.
 struct Blas {
     handle: cb::cublasHandle_t,
     stream: cu::CUstream,
+    adamw: Option<cu::CUfunction>,
 }
 
 thread_local! {
     static BLAS: RefCell<Option<Blas>> = const { RefCell::new(None) };
+}
+
+/// Run `f` with this thread's CUDA state for device `index`, made on first use (the
+/// device's primary context, as CubeCL uses, made current; a stream; a cuBLAS handle).
+fn with_cuda<R>(index: usize, f: impl FnOnce(&mut Blas) -> R) -> R {
+    BLAS.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let blas = slot.get_or_insert_with(|| unsafe {
+            let dev = cudarc::driver::result::device::get(index as i32).expect("CUDA device");
+            let ctx = cudarc::driver::result::primary_ctx::retain(dev).expect("CUDA primary context");
+            cudarc::driver::result::ctx::set_current(ctx).expect("CUDA context current");
+            let stream = cudarc::driver::result::stream::create(cudarc::driver::result::stream::StreamKind::NonBlocking).expect("CUDA stream");
+            let handle = cudarc::cublas::result::create_handle().expect("cuBLAS handle");
+            check("set stream", cudarc::cublas::result::set_stream(handle, stream as _));
+            Blas { handle, stream, adamw: None }
+        });
+        f(blas)
+    })
 }
 
 /// Panics with the CUDA/cuBLAS error: a failed GEMM on valid operands is a broken device or
@@ -136,18 +163,7 @@ pub(crate) fn gemm(a: Prim, b: Prim, ta: bool, tb: bool) -> Prim {
     let op = |t: bool| if t { cb::cublasOperation_t::CUBLAS_OP_T } else { cb::cublasOperation_t::CUBLAS_OP_N };
     let dim = |x: usize| i32::try_from(x).expect("gemm: dimension above i32::MAX");
     let (lda, ldb) = (dim(if tb { k } else { n }), dim(if ta { m } else { k }));
-    BLAS.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let blas = slot.get_or_insert_with(|| unsafe {
-            // The primary context of the tensor's device, as CubeCL uses.
-            let dev = cudarc::driver::result::device::get(dim(a.device.index)).expect("CUDA device");
-            let ctx = cudarc::driver::result::primary_ctx::retain(dev).expect("CUDA primary context");
-            cudarc::driver::result::ctx::set_current(ctx).expect("CUDA context current");
-            let stream = cudarc::driver::result::stream::create(cudarc::driver::result::stream::StreamKind::NonBlocking).expect("CUDA stream");
-            let handle = cudarc::cublas::result::create_handle().expect("cuBLAS handle");
-            check("set stream", cudarc::cublas::result::set_stream(handle, stream as _));
-            Blas { handle, stream }
-        });
+    with_cuda(a.device.index, |blas| {
         let t = Instant::now();
         let (alpha, beta) = (&alpha as *const f32 as *const _, &beta as *const f32 as *const _);
         let (compute, algo) = (cb::cublasComputeType_t::CUBLAS_COMPUTE_32F, cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT);
@@ -276,11 +292,125 @@ pub(crate) fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D
     Ok(Tensor::from_primitive(TensorPrimitive::Float(c)))
 }
 
+/// The fused AdamW step (CUDA C, compiled by NVRTC at first use): one pass reads p, g, m,
+/// v and writes p, m, v, in the order of burn's `AdamW` (burn-optim 0.21 `adamw.rs`):
+/// m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², p ← p·(1 − lr·λ) − lr · (m/bc₁) / (√(v/bc₂) + ε),
+/// with bcᵢ = 1 − βᵢᵗ; `first` = no moments yet (taken as 0).
+const ADAMW_SRC: &str = r#"
+extern "C" __global__ void bagel_adamw(float* __restrict__ p_out, float* __restrict__ m_out, float* __restrict__ v_out,
+    const float* __restrict__ p, const float* __restrict__ g, const float* __restrict__ m, const float* __restrict__ v,
+    unsigned long long n, int first, float lr, float b1, float b2, float eps, float decay, float bc1, float bc2) {
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+       i += (unsigned long long)blockDim.x * gridDim.x) {
+    float gi = g[i];
+    float mi = (first ? 0.0f : m[i] * b1) + gi * (1.0f - b1);
+    float vi = (first ? 0.0f : v[i] * b2) + (gi * gi) * (1.0f - b2);
+    m_out[i] = mi;
+    v_out[i] = vi;
+    p_out[i] = p[i] * decay - ((mi / bc1) / (sqrtf(vi / bc2) + eps)) * lr;
+  }
+}
+"#;
+
+/// Compile [`ADAMW_SRC`] and load it into the current context.
+fn load_adamw() -> cu::CUfunction {
+    let ptx = cudarc::nvrtc::compile_ptx(ADAMW_SRC).unwrap_or_else(|e| panic!("NVRTC: fused AdamW: {e:?}"));
+    let src = std::ffi::CString::new(ptx.to_src()).expect("PTX has no NUL");
+    unsafe {
+        let module = cudarc::driver::result::module::load_data(src.as_ptr() as *const _).expect("load the fused AdamW module");
+        cudarc::driver::result::module::get_function(module, std::ffi::CString::new("bagel_adamw").unwrap()).expect("bagel_adamw in its module")
+    }
+}
+
+/// One AdamW step ([`crate::optim::FusedAdamW`]) on one parameter as the fused kernel, when
+/// `B` is this crate's inner CUDA backend, the path is on (`BAGEL_CUBLAS` as for the
+/// GEMMs), and parameter, gradient and moments are f32 with no AMSGrad maximum; `Err`
+/// with the arguments handed back for burn's `AdamW` otherwise.
+#[allow(clippy::type_complexity)]
+pub(crate) fn adamw_step<B: Backend, const D: usize>(
+    opt: &crate::optim::FusedAdamW,
+    lr: f64,
+    tensor: Tensor<B, D>,
+    grad: Tensor<B, D>,
+    state: Option<AdamWState<B, D>>,
+) -> Result<(Tensor<B, D>, Option<AdamWState<B, D>>), (Tensor<B, D>, Tensor<B, D>, Option<AdamWState<B, D>>)> {
+    use std::any::TypeId;
+    let f32s = tensor.dtype() == DType::F32
+        && grad.dtype() == DType::F32
+        && state.as_ref().is_none_or(|s| s.momentum.max_moment_2.is_none() && s.momentum.moment_1.dtype() == DType::F32 && s.momentum.moment_2.dtype() == DType::F32);
+    if TypeId::of::<B>() != TypeId::of::<Inner>() || !f32s || !enabled() {
+        return Err((tensor, grad, state));
+    }
+    /// `p` as type `T`, which the `TypeId` check above says it is.
+    fn to<T: 'static, P: 'static>(p: P) -> T {
+        *(Box::new(p) as Box<dyn Any>).downcast::<T>().ok().expect("type checked by TypeId")
+    }
+    let prim = |t: Tensor<B, D>| -> Prim { burn_cubecl::kernel::into_contiguous(to(t.into_primitive().tensor())) };
+    let back = |p: Prim| -> Tensor<B, D> { Tensor::from_primitive(TensorPrimitive::Float(to::<FloatTensor<B>, _>(p))) };
+    let shape = tensor.shape();
+    let (p, g) = (prim(tensor), prim(grad));
+    let (time, moments) = match state {
+        Some(s) => (s.momentum.time + 1, Some((prim(s.momentum.moment_1), prim(s.momentum.moment_2)))),
+        None => (1, None),
+    };
+    let n = shape.num_elements();
+    let client = p.client.clone();
+    let new = || CubeTensor::new_contiguous(client.clone(), p.device.clone(), shape.clone(), client.empty(n * 4), DType::F32);
+    let (p_out, m_out, v_out) = (new(), new(), new());
+    if n > 0 {
+        check("sync before AdamW", burn_cubecl::cubecl::future::block_on(client.sync()));
+        let res = |t: &Prim| client.get_resource(t.handle.clone()).expect("device buffer of a live tensor");
+        let held: Vec<_> = [&p_out, &m_out, &v_out, &p, &g].into_iter().chain(moments.iter().flat_map(|(m, v)| [m, v])).map(res).collect();
+        let ptr = |i: usize| held.get(i).map_or(0u64, |r| r.resource().ptr);
+        let (mut po, mut mo, mut vo, mut pi, mut gi) = (ptr(0), ptr(1), ptr(2), ptr(3), ptr(4));
+        let (mut mi, mut vi) = (ptr(5), ptr(6));
+        let mut n64 = n as u64;
+        let mut first: i32 = moments.is_none().into();
+        let decay_rate = lr * opt.weight_decay as f64;
+        let (mut lr32, mut b1, mut b2, mut eps) = (lr as f32, opt.beta_1, opt.beta_2, opt.epsilon);
+        let mut decay = (1.0 - decay_rate) as f32;
+        let mut bc1 = 1f32 - opt.beta_1.powi(time as i32);
+        let mut bc2 = 1f32 - opt.beta_2.powi(time as i32);
+        with_cuda(p.device.index, |blas| {
+            let f = *blas.adamw.get_or_insert_with(load_adamw);
+            // cuLaunchKernel takes a pointer to each argument, in the kernel's order.
+            use std::ffi::c_void;
+            let mut params: [*mut c_void; 16] = [
+                &mut po as *mut u64 as *mut c_void,
+                &mut mo as *mut u64 as *mut c_void,
+                &mut vo as *mut u64 as *mut c_void,
+                &mut pi as *mut u64 as *mut c_void,
+                &mut gi as *mut u64 as *mut c_void,
+                &mut mi as *mut u64 as *mut c_void,
+                &mut vi as *mut u64 as *mut c_void,
+                &mut n64 as *mut u64 as *mut c_void,
+                &mut first as *mut i32 as *mut c_void,
+                &mut lr32 as *mut f32 as *mut c_void,
+                &mut b1 as *mut f32 as *mut c_void,
+                &mut b2 as *mut f32 as *mut c_void,
+                &mut eps as *mut f32 as *mut c_void,
+                &mut decay as *mut f32 as *mut c_void,
+                &mut bc1 as *mut f32 as *mut c_void,
+                &mut bc2 as *mut f32 as *mut c_void,
+            ];
+            let blocks = n.div_ceil(256).min(1 << 16) as u32;
+            unsafe {
+                check("launch fused AdamW", cudarc::driver::result::launch_kernel(f, (blocks, 1, 1), (256, 1, 1), 0, blas.stream, &mut params));
+                check("stream sync after AdamW", cudarc::driver::result::stream::synchronize(blas.stream));
+            }
+        });
+        drop(held);
+    }
+    ADAMW_STEPS.fetch_add(1, Ordering::Relaxed);
+    let momentum = AdaptiveMomentumState { time, moment_1: back(m_out), moment_2: back(v_out), max_moment_2: None };
+    Ok((back(p_out), Some(AdamWState { momentum })))
+}
+
 #[cfg(test)]
 mod tests {
     //! Needs an NVIDIA GPU and libcublas: build with
     //! `cargo test --release -p bagel-train --features cuda --no-run --target-dir target/cuda`,
-    //! run the test binary on the GPU machine (`<binary> cublas --nocapture`, with
+    //! run the test binary on the GPU machine (`<binary> cuda_ops --nocapture`, with
     //! libcublas.so on `LD_LIBRARY_PATH`). Without a device the test says so and passes.
     use super::*;
     use burn::tensor::{FloatDType, TensorData};
@@ -324,6 +454,41 @@ mod tests {
         let num: f64 = out.iter().zip(reference).map(|(&o, &r)| (o as f64 - r).powi(2)).sum();
         let den: f64 = reference.iter().map(|r| r * r).sum();
         (num / den).sqrt()
+    }
+
+    /// The fused AdamW kernel against burn's `AdamW` (the unfused reference it replaces),
+    /// three steps on one parameter with weight decay: parameters and both moments within
+    /// 1e-5 relative (f32 arithmetic; the kernel keeps burn's operation order, so the
+    /// differences are the compiler's contractions, ≈ 1e-7).
+    #[test]
+    fn fused_adamw_matches_burns_adamw() {
+        use burn::optim::{AdamWConfig, SimpleOptimizer};
+        if !enabled() || cudarc::driver::CudaContext::device_count().unwrap_or(0) == 0 {
+            eprintln!("skipped: no CUDA device or no libcublas on this machine");
+            return;
+        }
+        let device = burn::backend::cuda::CudaDevice::new(0);
+        let fused = crate::optim::FusedAdamW::new(0.9, 0.95, 1e-8, 0.1);
+        let reference = AdamWConfig::new().with_beta_1(0.9).with_beta_2(0.95).with_epsilon(1e-8).with_weight_decay(0.1).build();
+        let t = |seed: u64| Tensor::<Inner, 2>::from_data(TensorData::new(random(64 * 48, seed), [64, 48]), &device);
+        let (mut pf, mut sf) = (t(11), None);
+        let (mut pr, mut sr) = (t(11), None);
+        let before = ADAMW_STEPS.load(Ordering::Relaxed);
+        for step in 0..3u64 {
+            let g = t(20 + step);
+            (pf, sf) = SimpleOptimizer::<Inner>::step(&fused, 1e-2, pf, g.clone(), sf);
+            (pr, sr) = reference.step(1e-2, pr, g, sr);
+        }
+        assert_eq!(ADAMW_STEPS.load(Ordering::Relaxed) - before, 3, "the fused kernel ran each step");
+        let (sf, sr) = (sf.unwrap().momentum, sr.unwrap().momentum);
+        assert_eq!((sf.time, sr.time), (3, 3));
+        let rel = |a: Tensor<Inner, 2>, b: Tensor<Inner, 2>| {
+            let b64: Vec<f64> = b.into_data().to_vec::<f32>().unwrap().into_iter().map(f64::from).collect();
+            rel_err(a, &b64)
+        };
+        let errs = [rel(pf, pr), rel(sf.moment_1, sr.moment_1), rel(sf.moment_2, sr.moment_2)];
+        eprintln!("fused AdamW vs burn: ‖err‖/‖ref‖ p {:.1e}, m {:.1e}, v {:.1e}", errs[0], errs[1], errs[2]);
+        assert!(errs.iter().all(|&e| e < 1e-5), "{errs:?}");
     }
 
     /// The f64 reference itself, against burn's CPU backend (f32) on all four transpose
