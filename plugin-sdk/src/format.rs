@@ -119,7 +119,10 @@ pub mod glue {
                 }
                 Ok(()) => self.err(item, wit::PluginError::Internal(String::new())),
                 Err(e) => {
-                    self.text.truncate(start.min(self.text.len()));
+                    // A broken batch is voided in `done`; truncating there could split a char.
+                    if !self.broken {
+                        self.text.truncate(start);
+                    }
                     self.err(item, err(e));
                 }
             }
@@ -333,6 +336,10 @@ mod tests {
         fn render_into(_o: &RenderOptions, c: &[TurnRef<'_>], _coin: bool, input: &mut String, _output: &mut String) -> Result<(), PluginError> {
             input.clear();
             input.push_str(c[0].value);
+            // A value "fail" also errs after the damage (the glue must not split the "é").
+            if c[1].value == "fail" {
+                return Err(PluginError::BadInput("fail".into()));
+            }
             Ok(())
         }
     }
@@ -407,6 +414,11 @@ mod tests {
         let r = glue::render::<Clears>(wit_opts(), b);
         assert_eq!((r.text.as_str(), r.lens.as_slice()), ("", &[0u32; 6][..]));
         let items = unpack(&r);
+        assert!(items.iter().all(|i| matches!(i, Err(e) if e.contains("changed text of earlier rows"))), "{items:?}");
+        // Row 1 writes "é" over row 0's text, so its own start (byte 1) falls inside the
+        // char, and then errs: the batch is voided, nothing is cut mid-char.
+        let b = batch(&[(&[(1, "q"), (2, "a1")], false), (&[(1, "é"), (2, "fail")], false)]);
+        let items = unpack(&glue::render::<Clears>(wit_opts(), b));
         assert!(items.iter().all(|i| matches!(i, Err(e) if e.contains("changed text of earlier rows"))), "{items:?}");
     }
 }

@@ -1,7 +1,10 @@
 //! Write-then-rename for every output bagel writes (datasets, reports, caches, checkpoints,
 //! plots): the content goes to a temp name beside the destination and is renamed into
-//! place only when complete, so a reader never sees a half-written file, and an error or
-//! a panic on the way leaves nothing behind (the temp is removed when dropped).
+//! place only when complete, so a reader never sees a half-written file (a replaced
+//! directory is briefly absent between its two renames), and an error or an unwinding
+//! panic on the way leaves nothing behind (the temp is removed when dropped; a killed
+//! process leaves its `.{name}.tmp-{pid}`). No fsync: atomic, not durable across a power
+//! loss.
 //!
 //! The rename is atomic on POSIX file systems when temp and destination share a directory,
 //! which is why the temp is `.{name}.tmp-{pid}` next to the destination.
@@ -60,14 +63,25 @@ impl AtomicPath {
         &self.dest
     }
 
-    /// Rename the temp into place. For a directory, an existing `dest` directory is
-    /// removed first (a rename cannot replace a non-empty directory); a file is replaced by
-    /// the rename.
+    /// Rename the temp into place. A file replaces `dest` in one rename. A directory
+    /// cannot replace a non-empty one that way: an existing `dest` directory is first
+    /// renamed aside (`.{name}.old-{pid}`), the temp renamed into place, and only then the
+    /// old one removed; should the second rename fail, the old one is put back.
     ///
-    /// Errors: the I/O error of the removal or the rename; the temp is then removed.
+    /// Errors: the I/O error of a rename; the temp is then removed and `dest` is as before.
     pub fn commit(mut self) -> std::io::Result<()> {
         if self.dir && self.dest.is_dir() {
-            std::fs::remove_dir_all(&self.dest)?;
+            let name = self.dest.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let old = self.dest.with_file_name(format!(".{name}.old-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&old);
+            std::fs::rename(&self.dest, &old)?;
+            if let Err(e) = std::fs::rename(&self.tmp, &self.dest) {
+                let _ = std::fs::rename(&old, &self.dest);
+                return Err(e);
+            }
+            self.done = true;
+            let _ = std::fs::remove_dir_all(&old);
+            return Ok(());
         }
         std::fs::rename(&self.tmp, &self.dest)?;
         self.done = true;
@@ -154,7 +168,7 @@ mod tests {
         let tmp = AtomicPath::new_dir(&dest).unwrap();
         std::fs::write(tmp.path().join("model"), b"3").unwrap();
         tmp.commit().unwrap();
-        assert_eq!(names(&d), ["checkpoint-10"]);
+        assert_eq!(names(&d), ["checkpoint-10"], "no temp and no old copy left");
         assert_eq!(names(&dest), ["model"]);
         std::fs::remove_dir_all(&d).unwrap();
     }

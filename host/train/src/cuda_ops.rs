@@ -15,7 +15,9 @@
 //! (`ComputeClient::sync`), runs on a stream of its own, and waits for that stream before
 //! it returns, so every kernel CubeCL queues afterwards sees the result. That is two host
 //! waits per GEMM (three GEMMs per linear layer per step); the profile in
-//! bench/RESULTS.md says what they cost.
+//! bench/RESULTS.md says what they cost. `ComputeClient::sync` waits for the calling
+//! thread's CubeCL stream only: operands must come from this thread (the trainer runs
+//! its model on one thread).
 //!
 //! Dispatch: [`matmul`] is called from the backend-generic model code. It checks the
 //! backend's tensor type at run time (`Any` downcasts of the primitives) and takes the
@@ -53,9 +55,9 @@ use std::time::Instant;
 /// GEMMs run through cuBLAS and their wall time (nanoseconds), host-side from the launch to
 /// the end of the stream wait (the wait for CubeCL's earlier work is not counted).
 static GEMMS: AtomicU64 = AtomicU64::new(0);
+static GEMM_NS: AtomicU64 = AtomicU64::new(0);
 /// Parameter updates done by the fused AdamW kernel.
 static ADAMW_STEPS: AtomicU64 = AtomicU64::new(0);
-static GEMM_NS: AtomicU64 = AtomicU64::new(0);
 
 /// Totals since the process started: (GEMMs run, seconds spent in them). The SFT step
 /// benchmark reports the difference over its timed steps.
@@ -86,6 +88,8 @@ fn enabled() -> bool {
 /// Per-thread CUDA state: the cuBLAS handle, bound to a stream of its own, and the fused
 /// AdamW kernel once compiled.
 struct Blas {
+    /// The device (ordinal) all of the below belong to.
+    device: usize,
     handle: cb::cublasHandle_t,
     stream: cu::CUstream,
     adamw: Option<cu::CUfunction>,
@@ -97,6 +101,7 @@ thread_local! {
 
 /// Run `f` with this thread's CUDA state for device `index`, made on first use (the
 /// device's primary context, as CubeCL uses, made current; a stream; a cuBLAS handle).
+/// One device per thread (the trainer's case); another device panics.
 fn with_cuda<R>(index: usize, f: impl FnOnce(&mut Blas) -> R) -> R {
     BLAS.with(|cell| {
         let mut slot = cell.borrow_mut();
@@ -107,8 +112,9 @@ fn with_cuda<R>(index: usize, f: impl FnOnce(&mut Blas) -> R) -> R {
             let stream = cudarc::driver::result::stream::create(cudarc::driver::result::stream::StreamKind::NonBlocking).expect("CUDA stream");
             let handle = cudarc::cublas::result::create_handle().expect("cuBLAS handle");
             check("set stream", cudarc::cublas::result::set_stream(handle, stream as _));
-            Blas { handle, stream, adamw: None }
+            Blas { device: index, handle, stream, adamw: None }
         });
+        assert_eq!(blas.device, index, "cuBLAS/AdamW state is per thread and per device: this thread already used device {}", blas.device);
         f(blas)
     })
 }
@@ -162,6 +168,8 @@ pub(crate) fn gemm(a: Prim, b: Prim, ta: bool, tb: bool) -> Prim {
     let (alpha, beta) = (1f32, 0f32);
     let op = |t: bool| if t { cb::cublasOperation_t::CUBLAS_OP_T } else { cb::cublasOperation_t::CUBLAS_OP_N };
     let dim = |x: usize| i32::try_from(x).expect("gemm: dimension above i32::MAX");
+    // cuBLAS's A is our `b` and its B our `a` (Cᵀ = op(b)ᵀ·op(a)ᵀ): these are their
+    // leading dimensions in cuBLAS's naming.
     let (lda, ldb) = (dim(if tb { k } else { n }), dim(if ta { m } else { k }));
     with_cuda(a.device.index, |blas| {
         let t = Instant::now();
@@ -274,7 +282,17 @@ pub(crate) fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D
     } else {
         return Err((a, b));
     };
-    if !enabled() {
+    // What `gemm` takes: same batch dims (no broadcasting), bf16 or f32 alike, no empty
+    // dimension (cuBLAS wants leading dimensions ≥ 1). Anything else goes to burn.
+    let (sa, sb) = (a.dims(), b.dims());
+    let inner = |s: &[usize; D], t: bool| if t { s[D - 2] } else { s[D - 1] };
+    let fits = D >= 2
+        && sa[..D - 2] == sb[..D - 2]
+        && inner(&sa, ta) == if tb { sb[D - 1] } else { sb[D - 2] }
+        && sa.iter().chain(&sb).all(|&d| d > 0)
+        && a.dtype() == b.dtype()
+        && matches!(a.dtype(), DType::BF16 | DType::F32);
+    if !fits || !enabled() {
         return Err((a, b));
     }
     let (TensorPrimitive::Float(ap), TensorPrimitive::Float(bp)) = (a.into_primitive(), b.into_primitive()) else {
@@ -400,8 +418,8 @@ pub(crate) fn adamw_step<B: Backend, const D: usize>(
             }
         });
         drop(held);
+        ADAMW_STEPS.fetch_add(1, Ordering::Relaxed);
     }
-    ADAMW_STEPS.fetch_add(1, Ordering::Relaxed);
     let momentum = AdaptiveMomentumState { time, moment_1: back(m_out), moment_2: back(v_out), max_moment_2: None };
     Ok((back(p_out), Some(AdamWState { momentum })))
 }

@@ -46,9 +46,9 @@ pub fn collapse_newlines(s: &str) -> String {
 /// `str::find` (word-at-a-time), and text is copied only where a run collapses and at the
 /// end, so a text with nothing to collapse is one copy.
 pub fn collapse_newlines_into(s: &str, out: &mut String) {
-    // `copied`: bytes of `s` already in `out`; always the end of a collapsed run or 0.
-    // `from`: where to look for the next newline; always the end of a maximal whitespace
-    // run or 0, so the char before it (if any) is not whitespace.
+    // `copied`: bytes of `s` already in `out`; 0 or just past a collapsed run's last `\n`.
+    // `from`: where to look for the next newline; 0 or the end of a maximal whitespace
+    // run, so the char at `from` (if any) is not whitespace.
     let mut copied = 0;
     let mut from = 0;
     while let Some(off) = s[from..].find('\n') {
