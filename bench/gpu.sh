@@ -60,7 +60,7 @@ done
 python3 - "$OUT_DIR" <<'PY'
 import json, sys, glob, os
 d = sys.argv[1]
-print(f"\n{'#':>2} {'run':<16} {'rc':>3} {'params':>11} {'first step s':>12} {'step s':>8} {'cuBLAS s':>8} {'tokens/s':>9} {'MFU':>6} {'peak GiB':>9}")
+print(f"\n{'#':>2} {'run':<16} {'rc':>3} {'params':>11} {'first step s':>12} {'step s':>8} {'ops s':>8} {'tokens/s':>9} {'MFU':>6} {'peak GiB':>9}")
 for meta in sorted(glob.glob(f"{d}/*.meta"), key=lambda p: int(os.path.basename(p).split('-')[0])):
     m = json.load(open(meta))
     j = meta[:-5] + ".json"
@@ -68,5 +68,5 @@ for meta in sorted(glob.glob(f"{d}/*.meta"), key=lambda p: int(os.path.basename(
     peak = (m["gpu_mem_peak_mib"] - m["gpu_mem_base_mib"]) / 1024
     f = lambda k, fmt: format(r[k], fmt) if k in r else "-"
     n = os.path.basename(meta).split('-')[0]
-    print(f"{n:>2} {m['run']:<16} {m['rc']:>3} {f('params','>11')} {f('first_step_s','>12.1f')} {f('step_s_median','>8.3f')} {f('cublas_gemm_s_per_step','>8.3f')} {f('tokens_per_s','>9.0f')} {(format(100*r['mfu'],'>5.1f')+'%') if 'mfu' in r else '-':>6} {peak:>9.1f}")
+    print(f"{n:>2} {m['run']:<16} {m['rc']:>3} {f('params','>11')} {f('first_step_s','>12.1f')} {f('step_s_median','>8.3f')} {f('cuda_ops_s_per_step','>8.3f')} {f('tokens_per_s','>9.0f')} {(format(100*r['mfu'],'>5.1f')+'%') if 'mfu' in r else '-':>6} {peak:>9.1f}")
 PY

@@ -65,18 +65,33 @@ pub struct StepBenchReport {
     pub mfu: f64,
     /// Loss of every step (warm-up included): it must fall on a fixed batch.
     pub losses: Vec<f64>,
-    /// cuBLAS GEMMs per timed step (linear layers on the CUDA backend; 0 elsewhere).
+    /// cuBLAS GEMMs per timed step (linear layers and attention on the CUDA backend; 0
+    /// elsewhere).
     pub cublas_gemms_per_step: f64,
-    /// Seconds per timed step spent in those GEMMs (launch to completion, host clock).
-    pub cublas_gemm_s_per_step: f64,
+    /// Fused attention calls per timed step (one per layer on the CUDA backend; 0 elsewhere).
+    pub fused_attention_per_step: f64,
+    /// Seconds per timed step spent on the custom CUDA ops' stream (GEMMs, fused attention,
+    /// fused AdamW; launch to completion, host clock).
+    pub cuda_ops_s_per_step: f64,
+    /// Custom CUDA ops per timed step (each waits for CubeCL's queue, then for its stream).
+    pub cuda_ops_per_step: f64,
+    /// Seconds per timed step the host waited for CubeCL's queue before those ops.
+    pub cuda_ops_sync_s_per_step: f64,
+    /// Seconds per timed step spent looking up their operands' device addresses.
+    pub cuda_ops_lookup_s_per_step: f64,
 }
 
-/// cuBLAS totals so far: (GEMMs, seconds); zeros without the `cuda` feature.
-fn gemm_stats() -> (u64, f64) {
+/// The custom CUDA ops' totals so far: (GEMMs, attention calls, ops) and (seconds on
+/// their stream, seconds waiting for CubeCL before them, seconds looking up addresses);
+/// zeros without the `cuda` feature.
+fn ops_stats() -> ([u64; 3], [f64; 3]) {
     #[cfg(feature = "cuda")]
-    return crate::cuda_ops::gemm_stats();
+    {
+        let s = crate::cuda_ops::stats();
+        ([s.gemms, s.attention_calls, s.sessions], [s.seconds, s.sync_seconds, s.lookup_seconds])
+    }
     #[cfg(not(feature = "cuda"))]
-    (0, 0.0)
+    ([0; 3], [0.0; 3])
 }
 
 /// Run the benchmark on `device`. Errors: an unreadable config, zero sizes, or bf16 on a
@@ -102,10 +117,10 @@ pub fn bench_sft_step<B: AutodiffBackend>(args: &StepBenchArgs, device: &B::Devi
     let mut optim = crate::sft::adamw(0.9, 0.999, 1e-5, 0.0).init::<B, Llama<B>>();
     let (mut losses, mut times) = (Vec::new(), Vec::new());
     let mut first_step_s = 0.0;
-    let mut gemms_at_warmup = gemm_stats();
+    let mut at_warmup = ops_stats();
     for step in 0..args.warmup + args.steps {
         if step == args.warmup {
-            gemms_at_warmup = gemm_stats();
+            at_warmup = ops_stats();
         }
         let t = Instant::now();
         let loss = model.loss_sum(inputs.clone(), targets.clone(), mask.clone()).div_scalar(n_targets);
@@ -122,7 +137,9 @@ pub fn bench_sft_step<B: AutodiffBackend>(args: &StepBenchArgs, device: &B::Devi
         }
         tracing::info!(step, loss = losses[step], seconds = t.elapsed().as_secs_f64(), "bench step");
     }
-    let (gemms, gemm_s) = gemm_stats();
+    let (counts, secs) = ops_stats();
+    let per_step = |now: u64, then: u64| (now - then) as f64 / args.steps as f64;
+    let per_step_s = |now: f64, then: f64| (now - then) / args.steps as f64;
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
@@ -139,7 +156,11 @@ pub fn bench_sft_step<B: AutodiffBackend>(args: &StepBenchArgs, device: &B::Devi
         tokens_per_s,
         mfu: 6.0 * params as f64 * tokens_per_s / (args.peak_tflops * 1e12),
         losses,
-        cublas_gemms_per_step: (gemms - gemms_at_warmup.0) as f64 / args.steps as f64,
-        cublas_gemm_s_per_step: (gemm_s - gemms_at_warmup.1) / args.steps as f64,
+        cublas_gemms_per_step: per_step(counts[0], at_warmup.0[0]),
+        fused_attention_per_step: per_step(counts[1], at_warmup.0[1]),
+        cuda_ops_s_per_step: per_step_s(secs[0], at_warmup.1[0]),
+        cuda_ops_per_step: per_step(counts[2], at_warmup.0[2]),
+        cuda_ops_sync_s_per_step: per_step_s(secs[1], at_warmup.1[1]),
+        cuda_ops_lookup_s_per_step: per_step_s(secs[2], at_warmup.1[2]),
     })
 }

@@ -150,37 +150,82 @@ impl<B: Backend> Llama<B> {
 
     /// Logits [B, S, V] (f32) for token ids [B, S] (positions 0..S, causal attention).
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.hi(self.logits_lo(tokens))
+    }
+
+    /// Logits [B, S, V] in the compute dtype (bf16 under mixed precision, else f32).
+    fn logits_lo(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let [b, s] = tokens.dims();
         let device = tokens.device();
         let h = self.embed.val().dims()[1];
         let mut x = self.embed.val().select(0, tokens.reshape([b * s])).reshape([b, s, h]);
         let hd = h / self.n_heads;
         let (cos, sin) = rope_tables::<B>(s, hd, self.rope_theta, &device);
-        let (cos, sin) = (self.lo(cos), self.lo(sin));
-        let mask = causal_mask::<B>(s, &device);
+        // Made only if the composed attention runs (the fused op masks in its kernel).
+        let mask = std::cell::OnceCell::new();
         for blk in &self.layers {
-            let a = self.lo(rms_norm(x.clone(), blk.attn_norm.val(), self.eps));
-            let q = linear(a.clone(), self.lo(blk.q.val())).reshape([b, s, self.n_heads, hd]).swap_dims(1, 2);
-            let k = linear(a.clone(), self.lo(blk.k.val())).reshape([b, s, self.n_kv_heads, hd]).swap_dims(1, 2);
+            let a = self.norm(x.clone(), blk.attn_norm.val());
+            let q = self.rope(linear(a.clone(), self.lo(blk.q.val())).reshape([b, s, self.n_heads, hd]), &cos, &sin);
+            let k = self.rope(linear(a.clone(), self.lo(blk.k.val())).reshape([b, s, self.n_kv_heads, hd]), &cos, &sin);
             let v = linear(a, self.lo(blk.v.val())).reshape([b, s, self.n_kv_heads, hd]).swap_dims(1, 2);
-            let q = apply_rope(q, cos.clone(), sin.clone());
-            let k = apply_rope(k, cos.clone(), sin.clone());
-            let g = self.n_heads / self.n_kv_heads;
-            let k = repeat_kv(k, g);
-            let v = repeat_kv(v, g);
-            let scores = self.hi(matmul_t(q, k, false, true)).div_scalar((hd as f64).sqrt()) + mask.clone();
-            let attn = matmul_t(self.lo(softmax(scores, 3)), v, false, false).swap_dims(1, 2).reshape([b, s, self.n_heads * hd]);
+            let attn = self.attention(q, k, v, || mask.get_or_init(|| causal_mask::<B>(s, &device)).clone()).swap_dims(1, 2).reshape([b, s, self.n_heads * hd]);
             x = x + self.hi(linear(attn, self.lo(blk.o.val())));
-            let m = self.lo(rms_norm(x.clone(), blk.mlp_norm.val(), self.eps));
-            let ff = silu(linear(m.clone(), self.lo(blk.gate.val()))) * linear(m, self.lo(blk.up.val()));
+            let m = self.norm(x.clone(), blk.mlp_norm.val());
+            let ff = swiglu(linear(m.clone(), self.lo(blk.gate.val())), linear(m, self.lo(blk.up.val())));
             x = x + self.hi(linear(ff, self.lo(blk.down.val())));
         }
-        let x = self.lo(rms_norm(x, self.norm.val(), self.eps));
+        let x = self.norm(x, self.norm.val());
         let head = match &self.lm_head {
             Some(w) => w.val(),
             None => self.embed.val(),
         };
-        self.hi(linear(x, self.lo(head)))
+        linear(x, self.lo(head))
+    }
+
+    /// Causal grouped-query attention softmax(q·kᵀ/√hd + mask)·v for q [B, H, S, hd], k and
+    /// v [B, KV, S, hd] (query head h reads KV head h / (H/KV), HF's `repeat_kv`); returns
+    /// [B, H, S, hd]. Scores and softmax in f32, P·v in the compute dtype. On this crate's
+    /// CUDA backends one fused op (`crate::cuda_ops::attention`: cuBLAS products, fused
+    /// softmax kernels, no score matrix kept for backward); elsewhere composed from burn
+    /// ops with the additive causal mask [1, 1, S, S] that `mask` makes.
+    fn attention(&self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: impl FnOnce() -> Tensor<B, 4>) -> Tensor<B, 4> {
+        #[cfg(feature = "cuda")]
+        let (q, k, v) = match crate::cuda_ops::attention(q, k, v) {
+            Ok(o) => return o,
+            Err(qkv) => qkv,
+        };
+        let hd = q.dims()[3];
+        let g = self.n_heads / self.n_kv_heads;
+        let (k, v) = (repeat_kv(k, g), repeat_kv(v, g));
+        let scores = self.hi(matmul_t(q, k, false, true)).div_scalar((hd as f64).sqrt()) + mask();
+        matmul_t(self.lo(softmax(scores, 3)), v, false, false)
+    }
+
+    /// RMSNorm of the f32 residual stream x [B, S, h] with weight w [h], in the compute
+    /// dtype. On this crate's CUDA backends one fused op (`crate::cuda_ops::rms_norm`),
+    /// elsewhere [`rms_norm`] then the cast.
+    fn norm(&self, x: Tensor<B, 3>, w: Tensor<B, 1>) -> Tensor<B, 3> {
+        #[cfg(feature = "cuda")]
+        let (x, w) = match crate::cuda_ops::rms_norm(x, w, self.eps, if self.bf16 { burn::tensor::DType::BF16 } else { burn::tensor::DType::F32 }) {
+            Ok(y) => return y,
+            Err(xw) => xw,
+        };
+        self.lo(rms_norm(x, w, self.eps))
+    }
+
+    /// RoPE on x [B, S, H, hd] (a linear layer's output split into heads) with f32 tables
+    /// cos, sin [S, hd], returned head-major [B, H, S, hd] in x's dtype. On this crate's
+    /// CUDA backends one fused op that also does the transpose (`crate::cuda_ops::rope`,
+    /// f32 arithmetic); elsewhere [`apply_rope`] on the transposed view, with the tables in
+    /// the compute dtype.
+    fn rope(&self, x: Tensor<B, 4>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 4> {
+        #[cfg(feature = "cuda")]
+        let x = match crate::cuda_ops::rope(x, cos.clone(), sin.clone()) {
+            Ok(y) => return y,
+            Err((x, _, _)) => x,
+        };
+        let t = |c: &Tensor<B, 2>| self.lo(c.clone().unsqueeze::<4>());
+        apply_rope(x.swap_dims(1, 2), t(cos), t(sin))
     }
 
     /// To the compute dtype: bf16 under mixed precision, else unchanged.
@@ -201,25 +246,33 @@ impl<B: Backend> Llama<B> {
         }
     }
 
-    /// Mean token cross-entropy over positions where `mask` is 1: `tokens` [B, S] are the
-    /// inputs, `targets` [B, S] the next tokens, `mask` [B, S] ∈ {0, 1}. Returns
-    /// (sum of losses [1], number of target tokens). Dividing by a caller-chosen count is
-    /// how gradient accumulation normalises by the tokens of the whole accumulated batch.
+    /// Summed token cross-entropy over positions where `mask` is 1: `tokens` [B, S] are the
+    /// inputs, `targets` [B, S] the next tokens, `mask` [B, S] ∈ {0, 1}. Returns the sum of
+    /// the losses [1] (nats); dividing by a caller-chosen count is how gradient
+    /// accumulation normalises by the tokens of the whole accumulated batch.
     pub fn loss_sum(&self, tokens: Tensor<B, 2, Int>, targets: Tensor<B, 2, Int>, mask: Tensor<B, 2>) -> Tensor<B, 1> {
-        let logits = self.forward(tokens);
-        let lp = log_softmax(logits, 2);
-        let picked = lp.gather(2, targets.unsqueeze_dim(2)).squeeze_dim::<2>(2);
-        (picked * mask).sum().neg()
+        (self.token_logps(tokens, targets) * mask).sum().neg()
     }
-}
 
-impl<B: Backend> Llama<B> {
     /// Per-sequence sum of target-token log-probabilities [B]: `tokens`, `targets`, `mask`
     /// as in [`Llama::loss_sum`]. Used by DPO (log π(y|x) summed over response tokens).
     pub fn sequence_logps(&self, tokens: Tensor<B, 2, Int>, targets: Tensor<B, 2, Int>, mask: Tensor<B, 2>) -> Tensor<B, 1> {
-        let lp = log_softmax(self.forward(tokens), 2);
-        let picked = lp.gather(2, targets.unsqueeze_dim(2)).squeeze_dim::<2>(2);
-        (picked * mask).sum_dim(1).squeeze_dim::<1>(1)
+        (self.token_logps(tokens, targets) * mask).sum_dim(1).squeeze_dim::<1>(1)
+    }
+
+    /// log p(targets[b, s] | tokens[b, ..=s]) [B, S] (f32, nats) for inputs `tokens` and
+    /// next tokens `targets`, both [B, S]. On this crate's CUDA backends one fused op on
+    /// the compute-dtype logits (`crate::cuda_ops::token_logps`: no f32 [B, S, V]
+    /// log-softmax); elsewhere log_softmax of the f32 logits, then a gather.
+    pub fn token_logps(&self, tokens: Tensor<B, 2, Int>, targets: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let logits = self.logits_lo(tokens);
+        #[cfg(feature = "cuda")]
+        let (logits, targets) = match crate::cuda_ops::token_logps(logits, targets) {
+            Ok(lp) => return lp,
+            Err(lt) => lt,
+        };
+        let lp = log_softmax(self.hi(logits), 2);
+        lp.gather(2, targets.unsqueeze_dim(2)).squeeze_dim::<2>(2)
     }
 }
 
@@ -247,14 +300,25 @@ pub(crate) fn matmul_t<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B,
     a.matmul(b)
 }
 
+/// SwiGLU's gate silu(a) · b (Shazeer 2020): one fused op on this crate's CUDA backends
+/// (`crate::cuda_ops::swiglu`), burn's ops elsewhere.
+fn swiglu<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B, 3> {
+    #[cfg(feature = "cuda")]
+    let (a, b) = match crate::cuda_ops::swiglu(a, b) {
+        Ok(h) => return h,
+        Err(ab) => ab,
+    };
+    silu(a) * b
+}
+
 /// RMSNorm: x / sqrt(mean(x²) + ε) · w.
-fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
+pub(crate) fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
     let rms = x.clone().powf_scalar(2.0).mean_dim(2).add_scalar(eps).sqrt();
     x.div(rms) * w.unsqueeze::<3>()
 }
 
-/// cos/sin tables [1, 1, S, hd] for HF's rotate-half RoPE.
-fn rope_tables<B: Backend>(s: usize, hd: usize, theta: f64, device: &B::Device) -> (Tensor<B, 4>, Tensor<B, 4>) {
+/// cos/sin tables [S, hd] (f32) for HF's rotate-half RoPE.
+pub(crate) fn rope_tables<B: Backend>(s: usize, hd: usize, theta: f64, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let half = hd / 2;
     let mut cos = Vec::with_capacity(s * hd);
     let mut sin = Vec::with_capacity(s * hd);
@@ -266,12 +330,12 @@ fn rope_tables<B: Backend>(s: usize, hd: usize, theta: f64, device: &B::Device) 
             sin.push(a.sin() as f32);
         }
     }
-    let t = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [s, hd]), device).unsqueeze::<4>();
+    let t = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [s, hd]), device);
     (t(cos), t(sin))
 }
 
 /// x·cos + rotate_half(x)·sin, rotate_half(x) = [−x₂, x₁] over the last dim.
-fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
+pub(crate) fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
     let hd = x.dims()[3];
     let half = hd / 2;
     let x1 = x.clone().narrow(3, 0, half);

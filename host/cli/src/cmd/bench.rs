@@ -56,7 +56,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
     println!("{:<12} {:>10} {:>12} {:>10.1} {:>12.4} {:>7.1}% {:>14.0}", r.precision, r.params, r.tokens_per_step, r.first_step_s, r.step_s_median, 100.0 * r.mfu, r.tokens_per_s);
     println!("losses: {}", r.losses.iter().map(|l| format!("{l:.4}")).collect::<Vec<_>>().join(" "));
     if r.cublas_gemms_per_step > 0.0 {
-        println!("cuBLAS: {:.0} GEMMs per step, {:.3} s per step in them", r.cublas_gemms_per_step, r.cublas_gemm_s_per_step);
+        println!(
+            "custom CUDA ops per step: {:.0} ops ({:.0} cuBLAS GEMMs, {:.0} fused attention), {:.3} s on their stream, {:.3} s waiting for CubeCL before them, {:.3} s looking up addresses",
+            r.cuda_ops_per_step, r.cublas_gemms_per_step, r.fused_attention_per_step, r.cuda_ops_s_per_step, r.cuda_ops_sync_s_per_step, r.cuda_ops_lookup_s_per_step
+        );
     }
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_vec_pretty(&r)?)?;

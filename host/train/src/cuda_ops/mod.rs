@@ -1,42 +1,43 @@
-//! cuBLAS GEMMs and a fused AdamW kernel on the CUDA backend (issue 7, "custom burn ops
-//! that call NVIDIA's libraries through cudarc").
+//! Custom CUDA ops for the trainer (issue 7: "custom burn ops that call NVIDIA's libraries
+//! through cudarc" and "CubeCL kernels of your own"): cuBLAS GEMMs, fused causal attention
+//! ([`attention`]), fused RMSNorm, RoPE, SwiGLU and target log-probabilities ([`fused`]),
+//! and a fused AdamW step, all on burn's own device buffers.
 //!
 //! burn 0.21's CUDA matmul kernels (CubeCL) reach about 60 TFLOP/s in bf16 on an H200, a
 //! tenth of the tensor-core rate (bench/RESULTS.md, "where the step goes"). This module
-//! runs the model's matrix products through cuBLAS on burn's own device buffers: the
-//! linear layers, `y = x · Wᵀ` for x [M, K] and W [N, K], with their two backward GEMMs
-//! (`dx = dy · W` [M, K], `dW = dyᵀ · x` [N, K]), and attention's batched products
-//! (`q · kᵀ`, `p · v` over [B, H] matrices). `cublasGemmEx` /
+//! runs the model's matrix products through cuBLAS: the linear layers, `y = x · Wᵀ` for
+//! x [M, K] and W [N, K], with their two backward GEMMs (`dx = dy · W` [M, K],
+//! `dW = dyᵀ · x` [N, K]), and attention's batched products. `cublasGemmEx` /
 //! `cublasGemmStridedBatchedEx`: bf16 or f32 operands, f32 accumulation
-//! (`CUBLAS_COMPUTE_32F`, no TF32, as PyTorch's default), output in the operands' dtype.
+//! (`CUBLAS_COMPUTE_32F`, no TF32, as PyTorch's default). The element-wise ops are CUDA C
+//! kernels (one source, compiled by NVRTC at first use on a thread, a few hundred ms)
+//! that do their arithmetic in f32 whatever the storage dtype; each op is one autodiff
+//! node that keeps only what its backward needs.
 //!
-//! Ordering: CubeCL launches on its own non-blocking streams, which cuBLAS cannot see
-//! through burn 0.21's API. A GEMM therefore waits for the client's queued work
-//! (`ComputeClient::sync`), runs on a stream of its own, and waits for that stream before
-//! it returns, so every kernel CubeCL queues afterwards sees the result. That is two host
-//! waits per GEMM (three GEMMs per linear layer per step); the profile in
-//! bench/RESULTS.md says what they cost. `ComputeClient::sync` waits for the calling
-//! thread's CubeCL stream only: operands must come from this thread (the trainer runs
-//! its model on one thread).
+//! Ordering: CubeCL launches on its own non-blocking streams, which this module cannot
+//! see through burn 0.21's API. Each op therefore waits for the client's queued work
+//! (`ComputeClient::sync`), queues its GEMMs and kernels on a stream of its own, and
+//! waits for that stream before it returns, so every kernel CubeCL queues afterwards sees
+//! the result ([`on_stream`]): two host waits per op. `ComputeClient::sync` waits for the
+//! calling thread's CubeCL stream only: operands must come from this thread (the trainer
+//! runs its model on one thread).
 //!
-//! Dispatch: [`matmul`] is called from the backend-generic model code. It checks the
-//! backend's tensor type at run time (`Any` downcasts of the primitives) and takes the
-//! cuBLAS path only for the CUDA backends of this crate ([`crate::CudaBackend`],
-//! [`crate::CudaBackendCheckpointed`], [`crate::CudaInference`]); every other backend, and
-//! `BAGEL_CUBLAS=0`, keeps burn's matmul.
-//!
-//! Also here: the fused AdamW kernel of [`crate::optim::FusedAdamW`] ([`adamw_step`]),
-//! CUDA C compiled by NVRTC at first use and launched the same way (after a sync, on this
-//! module's stream, waited for). `BAGEL_CUBLAS=0` turns it off with the GEMMs.
+//! Dispatch: the entry points ([`matmul`], [`attention`], [`rms_norm`], [`rope`],
+//! [`swiglu`], [`token_logps`], [`adamw_step`]) are called from the backend-generic model
+//! and optimizer code. They check the backend type at run time (`TypeId`, then `Any`
+//! downcasts of the primitives) and run only for the CUDA backends of this crate
+//! ([`crate::CudaBackend`], [`crate::CudaBackendCheckpointed`], [`crate::CudaInference`]);
+//! every other backend, unsupported shapes or dtypes, and `BAGEL_CUBLAS=0` get the inputs
+//! back and use burn's ops.
 //!
 //! Library: cudarc loads `libcublas.so` (CUDA 13: `libcublas.so.13`) at the first GEMM, from
 //! the loader's search path (`LD_LIBRARY_PATH`; PyTorch's wheels ship it under
 //! `site-packages/nvidia/cu13/lib`). A missing library is reported once and the model falls
-//! back to burn's matmul.
+//! back to burn's ops.
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, CheckpointStrategy, NoCheckpointing};
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{binary, Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
@@ -52,18 +53,62 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-/// GEMMs run through cuBLAS and their wall time (nanoseconds), host-side from the launch to
-/// the end of the stream wait (the wait for CubeCL's earlier work is not counted).
+/// GEMMs run through cuBLAS.
 static GEMMS: AtomicU64 = AtomicU64::new(0);
-static GEMM_NS: AtomicU64 = AtomicU64::new(0);
+/// Wall time (nanoseconds) of this module's work on its stream, host-side from the first
+/// launch to the end of the stream wait (the wait for CubeCL's earlier work not counted).
+static STREAM_NS: AtomicU64 = AtomicU64::new(0);
 /// Parameter updates done by the fused AdamW kernel.
 static ADAMW_STEPS: AtomicU64 = AtomicU64::new(0);
+/// [`on_stream`] sessions, and the host time (nanoseconds) of their two preludes: waiting
+/// for CubeCL's queue (`ComputeClient::sync`) and looking up the device addresses.
+static SESSIONS: AtomicU64 = AtomicU64::new(0);
+static SYNC_NS: AtomicU64 = AtomicU64::new(0);
+static LOOKUP_NS: AtomicU64 = AtomicU64::new(0);
 
-/// Totals since the process started: (GEMMs run, seconds spent in them). The SFT step
-/// benchmark reports the difference over its timed steps.
-pub fn gemm_stats() -> (u64, f64) {
-    (GEMMS.load(Ordering::Relaxed), GEMM_NS.load(Ordering::Relaxed) as f64 * 1e-9)
+/// Counts of this module's work since the process started; the SFT step benchmark reports
+/// the difference over its timed steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Stats {
+    /// cuBLAS GEMMs (linear layers, their gradients, attention's products).
+    pub gemms: u64,
+    /// Forward passes of the fused attention op.
+    pub attention_calls: u64,
+    /// Parameter updates by the fused AdamW kernel.
+    pub adamw_steps: u64,
+    /// Seconds spent on this module's stream (launch to completion, host clock).
+    pub seconds: f64,
+    /// Ops run ([`on_stream`] sessions: two host waits each).
+    pub sessions: u64,
+    /// Seconds the host waited for CubeCL's queued work before them.
+    pub sync_seconds: f64,
+    /// Seconds spent looking up their operands' device addresses.
+    pub lookup_seconds: f64,
 }
+
+/// The totals so far.
+pub fn stats() -> Stats {
+    Stats {
+        gemms: GEMMS.load(Ordering::Relaxed),
+        attention_calls: attention::CALLS.load(Ordering::Relaxed),
+        adamw_steps: ADAMW_STEPS.load(Ordering::Relaxed),
+        seconds: STREAM_NS.load(Ordering::Relaxed) as f64 * 1e-9,
+        sessions: SESSIONS.load(Ordering::Relaxed),
+        sync_seconds: SYNC_NS.load(Ordering::Relaxed) as f64 * 1e-9,
+        lookup_seconds: LOOKUP_NS.load(Ordering::Relaxed) as f64 * 1e-9,
+    }
+}
+
+/// Kernel arguments for [`Blas::launch`]: a pointer to each (mutable, local) variable, in
+/// the kernel's parameter order.
+macro_rules! args {
+    ($($v:ident),* $(,)?) => { [$(&mut $v as *mut _ as *mut std::ffi::c_void),*] };
+}
+
+mod attention;
+mod fused;
+pub(crate) use attention::attention;
+pub(crate) use fused::{rms_norm, rope, swiglu, token_logps};
 
 /// The CUDA backend without autodiff: `CubeBackend<CudaRuntime, f32, i32, u8>`.
 type Inner = burn::backend::Cuda<f32>;
@@ -85,14 +130,116 @@ fn enabled() -> bool {
     })
 }
 
-/// Per-thread CUDA state: the cuBLAS handle, bound to a stream of its own, and the fused
-/// AdamW kernel once compiled.
+/// Per-thread CUDA state: the cuBLAS handle, bound to a stream of its own, and this
+/// module's CUDA C kernels once compiled.
 struct Blas {
     /// The device (ordinal) all of the below belong to.
     device: usize,
     handle: cb::cublasHandle_t,
     stream: cu::CUstream,
-    adamw: Option<cu::CUfunction>,
+    kernels: Option<Kernels>,
+}
+
+/// The CUDA C kernels of this module ([`ADAMW_SRC`], [`attention::SRC`], [`fused::SRC`]), compiled by NVRTC
+/// as one module at first use on a thread.
+struct Kernels {
+    adamw: cu::CUfunction,
+    /// Attention softmax forward / backward, for bf16 and for f32 operands.
+    softmax_fwd: [cu::CUfunction; 2],
+    softmax_bwd: [cu::CUfunction; 2],
+    /// The fused element-wise ops ([`fused`]), bf16 and f32 each.
+    rmsnorm_fwd: [cu::CUfunction; 2],
+    rmsnorm_bwd: [cu::CUfunction; 2],
+    swiglu_fwd: [cu::CUfunction; 2],
+    swiglu_bwd: [cu::CUfunction; 2],
+    rope_fwd: [cu::CUfunction; 2],
+    rope_bwd: [cu::CUfunction; 2],
+    token_logp_fwd: [cu::CUfunction; 2],
+    token_logp_bwd: [cu::CUfunction; 2],
+    /// Fill an f32 buffer with one value.
+    fill: cu::CUfunction,
+}
+
+impl Blas {
+    /// The compiled kernels (NVRTC on first call, a few hundred ms).
+    fn kernels(&mut self) -> &Kernels {
+        self.kernels.get_or_insert_with(|| {
+            let src = format!("{}\n{}\n{}", ADAMW_SRC, attention::SRC, fused::SRC);
+            let ptx = cudarc::nvrtc::compile_ptx(src).unwrap_or_else(|e| panic!("NVRTC: bagel kernels: {e:?}"));
+            let ptx = std::ffi::CString::new(ptx.to_src()).expect("PTX has no NUL");
+            unsafe {
+                let module = cudarc::driver::result::module::load_data(ptx.as_ptr() as *const _).expect("load the bagel kernel module");
+                let f = |name: &str| cudarc::driver::result::module::get_function(module, std::ffi::CString::new(name).unwrap()).unwrap_or_else(|e| panic!("kernel {name}: {e:?}"));
+                Kernels {
+                    adamw: f("bagel_adamw"),
+                    softmax_fwd: [f("bagel_attn_softmax_fwd_bf16"), f("bagel_attn_softmax_fwd_f32")],
+                    softmax_bwd: [f("bagel_attn_softmax_bwd_bf16"), f("bagel_attn_softmax_bwd_f32")],
+                    rmsnorm_fwd: [f("bagel_rmsnorm_fwd_bf16"), f("bagel_rmsnorm_fwd_f32")],
+                    rmsnorm_bwd: [f("bagel_rmsnorm_bwd_bf16"), f("bagel_rmsnorm_bwd_f32")],
+                    swiglu_fwd: [f("bagel_swiglu_fwd_bf16"), f("bagel_swiglu_fwd_f32")],
+                    swiglu_bwd: [f("bagel_swiglu_bwd_bf16"), f("bagel_swiglu_bwd_f32")],
+                    rope_fwd: [f("bagel_rope_fwd_bf16"), f("bagel_rope_fwd_f32")],
+                    rope_bwd: [f("bagel_rope_bwd_bf16"), f("bagel_rope_bwd_f32")],
+                    token_logp_fwd: [f("bagel_token_logp_fwd_bf16"), f("bagel_token_logp_fwd_f32")],
+                    token_logp_bwd: [f("bagel_token_logp_bwd_bf16"), f("bagel_token_logp_bwd_f32")],
+                    fill: f("bagel_fill_f32"),
+                }
+            }
+        })
+    }
+
+    /// Launch `f` on this thread's stream; `args` points at each kernel argument in order
+    /// (cuLaunchKernel's convention).
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameter list and every pointer argument must be a
+    /// live device buffer of the size the kernel reads or writes.
+    unsafe fn launch(&self, what: &str, f: cu::CUfunction, grid: u32, block: u32, args: &mut [*mut std::ffi::c_void]) {
+        check(what, cudarc::driver::result::launch_kernel(f, (grid, 1, 1), (block, 1, 1), 0, self.stream, args));
+    }
+
+    /// `C = alpha · op(A) · op(B)` for `batch` row-major matrices packed back to back at
+    /// device addresses `a`, `b`, `c`: A [M, K] ([K, M] when `ta`), B [K, N] ([N, K] when
+    /// `tb`), C [M, N]. A and B have dtype `ab`, C dtype `out` (bf16 or f32 each), f32
+    /// accumulation (`CUBLAS_COMPUTE_32F`, no TF32). Row-major C = op(A)·op(B) is
+    /// column-major Cᵀ = op(B)ᵀ·op(A)ᵀ, which is what is asked of cuBLAS (cuBLAS
+    /// documentation, "cublasGemmEx"; the usual row-major trick). Queued on this thread's
+    /// stream.
+    ///
+    /// # Safety
+    /// The addresses must hold `batch` matrices of the stated shapes and dtypes.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm(&self, (ab, out): (DType, DType), (ta, tb): (bool, bool), (m, n, k): (usize, usize, usize), batch: usize, (a, b, c): (u64, u64, u64), alpha: f32) {
+        let ty = |d: DType| match d {
+            DType::BF16 => cb::cudaDataType::CUDA_R_16BF,
+            DType::F32 => cb::cudaDataType::CUDA_R_32F,
+            other => panic!("gemm: dtype {other:?} (bf16 or f32 only)"),
+        };
+        let (tab, tc) = (ty(ab), ty(out));
+        let beta = 0f32;
+        let (alpha, beta) = (&alpha as *const f32 as *const _, &beta as *const f32 as *const _);
+        let op = |t: bool| if t { cb::cublasOperation_t::CUBLAS_OP_T } else { cb::cublasOperation_t::CUBLAS_OP_N };
+        let dim = |x: usize| i32::try_from(x).expect("gemm: dimension above i32::MAX");
+        // cuBLAS's A is our `b` and its B our `a` (Cᵀ = op(b)ᵀ·op(a)ᵀ): these are their
+        // leading dimensions in cuBLAS's naming.
+        let (lda, ldb) = (dim(if tb { k } else { n }), dim(if ta { m } else { k }));
+        let (compute, algo) = (cb::cublasComputeType_t::CUBLAS_COMPUTE_32F, cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT);
+        let (pa, pb, pc) = (a as *const std::ffi::c_void, b as *const std::ffi::c_void, c as *mut std::ffi::c_void);
+        if batch == 1 {
+            check("GemmEx", cudarc::cublas::result::gemm_ex(self.handle, op(tb), op(ta), dim(n), dim(m), dim(k), alpha, pb, tab, lda, pa, tab, ldb, beta, pc, tc, dim(n), compute, algo));
+        } else {
+            let stride = |x: usize| x as i64;
+            #[rustfmt::skip]
+            check("GemmStridedBatchedEx", cudarc::cublas::result::gemm_strided_batched_ex(
+                self.handle, op(tb), op(ta), dim(n), dim(m), dim(k), alpha,
+                pb, tab, lda, stride(k * n),
+                pa, tab, ldb, stride(m * k),
+                beta, pc, tc, dim(n), stride(m * n),
+                dim(batch), compute, algo,
+            ));
+        }
+        GEMMS.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 thread_local! {
@@ -112,110 +259,143 @@ fn with_cuda<R>(index: usize, f: impl FnOnce(&mut Blas) -> R) -> R {
             let stream = cudarc::driver::result::stream::create(cudarc::driver::result::stream::StreamKind::NonBlocking).expect("CUDA stream");
             let handle = cudarc::cublas::result::create_handle().expect("cuBLAS handle");
             check("set stream", cudarc::cublas::result::set_stream(handle, stream as _));
-            Blas { device: index, handle, stream, adamw: None }
+            Blas { device: index, handle, stream, kernels: None }
         });
-        assert_eq!(blas.device, index, "cuBLAS/AdamW state is per thread and per device: this thread already used device {}", blas.device);
+        assert_eq!(blas.device, index, "cuBLAS/kernel state is per thread and per device: this thread already used device {}", blas.device);
         f(blas)
     })
+}
+
+/// The ordering protocol of this module (module docs): wait for CubeCL's queued work on
+/// `tensors`' client, take their device addresses (in order) and hold their buffers, run
+/// `f` (which queues work on this thread's stream), wait for that stream, release. All
+/// tensors are on one device; `what` names the work in panics.
+fn on_stream<R>(what: &str, tensors: &[&Prim], f: impl FnOnce(&mut Blas, &[u64]) -> R) -> R {
+    let first = tensors.first().expect("on_stream: at least one tensor");
+    let client = &first.client;
+    let t0 = Instant::now();
+    check(&format!("sync before {what}"), burn_cubecl::cubecl::future::block_on(client.sync()));
+    let t1 = Instant::now();
+    // Held until the stream has drained: they keep the buffers from being reused.
+    let held: Vec<_> = tensors.iter().map(|t| client.get_resource(t.handle.clone()).expect("device buffer of a live tensor")).collect();
+    let ptrs: Vec<u64> = held.iter().map(|r| r.resource().ptr).collect();
+    SESSIONS.fetch_add(1, Ordering::Relaxed);
+    SYNC_NS.fetch_add((t1 - t0).as_nanos() as u64, Ordering::Relaxed);
+    LOOKUP_NS.fetch_add(t1.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    let r = with_cuda(first.device.index, |blas| {
+        let t = Instant::now();
+        let r = f(blas, &ptrs);
+        check(&format!("stream sync after {what}"), unsafe { cudarc::driver::result::stream::synchronize(blas.stream) });
+        STREAM_NS.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        r
+    });
+    drop(held);
+    r
 }
 
 /// Panics with the CUDA/cuBLAS error: a failed GEMM on valid operands is a broken device or
 /// driver, which burn's own kernels report the same way.
 fn check<E: std::fmt::Debug>(what: &str, r: Result<(), E>) {
     if let Err(e) = r {
-        panic!("cuBLAS {what}: {e:?}");
+        panic!("CUDA {what}: {e:?}");
     }
+}
+
+/// A new contiguous tensor of `shape` and `dtype` on `like`'s device (uninitialised).
+fn empty(like: &Prim, shape: impl Into<Shape>, dtype: DType) -> Prim {
+    let shape: Shape = shape.into();
+    let bytes = shape.num_elements() * dtype.size();
+    CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), shape, like.client.empty(bytes), dtype)
+}
+
+/// `p` as type `T`, which a `TypeId` check ([`kind`]) has said it is.
+fn to<T: 'static, P: 'static>(p: P) -> T {
+    *(Box::new(p) as Box<dyn Any>).downcast::<T>().ok().expect("type checked by TypeId")
+}
+
+/// Which of this crate's CUDA backends `B` is, if any.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `Autodiff<Inner>` (no checkpointing).
+    Plain,
+    /// `Autodiff<Inner, BalancedCheckpointing>`.
+    Balanced,
+    /// `Inner`, no autodiff.
+    Inference,
+}
+
+/// `B`'s [`Kind`] by `TypeId` (by backend, not by primitive: both checkpoint strategies
+/// share one primitive type); `None` for every other backend and when the path is off.
+fn kind<B: Backend>() -> Option<Kind> {
+    use std::any::TypeId;
+    let ty = TypeId::of::<B>();
+    let k = if ty == TypeId::of::<Autodiff<Inner, NoCheckpointing>>() {
+        Kind::Plain
+    } else if ty == TypeId::of::<Autodiff<Inner, BalancedCheckpointing>>() {
+        Kind::Balanced
+    } else if ty == TypeId::of::<Inner>() {
+        Kind::Inference
+    } else {
+        return None;
+    };
+    enabled().then_some(k)
 }
 
 /// `op(a) · op(b)` for tensors of rank ≥ 2 on one CUDA device: the last two dimensions are
 /// the matrices, the leading ones (equal in `a` and `b`) a batch. `op(a)` = `aᵀ` when `ta`
 /// (so a matrix of a is stored [K, M], else [M, K]) and likewise `b` with `tb` (stored
 /// [N, K], else [K, N]). Returns [..., M, N] in the operands' dtype (bf16 or f32; both the
-/// same), through `cublasGemmEx` (one matrix) or `cublasGemmStridedBatchedEx`.
-///
-/// Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ, which is what is asked
-/// of cuBLAS (cuBLAS documentation, "cublasGemmEx"; the usual row-major trick).
+/// same), through `cublasGemmEx` (one matrix) or `cublasGemmStridedBatchedEx`
+/// ([`Blas::gemm`]).
 pub(crate) fn gemm(a: Prim, b: Prim, ta: bool, tb: bool) -> Prim {
-    let a = burn_cubecl::kernel::into_contiguous(a);
-    let b = burn_cubecl::kernel::into_contiguous(b);
-    let (sa, sb) = (a.shape(), b.shape());
-    let r = sa.len();
-    assert!(r >= 2 && sb.len() == r && sa[..r - 2] == sb[..r - 2], "gemm: operands {:?} and {:?} (same rank ≥ 2, same batch dims)", &sa[..], &sb[..]);
-    let batch: usize = sa[..r - 2].iter().product();
-    let (m, k) = if ta { (sa[r - 1], sa[r - 2]) } else { (sa[r - 2], sa[r - 1]) };
-    let (kb, n) = if tb { (sb[r - 1], sb[r - 2]) } else { (sb[r - 2], sb[r - 1]) };
-    assert_eq!(k, kb, "gemm: inner dimensions differ ({:?}{} · {:?}{})", &sa[..], if ta { "ᵀ" } else { "" }, &sb[..], if tb { "ᵀ" } else { "" });
-    assert_eq!(a.dtype, b.dtype, "gemm: operand dtypes differ");
-    let (dtype, elem) = match a.dtype {
-        DType::BF16 => (cb::cudaDataType::CUDA_R_16BF, 2usize),
-        DType::F32 => (cb::cudaDataType::CUDA_R_32F, 4),
-        other => panic!("gemm: dtype {other:?} (bf16 or f32 only)"),
-    };
-    let client = a.client.clone();
-    let out = client.empty(batch * m * n * elem);
-    let mut shape: Vec<usize> = sa[..r - 2].to_vec();
-    shape.extend([m, n]);
-    let c = CubeTensor::new_contiguous(client.clone(), a.device.clone(), Shape::from(shape), out, a.dtype);
-    if batch == 0 || m == 0 || n == 0 {
-        return c;
+    gemms(vec![(a, b, ta, tb)]).pop().expect("one product")
+}
+
+/// Several [`gemm`]s (operands and flags each) queued in one [`on_stream`] session: one
+/// pair of host waits for all of them (a linear layer's two backward products).
+fn gemms(products: Vec<(Prim, Prim, bool, bool)>) -> Vec<Prim> {
+    struct Planned {
+        a: Prim,
+        b: Prim,
+        c: Prim,
+        flags: (bool, bool),
+        mnk: (usize, usize, usize),
+        batch: usize,
     }
-    // The operands' pending writes are on CubeCL's stream: wait for them.
-    check("sync before GEMM", burn_cubecl::cubecl::future::block_on(client.sync()));
-    // Held until the GEMM has finished: they keep the buffers from being reused.
-    let res = |t: &Prim| client.get_resource(t.handle.clone()).expect("device buffer of a live tensor");
-    let (ra, rb, rc) = (res(&a), res(&b), res(&c));
-    let (pa, pb, pc) = (ra.resource().ptr, rb.resource().ptr, rc.resource().ptr);
-    let (alpha, beta) = (1f32, 0f32);
-    let op = |t: bool| if t { cb::cublasOperation_t::CUBLAS_OP_T } else { cb::cublasOperation_t::CUBLAS_OP_N };
-    let dim = |x: usize| i32::try_from(x).expect("gemm: dimension above i32::MAX");
-    // cuBLAS's A is our `b` and its B our `a` (Cᵀ = op(b)ᵀ·op(a)ᵀ): these are their
-    // leading dimensions in cuBLAS's naming.
-    let (lda, ldb) = (dim(if tb { k } else { n }), dim(if ta { m } else { k }));
-    with_cuda(a.device.index, |blas| {
-        let t = Instant::now();
-        let (alpha, beta) = (&alpha as *const f32 as *const _, &beta as *const f32 as *const _);
-        let (compute, algo) = (cb::cublasComputeType_t::CUBLAS_COMPUTE_32F, cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT);
-        unsafe {
-            if batch == 1 {
-                check("GemmEx", cudarc::cublas::result::gemm_ex(blas.handle, op(tb), op(ta), dim(n), dim(m), dim(k), alpha, pb as *const _, dtype, lda, pa as *const _, dtype, ldb, beta, pc as *mut _, dtype, dim(n), compute, algo));
-            } else {
-                let stride = |x: usize| x as i64;
-                check(
-                    "GemmStridedBatchedEx",
-                    cudarc::cublas::result::gemm_strided_batched_ex(
-                        blas.handle,
-                        op(tb),
-                        op(ta),
-                        dim(n),
-                        dim(m),
-                        dim(k),
-                        alpha,
-                        pb as *const _,
-                        dtype,
-                        lda,
-                        stride(k * n),
-                        pa as *const _,
-                        dtype,
-                        ldb,
-                        stride(m * k),
-                        beta,
-                        pc as *mut _,
-                        dtype,
-                        dim(n),
-                        stride(m * n),
-                        dim(batch),
-                        compute,
-                        algo,
-                    ),
-                );
+    let plans: Vec<Planned> = products
+        .into_iter()
+        .map(|(a, b, ta, tb)| {
+            let a = burn_cubecl::kernel::into_contiguous(a);
+            let b = burn_cubecl::kernel::into_contiguous(b);
+            let (sa, sb) = (a.shape(), b.shape());
+            let r = sa.len();
+            assert!(r >= 2 && sb.len() == r && sa[..r - 2] == sb[..r - 2], "gemm: operands {:?} and {:?} (same rank ≥ 2, same batch dims)", &sa[..], &sb[..]);
+            let batch: usize = sa[..r - 2].iter().product();
+            let (m, k) = if ta { (sa[r - 1], sa[r - 2]) } else { (sa[r - 2], sa[r - 1]) };
+            let (kb, n) = if tb { (sb[r - 1], sb[r - 2]) } else { (sb[r - 2], sb[r - 1]) };
+            assert_eq!(k, kb, "gemm: inner dimensions differ ({:?}{} · {:?}{})", &sa[..], if ta { "ᵀ" } else { "" }, &sb[..], if tb { "ᵀ" } else { "" });
+            assert_eq!(a.dtype, b.dtype, "gemm: operand dtypes differ");
+            assert!(matches!(a.dtype, DType::BF16 | DType::F32), "gemm: dtype {:?} (bf16 or f32 only)", a.dtype);
+            let mut shape: Vec<usize> = sa[..r - 2].to_vec();
+            shape.extend([m, n]);
+            let c = empty(&a, shape, a.dtype);
+            Planned { a, b, c, flags: (ta, tb), mnk: (m, n, k), batch }
+        })
+        .collect();
+    // cuBLAS wants leading dimensions ≥ 1: empty products stay uninitialised (no elements).
+    let live: Vec<&Planned> = plans.iter().filter(|p| p.batch > 0 && p.mnk.0 > 0 && p.mnk.1 > 0).collect();
+    if !live.is_empty() {
+        let tensors: Vec<&Prim> = live.iter().flat_map(|p| [&p.a, &p.b, &p.c]).collect();
+        on_stream("GEMM", &tensors, |blas, ptr| {
+            for (p, abc) in live.iter().zip(ptr.chunks(3)) {
+                let (m, n, k) = p.mnk;
+                // SAFETY: the three addresses are the contiguous operands and output planned
+                // above, held by `on_stream` until the stream has drained.
+                unsafe { blas.gemm((p.a.dtype, p.a.dtype), p.flags, (m, n, k), p.batch, (abc[0], abc[1], abc[2]), 1.0) };
             }
-            check("stream sync after GEMM", cudarc::driver::result::stream::synchronize(blas.stream));
-        }
-        GEMMS.fetch_add(1, Ordering::Relaxed);
-        GEMM_NS.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    });
-    drop((ra, rb, rc));
-    c
+        });
+    }
+    plans.into_iter().map(|p| p.c).collect()
 }
 
 /// Autodiff node of `c = op(a) · op(b)` ([`gemm`]'s flags); state = the checkpointed a and b.
@@ -230,25 +410,28 @@ impl Backward<Inner, 2> for Gemm {
 
     /// With dc the gradient of c: d op(a) = dc · op(b)ᵀ and d op(b) = op(a)ᵀ · dc, so
     /// da = dc · op(b)ᵀ (or its transpose op(b) · dcᵀ when `ta`) and db = op(a)ᵀ · dc (or
-    /// dcᵀ · op(a) when `tb`), each one [`gemm`] with flags and no transposed copies.
+    /// dcᵀ · op(a) when `tb`), each a GEMM with flags and no transposed copies, both in one
+    /// [`gemms`] session.
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
         let Gemm { ta, tb } = self;
         let (a, b) = ops.state;
         let a: Option<Prim> = a.map(|a| checkpointer.retrieve_node_output(a));
         let b: Option<Prim> = b.map(|b| checkpointer.retrieve_node_output(b));
-        binary::<Inner, _, _>(
-            ops.parents,
-            ops.node,
-            grads,
-            |dc| {
-                let b = b.expect("b kept for da");
-                if ta { gemm(b, dc, tb, true) } else { gemm(dc, b, false, !tb) }
-            },
-            |dc| {
-                let a = a.expect("a kept for db");
-                if tb { gemm(dc, a, true, ta) } else { gemm(a, dc, !ta, false) }
-            },
-        );
+        let dc = grads.consume::<Inner>(&ops.node);
+        let [pa, pb] = ops.parents;
+        let mut products = Vec::new();
+        if pa.is_some() {
+            let b = b.expect("b kept for da");
+            products.push(if ta { (b, dc.clone(), tb, true) } else { (dc.clone(), b, false, !tb) });
+        }
+        if pb.is_some() {
+            let a = a.expect("a kept for db");
+            products.push(if tb { (dc, a, true, ta) } else { (a, dc, !ta, false) });
+        }
+        let mut out = gemms(products).into_iter();
+        for node in [pa, pb].into_iter().flatten() {
+            grads.register::<Inner>(node.id, out.next().expect("one gradient per tracked operand"));
+        }
     }
 }
 
@@ -270,18 +453,6 @@ fn gemm_autodiff<C: CheckpointStrategy>(a: FloatTensor<Autodiff<Inner, C>>, b: F
 /// crate's CUDA backends and the path is on (module docs); `Err` with the operands handed
 /// back for burn's matmul otherwise.
 pub(crate) fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, ta: bool, tb: bool) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
-    use std::any::TypeId;
-    // By backend, not by primitive: both checkpoint strategies share one primitive type.
-    let ty = TypeId::of::<B>();
-    let kind = if ty == TypeId::of::<Autodiff<Inner, NoCheckpointing>>() {
-        0
-    } else if ty == TypeId::of::<Autodiff<Inner, BalancedCheckpointing>>() {
-        1
-    } else if ty == TypeId::of::<Inner>() {
-        2
-    } else {
-        return Err((a, b));
-    };
     // What `gemm` takes: same batch dims (no broadcasting), bf16 or f32 alike, no empty
     // dimension (cuBLAS wants leading dimensions ≥ 1). Anything else goes to burn.
     let (sa, sb) = (a.dims(), b.dims());
@@ -292,20 +463,16 @@ pub(crate) fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D
         && sa.iter().chain(&sb).all(|&d| d > 0)
         && a.dtype() == b.dtype()
         && matches!(a.dtype(), DType::BF16 | DType::F32);
-    if !fits || !enabled() {
+    let Some(kind) = kind::<B>().filter(|_| fits) else {
         return Err((a, b));
-    }
+    };
     let (TensorPrimitive::Float(ap), TensorPrimitive::Float(bp)) = (a.into_primitive(), b.into_primitive()) else {
         unreachable!("float tensors have float primitives")
     };
-    /// `p` as type `T`, which the `TypeId` check above says it is.
-    fn to<T: 'static, P: 'static>(p: P) -> T {
-        *(Box::new(p) as Box<dyn Any>).downcast::<T>().ok().expect("type checked by TypeId")
-    }
     let c: FloatTensor<B> = match kind {
-        0 => to(gemm_autodiff::<NoCheckpointing>(to(ap), to(bp), ta, tb)),
-        1 => to(gemm_autodiff::<BalancedCheckpointing>(to(ap), to(bp), ta, tb)),
-        _ => to(gemm(to(ap), to(bp), ta, tb)),
+        Kind::Plain => to(gemm_autodiff::<NoCheckpointing>(to(ap), to(bp), ta, tb)),
+        Kind::Balanced => to(gemm_autodiff::<BalancedCheckpointing>(to(ap), to(bp), ta, tb)),
+        Kind::Inference => to(gemm(to(ap), to(bp), ta, tb)),
     };
     Ok(Tensor::from_primitive(TensorPrimitive::Float(c)))
 }
@@ -330,16 +497,6 @@ extern "C" __global__ void bagel_adamw(float* __restrict__ p_out, float* __restr
 }
 "#;
 
-/// Compile [`ADAMW_SRC`] and load it into the current context.
-fn load_adamw() -> cu::CUfunction {
-    let ptx = cudarc::nvrtc::compile_ptx(ADAMW_SRC).unwrap_or_else(|e| panic!("NVRTC: fused AdamW: {e:?}"));
-    let src = std::ffi::CString::new(ptx.to_src()).expect("PTX has no NUL");
-    unsafe {
-        let module = cudarc::driver::result::module::load_data(src.as_ptr() as *const _).expect("load the fused AdamW module");
-        cudarc::driver::result::module::get_function(module, std::ffi::CString::new("bagel_adamw").unwrap()).expect("bagel_adamw in its module")
-    }
-}
-
 /// One AdamW step ([`crate::optim::FusedAdamW`]) on one parameter as the fused kernel, when
 /// `B` is this crate's inner CUDA backend, the path is on (`BAGEL_CUBLAS` as for the
 /// GEMMs), and parameter, gradient and moments are f32 with no AMSGrad maximum; `Err`
@@ -352,16 +509,11 @@ pub(crate) fn adamw_step<B: Backend, const D: usize>(
     grad: Tensor<B, D>,
     state: Option<AdamWState<B, D>>,
 ) -> Result<(Tensor<B, D>, Option<AdamWState<B, D>>), (Tensor<B, D>, Tensor<B, D>, Option<AdamWState<B, D>>)> {
-    use std::any::TypeId;
     let f32s = tensor.dtype() == DType::F32
         && grad.dtype() == DType::F32
         && state.as_ref().is_none_or(|s| s.momentum.max_moment_2.is_none() && s.momentum.moment_1.dtype() == DType::F32 && s.momentum.moment_2.dtype() == DType::F32);
-    if TypeId::of::<B>() != TypeId::of::<Inner>() || !f32s || !enabled() {
+    if kind::<B>() != Some(Kind::Inference) || !f32s {
         return Err((tensor, grad, state));
-    }
-    /// `p` as type `T`, which the `TypeId` check above says it is.
-    fn to<T: 'static, P: 'static>(p: P) -> T {
-        *(Box::new(p) as Box<dyn Any>).downcast::<T>().ok().expect("type checked by TypeId")
     }
     let prim = |t: Tensor<B, D>| -> Prim { burn_cubecl::kernel::into_contiguous(to(t.into_primitive().tensor())) };
     let back = |p: Prim| -> Tensor<B, D> { Tensor::from_primitive(TensorPrimitive::Float(to::<FloatTensor<B>, _>(p))) };
@@ -372,52 +524,26 @@ pub(crate) fn adamw_step<B: Backend, const D: usize>(
         None => (1, None),
     };
     let n = shape.num_elements();
-    let client = p.client.clone();
-    let new = || CubeTensor::new_contiguous(client.clone(), p.device.clone(), shape.clone(), client.empty(n * 4), DType::F32);
+    let new = || empty(&p, shape.clone(), DType::F32);
     let (p_out, m_out, v_out) = (new(), new(), new());
     if n > 0 {
-        check("sync before AdamW", burn_cubecl::cubecl::future::block_on(client.sync()));
-        let res = |t: &Prim| client.get_resource(t.handle.clone()).expect("device buffer of a live tensor");
-        let held: Vec<_> = [&p_out, &m_out, &v_out, &p, &g].into_iter().chain(moments.iter().flat_map(|(m, v)| [m, v])).map(res).collect();
-        let ptr = |i: usize| held.get(i).map_or(0u64, |r| r.resource().ptr);
-        let (mut po, mut mo, mut vo, mut pi, mut gi) = (ptr(0), ptr(1), ptr(2), ptr(3), ptr(4));
-        let (mut mi, mut vi) = (ptr(5), ptr(6));
-        let mut n64 = n as u64;
-        let mut first: i32 = moments.is_none().into();
-        let decay_rate = lr * opt.weight_decay as f64;
-        let (mut lr32, mut b1, mut b2, mut eps) = (lr as f32, opt.beta_1, opt.beta_2, opt.epsilon);
-        let mut decay = (1.0 - decay_rate) as f32;
-        let mut bc1 = 1f32 - opt.beta_1.powi(time as i32);
-        let mut bc2 = 1f32 - opt.beta_2.powi(time as i32);
-        with_cuda(p.device.index, |blas| {
-            let f = *blas.adamw.get_or_insert_with(load_adamw);
-            // cuLaunchKernel takes a pointer to each argument, in the kernel's order.
-            use std::ffi::c_void;
-            let mut params: [*mut c_void; 16] = [
-                &mut po as *mut u64 as *mut c_void,
-                &mut mo as *mut u64 as *mut c_void,
-                &mut vo as *mut u64 as *mut c_void,
-                &mut pi as *mut u64 as *mut c_void,
-                &mut gi as *mut u64 as *mut c_void,
-                &mut mi as *mut u64 as *mut c_void,
-                &mut vi as *mut u64 as *mut c_void,
-                &mut n64 as *mut u64 as *mut c_void,
-                &mut first as *mut i32 as *mut c_void,
-                &mut lr32 as *mut f32 as *mut c_void,
-                &mut b1 as *mut f32 as *mut c_void,
-                &mut b2 as *mut f32 as *mut c_void,
-                &mut eps as *mut f32 as *mut c_void,
-                &mut decay as *mut f32 as *mut c_void,
-                &mut bc1 as *mut f32 as *mut c_void,
-                &mut bc2 as *mut f32 as *mut c_void,
-            ];
+        let tensors: Vec<&Prim> = [&p_out, &m_out, &v_out, &p, &g].into_iter().chain(moments.iter().flat_map(|(m, v)| [m, v])).collect();
+        on_stream("fused AdamW", &tensors, |blas, ptr| {
+            let ptr = |i: usize| ptr.get(i).copied().unwrap_or(0);
+            let (mut po, mut mo, mut vo, mut pi, mut gi) = (ptr(0), ptr(1), ptr(2), ptr(3), ptr(4));
+            let (mut mi, mut vi) = (ptr(5), ptr(6));
+            let mut n64 = n as u64;
+            let mut first: i32 = moments.is_none().into();
+            let decay_rate = lr * opt.weight_decay as f64;
+            let (mut lr32, mut b1, mut b2, mut eps) = (lr as f32, opt.beta_1, opt.beta_2, opt.epsilon);
+            let mut decay = (1.0 - decay_rate) as f32;
+            let mut bc1 = 1f32 - opt.beta_1.powi(time as i32);
+            let mut bc2 = 1f32 - opt.beta_2.powi(time as i32);
+            let f = blas.kernels().adamw;
+            let mut params = args![po, mo, vo, pi, gi, mi, vi, n64, first, lr32, b1, b2, eps, decay, bc1, bc2];
             let blocks = n.div_ceil(256).min(1 << 16) as u32;
-            unsafe {
-                check("launch fused AdamW", cudarc::driver::result::launch_kernel(f, (blocks, 1, 1), (256, 1, 1), 0, blas.stream, &mut params));
-                check("stream sync after AdamW", cudarc::driver::result::stream::synchronize(blas.stream));
-            }
+            unsafe { blas.launch("fused AdamW", f, blocks, 256, &mut params) };
         });
-        drop(held);
         ADAMW_STEPS.fetch_add(1, Ordering::Relaxed);
     }
     let momentum = AdaptiveMomentumState { time, moment_1: back(m_out), moment_2: back(v_out), max_moment_2: None };
@@ -437,7 +563,7 @@ mod tests {
 
     /// `n` pseudo-random values, roughly uniform on [−1, 1) (xorshift64*; fixed seed per call
     /// site, so a failure reproduces).
-    fn random(n: usize, seed: u64) -> Vec<f32> {
+    pub(super) fn random(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..n)
             .map(|_| {
@@ -450,7 +576,7 @@ mod tests {
     }
 
     /// Round to bf16 and back (what the GEMM's operands hold under `--bf16`).
-    fn bf16(v: &[f32]) -> Vec<f32> {
+    pub(super) fn bf16(v: &[f32]) -> Vec<f32> {
         v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect()
     }
 

@@ -1,0 +1,585 @@
+//! Fused element-wise ops of the Llama block on the CUDA backend: RMSNorm, SwiGLU and RoPE,
+//! each one kernel forward and one backward (issue 7, "fused RMSNorm/RoPE/SwiGLU"), and
+//! the autodiff harness ([`Fused`]) they and [`super::attention`] share.
+//!
+//! Composed from burn ops, RMSNorm is six kernels forward (x², mean, +ε, √, ÷, ·w) and
+//! about twice that backward, each a pass over the [B·S, hidden] f32 residual stream, and
+//! autodiff keeps several of those intermediates per layer; RoPE is narrow, neg, cat and
+//! three products on a transposed view; SwiGLU three. Here each is one pass each way,
+//! arithmetic in f32 whatever the storage dtype, and the op keeps only its inputs (RMSNorm
+//! also the per-row 1/rms, [rows] f32).
+use super::attention::variant;
+use super::*;
+use burn::tensor::Int;
+
+/// The fused kernels (CUDA C, compiled with the others by NVRTC). `bagel_load`/
+/// `bagel_store` (f32, or bf16 as 16 bits) and `bagel_block_sum` come from
+/// [`super::attention::SRC`], which precedes this in the module source.
+pub(super) const SRC: &str = r#"
+__device__ __forceinline__ float bagel_load(const float* p) { return *p; }
+__device__ __forceinline__ float bagel_load(const unsigned short* p) { return __uint_as_float(((unsigned int)*p) << 16); }
+/* RMSNorm forward, one block per row of x [rows, h] (f32): y = x * r * w in T, rstd[row] = r = 1/sqrt(mean(x^2) + eps). */
+template <typename T>
+__device__ void bagel_rmsnorm_fwd(const float* __restrict__ x, const float* __restrict__ w, T* __restrict__ y, float* __restrict__ rstd, int h, float eps) {
+  __shared__ float sh[32];
+  const size_t row = blockIdx.x;
+  const float* xr = x + row * (size_t)h;
+  T* yr = y + row * (size_t)h;
+  float ss = 0.0f;
+  for (int c = threadIdx.x; c < h; c += blockDim.x) { const float v = xr[c]; ss += v * v; }
+  ss = bagel_block_sum(ss, sh);
+  const float r = rsqrtf(ss / (float)h + eps);
+  for (int c = threadIdx.x; c < h; c += blockDim.x) bagel_store(yr + c, xr[c] * r * w[c]);
+  if (threadIdx.x == 0) rstd[row] = r;
+}
+/* RMSNorm backward, one block per row: g = dy * w, dx = r*g - r^3 * x * sum(g*x) / h (f32); dwp[row] = dy * x * r (the row's share of dw). */
+template <typename T>
+__device__ void bagel_rmsnorm_bwd(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ rstd, const T* __restrict__ dy,
+                                  float* __restrict__ dx, float* __restrict__ dwp, int h) {
+  __shared__ float sh[32];
+  const size_t row = blockIdx.x;
+  const float* xr = x + row * (size_t)h;
+  const T* dyr = dy + row * (size_t)h;
+  const float r = rstd[row];
+  float c = 0.0f;
+  for (int j = threadIdx.x; j < h; j += blockDim.x) c += bagel_load(dyr + j) * w[j] * xr[j];
+  c = bagel_block_sum(c, sh);
+  const float k = r * r * r * c / (float)h;
+  for (int j = threadIdx.x; j < h; j += blockDim.x) {
+    const float d = bagel_load(dyr + j);
+    dx[row * (size_t)h + j] = r * d * w[j] - k * xr[j];
+    dwp[row * (size_t)h + j] = d * xr[j] * r;
+  }
+}
+/* SwiGLU: h = silu(a) * b; da = dh * b * s * (1 + a * (1 - s)), db = dh * silu(a), s = sigmoid(a). */
+template <typename T>
+__device__ void bagel_swiglu_fwd(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ h, unsigned long long n) {
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n; i += (unsigned long long)blockDim.x * gridDim.x) {
+    const float av = bagel_load(a + i);
+    bagel_store(h + i, av / (1.0f + expf(-av)) * bagel_load(b + i));
+  }
+}
+template <typename T>
+__device__ void bagel_swiglu_bwd(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ dh, T* __restrict__ da, T* __restrict__ db, unsigned long long n) {
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n; i += (unsigned long long)blockDim.x * gridDim.x) {
+    const float av = bagel_load(a + i), d = bagel_load(dh + i);
+    const float s = 1.0f / (1.0f + expf(-av));
+    bagel_store(da + i, d * bagel_load(b + i) * s * (1.0f + av * (1.0f - s)));
+    bagel_store(db + i, d * av * s);
+  }
+}
+/* RoPE (HF rotate-half) with the head transpose: x [B, S, H, D] -> y [B, H, S, D],
+   y = x * cos + rot(x) * sin, rot(x)_d = -x_{d+D/2} (d < D/2), x_{d-D/2} (d >= D/2); cos, sin [S, D] f32. */
+template <typename T>
+__device__ void bagel_rope_fwd(const T* __restrict__ x, const float* __restrict__ cs, const float* __restrict__ sn, T* __restrict__ y,
+                               int S, int H, int D, unsigned long long n) {
+  const int half = D / 2;
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n; i += (unsigned long long)blockDim.x * gridDim.x) {
+    const int d = (int)(i % D);
+    unsigned long long t = i / D;
+    const int s = (int)(t % S); t /= S;
+    const int hh = (int)(t % H);
+    const unsigned long long b = t / H;
+    const T* xr = x + ((b * S + s) * H + hh) * D;
+    const float rot = d < half ? -bagel_load(xr + d + half) : bagel_load(xr + d - half);
+    bagel_store(y + i, bagel_load(xr + d) * cs[s * D + d] + rot * sn[s * D + d]);
+  }
+}
+/* RoPE backward: dy [B, H, S, D] -> dx [B, S, H, D]; dx_d = dy_d cos_d + dy_{d+D/2} sin_{d+D/2} (d < D/2), dy_d cos_d - dy_{d-D/2} sin_{d-D/2} (d >= D/2). */
+template <typename T>
+__device__ void bagel_rope_bwd(const T* __restrict__ dy, const float* __restrict__ cs, const float* __restrict__ sn, T* __restrict__ dx,
+                               int S, int H, int D, unsigned long long n) {
+  const int half = D / 2;
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n; i += (unsigned long long)blockDim.x * gridDim.x) {
+    const int d = (int)(i % D);
+    unsigned long long t = i / D;
+    const int hh = (int)(t % H); t /= H;
+    const int s = (int)(t % S);
+    const unsigned long long b = t / S;
+    const T* dr = dy + ((b * H + hh) * S + s) * D;
+    float v = bagel_load(dr + d) * cs[s * D + d];
+    if (d < half) v += bagel_load(dr + d + half) * sn[s * D + d + half];
+    else v -= bagel_load(dr + d - half) * sn[s * D + d - half];
+    bagel_store(dx + i, v);
+  }
+}
+/* Token log-probabilities, one block per row of logits [rows, v]: lse = log sum exp, logp = logits[target] - lse (0 for a target outside 0..v). */
+template <typename T>
+__device__ void bagel_token_logp_fwd(const T* __restrict__ logits, const int* __restrict__ targets, float* __restrict__ logp, float* __restrict__ lse, int v) {
+  __shared__ float sh[32];
+  const size_t row = blockIdx.x;
+  const T* lr = logits + row * (size_t)v;
+  float m = bagel_neg_inf();
+  for (int c = threadIdx.x; c < v; c += blockDim.x) m = fmaxf(m, bagel_load(lr + c));
+  m = bagel_block_max(m, sh);
+  float s = 0.0f;
+  for (int c = threadIdx.x; c < v; c += blockDim.x) s += expf(bagel_load(lr + c) - m);
+  s = bagel_block_sum(s, sh);
+  if (threadIdx.x == 0) {
+    const float L = m + logf(s);
+    const int t = targets[row];
+    lse[row] = L;
+    logp[row] = (t >= 0 && t < v) ? bagel_load(lr + t) - L : 0.0f;
+  }
+}
+/* dlogits = dlogp * (onehot(target) - softmax(logits)), per row; zero for a target outside 0..v. */
+template <typename T>
+__device__ void bagel_token_logp_bwd(const T* __restrict__ logits, const int* __restrict__ targets, const float* __restrict__ lse,
+                                     const float* __restrict__ dlogp, T* __restrict__ dlogits, int v) {
+  const size_t row = blockIdx.x;
+  const T* lr = logits + row * (size_t)v;
+  T* dr = dlogits + row * (size_t)v;
+  const int t = targets[row];
+  const float g = (t >= 0 && t < v) ? dlogp[row] : 0.0f, L = lse[row];
+  for (int c = threadIdx.x; c < v; c += blockDim.x) bagel_store(dr + c, g * ((c == t ? 1.0f : 0.0f) - expf(bagel_load(lr + c) - L)));
+}
+extern "C" __global__ void bagel_fill_f32(float* p, float v, unsigned long long n) {
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n; i += (unsigned long long)blockDim.x * gridDim.x) p[i] = v;
+}
+#define BAGEL_BOTH(name, args, call) \
+  extern "C" __global__ void name##_bf16 args(unsigned short) { call; } \
+  extern "C" __global__ void name##_f32 args(float) { call; }
+#define A_NORM_F(T) (const float* x, const float* w, T* y, float* rstd, int h, float eps)
+#define A_NORM_B(T) (const float* x, const float* w, const float* rstd, const T* dy, float* dx, float* dwp, int h)
+#define A_GLU_F(T) (const T* a, const T* b, T* h, unsigned long long n)
+#define A_GLU_B(T) (const T* a, const T* b, const T* dh, T* da, T* db, unsigned long long n)
+#define A_ROPE_F(T) (const T* x, const float* cs, const float* sn, T* y, int S, int H, int D, unsigned long long n)
+#define A_ROPE_B(T) (const T* dy, const float* cs, const float* sn, T* dx, int S, int H, int D, unsigned long long n)
+#define A_LOGP_F(T) (const T* logits, const int* targets, float* logp, float* lse, int v)
+#define A_LOGP_B(T) (const T* logits, const int* targets, const float* lse, const float* dlogp, T* dlogits, int v)
+BAGEL_BOTH(bagel_token_logp_fwd, A_LOGP_F, bagel_token_logp_fwd(logits, targets, logp, lse, v))
+BAGEL_BOTH(bagel_token_logp_bwd, A_LOGP_B, bagel_token_logp_bwd(logits, targets, lse, dlogp, dlogits, v))
+BAGEL_BOTH(bagel_rmsnorm_fwd, A_NORM_F, bagel_rmsnorm_fwd(x, w, y, rstd, h, eps))
+BAGEL_BOTH(bagel_rmsnorm_bwd, A_NORM_B, bagel_rmsnorm_bwd(x, w, rstd, dy, dx, dwp, h))
+BAGEL_BOTH(bagel_swiglu_fwd, A_GLU_F, bagel_swiglu_fwd(a, b, h, n))
+BAGEL_BOTH(bagel_swiglu_bwd, A_GLU_B, bagel_swiglu_bwd(a, b, dh, da, db, n))
+BAGEL_BOTH(bagel_rope_fwd, A_ROPE_F, bagel_rope_fwd(x, cs, sn, y, S, H, D, n))
+BAGEL_BOTH(bagel_rope_bwd, A_ROPE_B, bagel_rope_bwd(dy, cs, sn, dx, S, H, D, n))
+"#;
+
+/// A custom op with `N` differentiable inputs (float primitives of [`Inner`]) and one
+/// output, run as one autodiff node (compute-bound: never recomputed by checkpointing).
+pub(super) trait Fused<const N: usize>: Clone + std::fmt::Debug + Send + Sync + 'static {
+    /// What backward needs, kept from forward.
+    type Saved: Clone + Send + std::fmt::Debug + 'static;
+    /// The output, and what backward needs.
+    fn forward(&self, inputs: [Prim; N]) -> (Prim, Self::Saved);
+    /// The gradients of the inputs, in order, for `dy` the gradient of the output.
+    fn backward(&self, saved: Self::Saved, dy: Prim) -> [Prim; N];
+}
+
+/// The autodiff node of a [`Fused`] op.
+#[derive(Debug)]
+struct Node<Op>(Op);
+
+impl<Op: Fused<N>, const N: usize> Backward<Inner, N> for Node<Op> {
+    type State = Op::Saved;
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let dy = grads.consume::<Inner>(&ops.node);
+        let parents = ops.parents;
+        for (parent, grad) in parents.into_iter().zip(self.0.backward(ops.state, dy)) {
+            if let Some(node) = parent {
+                grads.register::<Inner>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// `op` under autodiff with checkpoint strategy `C`.
+fn run_autodiff<C: CheckpointStrategy, Op: Fused<N>, const N: usize>(op: Op, inputs: [FloatTensor<Autodiff<Inner, C>>; N]) -> FloatTensor<Autodiff<Inner, C>> {
+    let nodes = inputs.each_ref().map(|t| t.node.clone());
+    match Node(op.clone()).prepare::<C>(nodes).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let (y, saved) = op.forward(inputs.map(|t| t.primitive));
+            prep.finish(saved, y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(op.forward(inputs.map(|t| t.primitive)).0),
+    }
+}
+
+/// Run `op` on `inputs` as backend `B`'s tensors, `B` being of [`Kind`] `kind`.
+pub(super) fn run<B: Backend, Op: Fused<N>, const N: usize, const D: usize, const E: usize>(kind: Kind, op: Op, inputs: [Tensor<B, D>; N]) -> Tensor<B, E> {
+    let prims = inputs.map(|t| t.into_primitive().tensor());
+    let y: FloatTensor<B> = match kind {
+        Kind::Plain => to(run_autodiff::<NoCheckpointing, _, N>(op, prims.map(to))),
+        Kind::Balanced => to(run_autodiff::<BalancedCheckpointing, _, N>(op, prims.map(to))),
+        Kind::Inference => to(op.forward(prims.map(to)).0),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(y))
+}
+
+/// The [`Inner`] primitive of a tensor that is not differentiated (a constant such as
+/// RoPE's tables), for backend `B` of [`Kind`] `kind`.
+fn constant<B: Backend, const D: usize>(kind: Kind, t: Tensor<B, D>) -> Prim {
+    let p = t.into_primitive().tensor();
+    let p: Prim = match kind {
+        // Both checkpoint strategies share this primitive type.
+        Kind::Plain | Kind::Balanced => to::<FloatTensor<Autodiff<Inner>>, _>(p).primitive,
+        Kind::Inference => to(p),
+    };
+    burn_cubecl::kernel::into_contiguous(p)
+}
+
+/// Blocks of [`BLOCK`] threads for a grid-stride loop over `n` elements.
+fn grid(n: usize) -> u32 {
+    n.div_ceil(BLOCK as usize).clamp(1, 1 << 16) as u32
+}
+
+/// Threads per block.
+const BLOCK: u32 = 256;
+
+/// `t` contiguous and of dtype `dt` (a cast only if it differs).
+fn as_dtype(t: Prim, dt: DType) -> Prim {
+    let t = burn_cubecl::kernel::into_contiguous(t);
+    if t.dtype == dt {
+        t
+    } else {
+        burn_cubecl::kernel::cast(t, dt)
+    }
+}
+
+/// RMSNorm (Zhang & Sennrich 2019): y = x / √(mean(x²) + ε) · w over the last dimension,
+/// for x [..., h] f32 and w [h] f32; y in dtype `out` (the compute dtype, so the cast that
+/// follows the norm under mixed precision is fused in).
+#[derive(Clone, Debug)]
+struct RmsNorm {
+    eps: f32,
+    out: DType,
+}
+
+impl Fused<2> for RmsNorm {
+    /// x, w and the per-row 1/rms [rows] (f32).
+    type Saved = (Prim, Prim, Prim);
+
+    fn forward(&self, [x, w]: [Prim; 2]) -> (Prim, Self::Saved) {
+        let (x, w) = (as_dtype(x, DType::F32), as_dtype(w, DType::F32));
+        let shape = x.shape();
+        let h = shape[shape.len() - 1];
+        let rows = shape.num_elements() / h;
+        let y = empty(&x, shape.clone(), self.out);
+        let rstd = empty(&x, vec![rows], DType::F32);
+        on_stream("RMSNorm", &[&x, &w, &y, &rstd], |blas, p| {
+            let [mut px, mut pw, mut py, mut pr] = <[u64; 4]>::try_from(p).expect("4 tensors");
+            let f = blas.kernels().rmsnorm_fwd[variant(self.out)];
+            let (mut hh, mut eps) = (h as i32, self.eps);
+            unsafe { blas.launch("RMSNorm", f, rows as u32, BLOCK, &mut args![px, pw, py, pr, hh, eps]) };
+        });
+        (y, (x, w, rstd))
+    }
+
+    fn backward(&self, (x, w, rstd): Self::Saved, dy: Prim) -> [Prim; 2] {
+        let dy = as_dtype(dy, self.out);
+        let shape = x.shape();
+        let h = shape[shape.len() - 1];
+        let rows = shape.num_elements() / h;
+        let dx = empty(&x, shape.clone(), DType::F32);
+        let dwp = empty(&x, vec![rows, h], DType::F32);
+        let ones = empty(&x, vec![rows], DType::F32);
+        let dw = empty(&x, w.shape(), DType::F32);
+        on_stream("RMSNorm backward", &[&x, &w, &rstd, &dy, &dx, &dwp, &ones, &dw], |blas, p| {
+            let [mut px, mut pw, mut pr, mut pdy, mut pdx, mut pdwp, mut po, pdw] = <[u64; 8]>::try_from(p).expect("8 tensors");
+            let k = blas.kernels();
+            let (fb, fill) = (k.rmsnorm_bwd[variant(self.out)], k.fill);
+            let (mut hh, mut one, mut n) = (h as i32, 1f32, rows as u64);
+            unsafe {
+                blas.launch("RMSNorm backward", fb, rows as u32, BLOCK, &mut args![px, pw, pr, pdy, pdx, pdwp, hh]);
+                blas.launch("fill", fill, grid(rows), BLOCK, &mut args![po, one, n]);
+                // dw = 1ᵀ · dwp: the column sums of [rows, h], one GEMM.
+                blas.gemm((DType::F32, DType::F32), (false, false), (1, h, rows), 1, (po, pdwp, pdw), 1.0);
+            }
+        });
+        [dx, dw]
+    }
+}
+
+/// SwiGLU's gate (Shazeer 2020): silu(a) · b for a, b of one shape, bf16 or f32 alike.
+#[derive(Clone, Debug)]
+struct SwiGlu;
+
+impl Fused<2> for SwiGlu {
+    type Saved = (Prim, Prim);
+
+    fn forward(&self, [a, b]: [Prim; 2]) -> (Prim, Self::Saved) {
+        let dt = a.dtype;
+        let (a, b) = (as_dtype(a, dt), as_dtype(b, dt));
+        let n = a.shape().num_elements();
+        let y = empty(&a, a.shape(), dt);
+        on_stream("SwiGLU", &[&a, &b, &y], |blas, p| {
+            let [mut pa, mut pb, mut py] = <[u64; 3]>::try_from(p).expect("3 tensors");
+            let f = blas.kernels().swiglu_fwd[variant(dt)];
+            let mut n64 = n as u64;
+            unsafe { blas.launch("SwiGLU", f, grid(n), BLOCK, &mut args![pa, pb, py, n64]) };
+        });
+        (y, (a, b))
+    }
+
+    fn backward(&self, (a, b): Self::Saved, dy: Prim) -> [Prim; 2] {
+        let dt = a.dtype;
+        let dy = as_dtype(dy, dt);
+        let n = a.shape().num_elements();
+        let (da, db) = (empty(&a, a.shape(), dt), empty(&a, a.shape(), dt));
+        on_stream("SwiGLU backward", &[&a, &b, &dy, &da, &db], |blas, p| {
+            let [mut pa, mut pb, mut pdy, mut pda, mut pdb] = <[u64; 5]>::try_from(p).expect("5 tensors");
+            let f = blas.kernels().swiglu_bwd[variant(dt)];
+            let mut n64 = n as u64;
+            unsafe { blas.launch("SwiGLU backward", f, grid(n), BLOCK, &mut args![pa, pb, pdy, pda, pdb, n64]) };
+        });
+        [da, db]
+    }
+}
+
+/// RoPE (Su et al. 2021, HF's rotate-half form) with the head transpose folded in:
+/// x [B, S, H, D] → [B, H, S, D], y = x·cos + rotate_half(x)·sin, tables [S, D] f32.
+#[derive(Clone, Debug)]
+struct Rope {
+    cos: Prim,
+    sin: Prim,
+}
+
+impl Rope {
+    /// Launch the forward (`bwd` false) or backward kernel from `src` to `dst` for the
+    /// [B, S, H, D] side's shape `bshd`.
+    fn launch(&self, what: &str, bwd: bool, src: &Prim, dst: &Prim, bshd: [usize; 4]) {
+        let [_, s, h, d] = bshd;
+        let n: usize = bshd.iter().product();
+        let dt = src.dtype;
+        on_stream(what, &[src, &self.cos, &self.sin, dst], |blas, p| {
+            let [mut px, mut pc, mut ps, mut py] = <[u64; 4]>::try_from(p).expect("4 tensors");
+            let k = blas.kernels();
+            let f = if bwd { k.rope_bwd[variant(dt)] } else { k.rope_fwd[variant(dt)] };
+            let (mut s, mut h, mut d, mut n64) = (s as i32, h as i32, d as i32, n as u64);
+            unsafe { blas.launch(what, f, grid(n), BLOCK, &mut args![px, pc, ps, py, s, h, d, n64]) };
+        });
+    }
+}
+
+impl Fused<1> for Rope {
+    /// The input's [B, S, H, D] shape.
+    type Saved = [usize; 4];
+
+    fn forward(&self, [x]: [Prim; 1]) -> (Prim, Self::Saved) {
+        let dt = x.dtype;
+        let x = as_dtype(x, dt);
+        let sh = x.shape();
+        let bshd = [sh[0], sh[1], sh[2], sh[3]];
+        let y = empty(&x, vec![bshd[0], bshd[2], bshd[1], bshd[3]], dt);
+        self.launch("RoPE", false, &x, &y, bshd);
+        (y, bshd)
+    }
+
+    fn backward(&self, bshd: Self::Saved, dy: Prim) -> [Prim; 1] {
+        let dt = dy.dtype;
+        let dy = as_dtype(dy, dt);
+        let dx = empty(&dy, bshd.to_vec(), dt);
+        self.launch("RoPE backward", true, &dy, &dx, bshd);
+        [dx]
+    }
+}
+
+/// Per-position log-probability of the target token, log softmax(logits)[target], for
+/// logits [B, S, V] (bf16 or f32) and i32 targets [B, S] → [B, S] f32: the cross-entropy
+/// without the [B, S, V] f32 log-softmax (the issue's "chunked cross-entropy that never
+/// materialises full f32 logits"). One block per position reads its row twice (max, then
+/// Σ exp) in f32; backward writes d logits = g · (onehot(target) − softmax) in the logits'
+/// dtype. A target outside 0..V gives 0 and no gradient.
+#[derive(Clone, Debug)]
+struct TokenLogp {
+    targets: Prim,
+}
+
+impl Fused<1> for TokenLogp {
+    /// The logits and the per-position log Σ exp [B, S] (f32).
+    type Saved = (Prim, Prim);
+
+    fn forward(&self, [logits]: [Prim; 1]) -> (Prim, Self::Saved) {
+        let dt = logits.dtype;
+        let logits = as_dtype(logits, dt);
+        let sh = logits.shape();
+        let (b, s, v) = (sh[0], sh[1], sh[2]);
+        let (logp, lse) = (empty(&logits, vec![b, s], DType::F32), empty(&logits, vec![b, s], DType::F32));
+        on_stream("token log-probabilities", &[&logits, &self.targets, &logp, &lse], |blas, p| {
+            let [mut pl, mut pt, mut po, mut pse] = <[u64; 4]>::try_from(p).expect("4 tensors");
+            let f = blas.kernels().token_logp_fwd[variant(dt)];
+            let mut vv = v as i32;
+            unsafe { blas.launch("token log-probabilities", f, (b * s) as u32, 1024, &mut args![pl, pt, po, pse, vv]) };
+        });
+        (logp, (logits, lse))
+    }
+
+    fn backward(&self, (logits, lse): Self::Saved, dy: Prim) -> [Prim; 1] {
+        let dt = logits.dtype;
+        let dy = as_dtype(dy, DType::F32);
+        let sh = logits.shape();
+        let (rows, v) = (sh[0] * sh[1], sh[2]);
+        let dl = empty(&logits, sh.clone(), dt);
+        on_stream("token log-probabilities backward", &[&logits, &self.targets, &lse, &dy, &dl], |blas, p| {
+            let [mut pl, mut pt, mut pse, mut pdy, mut pdl] = <[u64; 5]>::try_from(p).expect("5 tensors");
+            let f = blas.kernels().token_logp_bwd[variant(dt)];
+            let mut vv = v as i32;
+            unsafe { blas.launch("token log-probabilities backward", f, rows as u32, 1024, &mut args![pl, pt, pse, pdy, pdl, vv]) };
+        });
+        [dl]
+    }
+}
+
+/// Fused per-position target log-probabilities ([`TokenLogp`]): logits [B, S, V] (bf16 or
+/// f32), targets [B, S] (the backend's i32 ints) → [B, S] f32. `Err` as [`rms_norm`].
+#[allow(clippy::type_complexity)]
+pub(crate) fn token_logps<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Result<Tensor<B, 2>, (Tensor<B, 3>, Tensor<B, 2, Int>)> {
+    let [b, s, v] = logits.dims();
+    let fits = targets.dims() == [b, s] && targets.dtype() == DType::I32 && v > 0 && v <= i32::MAX as usize && b * s > 0 && b * s <= i32::MAX as usize && float_dtype(logits.dtype());
+    let Some(kind) = kind::<B>().filter(|_| fits) else {
+        return Err((logits, targets));
+    };
+    let targets: Prim = burn_cubecl::kernel::into_contiguous(to(targets.into_primitive()));
+    Ok(run(kind, TokenLogp { targets }, [logits]))
+}
+
+/// Whether `t` is bf16 or f32 (what the kernels take).
+fn float_dtype(t: DType) -> bool {
+    matches!(t, DType::BF16 | DType::F32)
+}
+
+/// Fused RMSNorm ([`RmsNorm`]): x [B, S, h] f32, w [h] f32 → [B, S, h] in `out` (bf16 or
+/// f32), ε `eps`. `Err` with the inputs handed back when `B` is not one of this crate's
+/// CUDA backends or the path is off (`BAGEL_CUBLAS=0`).
+#[allow(clippy::type_complexity)]
+pub(crate) fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 1>, eps: f64, out: DType) -> Result<Tensor<B, 3>, (Tensor<B, 3>, Tensor<B, 1>)> {
+    let [_, _, h] = x.dims();
+    let fits = x.dtype() == DType::F32 && w.dtype() == DType::F32 && w.dims() == [h] && h > 0 && x.shape().num_elements() > 0 && float_dtype(out);
+    let Some(kind) = kind::<B>().filter(|_| fits) else {
+        return Err((x, w));
+    };
+    let w3: Tensor<B, 3> = w.unsqueeze();
+    let y: Tensor<B, 3> = run(kind, RmsNorm { eps: eps as f32, out }, [x, w3]);
+    Ok(y)
+}
+
+/// Fused SwiGLU gate ([`SwiGlu`]): silu(a) · b for a, b [B, S, F] of one dtype (bf16 or
+/// f32). `Err` as [`rms_norm`].
+#[allow(clippy::type_complexity)]
+pub(crate) fn swiglu<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>) -> Result<Tensor<B, 3>, (Tensor<B, 3>, Tensor<B, 3>)> {
+    let fits = a.dims() == b.dims() && a.dtype() == b.dtype() && float_dtype(a.dtype()) && a.shape().num_elements() > 0;
+    let Some(kind) = kind::<B>().filter(|_| fits) else {
+        return Err((a, b));
+    };
+    Ok(run(kind, SwiGlu, [a, b]))
+}
+
+/// Fused RoPE with the head transpose ([`Rope`]): x [B, S, H, D] (bf16 or f32, D even) and
+/// f32 tables cos, sin [S, D] → [B, H, S, D] in x's dtype. `Err` as [`rms_norm`].
+#[allow(clippy::type_complexity)]
+pub(crate) fn rope<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 2>, sin: Tensor<B, 2>) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 2>, Tensor<B, 2>)> {
+    let [_, s, _, d] = x.dims();
+    let fits = cos.dims() == [s, d] && sin.dims() == [s, d] && d % 2 == 0 && cos.dtype() == DType::F32 && sin.dtype() == DType::F32 && float_dtype(x.dtype()) && x.shape().num_elements() > 0;
+    let Some(kind) = kind::<B>().filter(|_| fits) else {
+        return Err((x, cos, sin));
+    };
+    let op = Rope { cos: constant(kind, cos), sin: constant(kind, sin) };
+    Ok(run(kind, op, [x]))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Run as the GEMM tests (parent module): on the GPU machine, the test binary with
+    //! `cuda_ops --nocapture`; without a device they say so and pass.
+    use super::super::tests::{bf16, random};
+    use super::*;
+    use burn::tensor::{FloatDType, TensorData};
+
+    type Cpu = Autodiff<burn::backend::NdArray<f32>>;
+    type Gpu = Autodiff<Inner>;
+
+    /// ‖x − r‖₂ / ‖r‖₂.
+    fn rel(x: &[f32], r: &[f32]) -> f64 {
+        assert_eq!(x.len(), r.len());
+        let num: f64 = x.iter().zip(r).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+        (num / r.iter().map(|&b| (b as f64).powi(2)).sum::<f64>()).sqrt()
+    }
+
+    fn flat<B2: Backend, const D: usize>(t: Tensor<B2, D>) -> Vec<f32> {
+        t.cast(FloatDType::F32).into_data().to_vec().unwrap()
+    }
+
+    /// Each fused op's output and input gradients (loss Σ y∘u for a random u) against the
+    /// model's composed burn ops (`model::rms_norm`, `silu(a)·b`, `model::apply_rope` on
+    /// the transposed view) on burn's CPU backend in f32: an independent implementation of
+    /// the same formula. Bounds (METHOD.md): f32 1e-5 (f32 arithmetic, different order);
+    /// bf16 1e-2 (outputs and gradients rounded to bf16, 2⁻⁹ relative each; the reference
+    /// takes the inputs bf16-rounded as the op sees them). RMSNorm's input and weight stay
+    /// f32 (as in the model: the residual stream and the parameters), its output and the
+    /// incoming gradient are in the compute dtype.
+    #[test]
+    fn fused_ops_match_composed_burn_ops() {
+        if !enabled() || cudarc::driver::CudaContext::device_count().unwrap_or(0) == 0 {
+            eprintln!("skipped: no CUDA device or no libcublas on this machine");
+            return;
+        }
+        let gpu = burn::backend::cuda::CudaDevice::new(0);
+        let cpu = Default::default();
+        assert!(kind::<Gpu>() == Some(Kind::Plain));
+        for (dtype, tol) in [(FloatDType::F32, 1e-5), (FloatDType::BF16, 1e-2)] {
+            let seen = |v: &[f32]| if dtype == FloatDType::BF16 { bf16(v) } else { v.to_vec() };
+            let dt: DType = dtype.into();
+            let mut errs = Vec::new();
+            // RMSNorm: x [2, 5, 96], w [96] near 1, ε 1e-5.
+            let (x, w, u) = (random(2 * 5 * 96, 51), random(96, 52).iter().map(|v| 1.0 + 0.2 * v).collect::<Vec<_>>(), random(2 * 5 * 96, 53));
+            let u = seen(&u);
+            let xc = Tensor::<Cpu, 3>::from_data(TensorData::new(x.clone(), [2, 5, 96]), &cpu).require_grad();
+            let wc = Tensor::<Cpu, 1>::from_data(TensorData::new(w.clone(), [96]), &cpu).require_grad();
+            let yc = crate::model::rms_norm(xc.clone(), wc.clone(), 1e-5);
+            let gc = (yc.clone() * Tensor::from_data(TensorData::new(u.clone(), [2, 5, 96]), &cpu)).sum().backward();
+            let xg = Tensor::<Gpu, 3>::from_data(TensorData::new(x.clone(), [2, 5, 96]), &gpu).require_grad();
+            let wg = Tensor::<Gpu, 1>::from_data(TensorData::new(w.clone(), [96]), &gpu).require_grad();
+            let yg = rms_norm(xg.clone(), wg.clone(), 1e-5, dt).ok().expect("fused RMSNorm taken");
+            assert_eq!(yg.dtype(), dt);
+            let gg = (yg.clone() * Tensor::<Gpu, 3>::from_data(TensorData::new(u.clone(), [2, 5, 96]), &gpu).cast(dtype)).cast(FloatDType::F32).sum().backward();
+            errs.push(("rmsnorm y", rel(&flat(yg.inner()), &flat(yc.inner()))));
+            errs.push(("rmsnorm dx", rel(&flat(xg.grad(&gg).unwrap()), &flat(xc.grad(&gc).unwrap()))));
+            errs.push(("rmsnorm dw", rel(&flat(wg.grad(&gg).unwrap()), &flat(wc.grad(&gc).unwrap()))));
+            // SwiGLU: a, b [3, 4, 80].
+            let (a, b, u) = (seen(&random(960, 54).iter().map(|v| 3.0 * v).collect::<Vec<_>>()), seen(&random(960, 55)), seen(&random(960, 56)));
+            let t3c = |v: &[f32]| Tensor::<Cpu, 3>::from_data(TensorData::new(v.to_vec(), [3, 4, 80]), &cpu).require_grad();
+            let t3g = |v: &[f32]| Tensor::<Gpu, 3>::from_data(TensorData::new(v.to_vec(), [3, 4, 80]), &gpu).require_grad();
+            let (ac, bc) = (t3c(&a), t3c(&b));
+            let hc = burn::tensor::activation::silu(ac.clone()) * bc.clone();
+            let gc = (hc.clone() * t3c(&u)).sum().backward();
+            let (ag, bg) = (t3g(&a), t3g(&b));
+            let hg = swiglu(ag.clone().cast(dtype), bg.clone().cast(dtype)).ok().expect("fused SwiGLU taken");
+            let gg = (hg.clone() * t3g(&u).cast(dtype)).cast(FloatDType::F32).sum().backward();
+            errs.push(("swiglu h", rel(&flat(hg.inner()), &flat(hc.inner()))));
+            errs.push(("swiglu da", rel(&flat(ag.grad(&gg).unwrap()), &flat(ac.grad(&gc).unwrap()))));
+            errs.push(("swiglu db", rel(&flat(bg.grad(&gg).unwrap()), &flat(bc.grad(&gc).unwrap()))));
+            // RoPE: x [2, 9, 3, 16] (B, S, H, D), θ 10⁴, out [2, 3, 9, 16].
+            let (x, u) = (seen(&random(2 * 9 * 3 * 16, 57)), seen(&random(2 * 9 * 3 * 16, 58)));
+            let (cc, sc) = crate::model::rope_tables::<Cpu>(9, 16, 1e4, &cpu);
+            let xc = Tensor::<Cpu, 4>::from_data(TensorData::new(x.clone(), [2, 9, 3, 16]), &cpu).require_grad();
+            let yc = crate::model::apply_rope(xc.clone().swap_dims(1, 2), cc.unsqueeze(), sc.unsqueeze());
+            let gc = (yc.clone() * Tensor::from_data(TensorData::new(u.clone(), [2, 3, 9, 16]), &cpu)).sum().backward();
+            let (cg, sg) = crate::model::rope_tables::<Gpu>(9, 16, 1e4, &gpu);
+            let xg = Tensor::<Gpu, 4>::from_data(TensorData::new(x.clone(), [2, 9, 3, 16]), &gpu).require_grad();
+            let yg = rope(xg.clone().cast(dtype), cg, sg).ok().expect("fused RoPE taken");
+            assert_eq!(yg.dims(), [2, 3, 9, 16]);
+            let gg = (yg.clone() * Tensor::<Gpu, 4>::from_data(TensorData::new(u.clone(), [2, 3, 9, 16]), &gpu).cast(dtype)).cast(FloatDType::F32).sum().backward();
+            errs.push(("rope y", rel(&flat(yg.inner()), &flat(yc.inner()))));
+            errs.push(("rope dx", rel(&flat(xg.grad(&gg).unwrap()), &flat(xc.grad(&gc).unwrap()))));
+            // Token log-probabilities: logits [2, 3, 50] (spread ×4), targets in 0..50.
+            let (l, u) = (seen(&random(300, 59).iter().map(|v| 4.0 * v).collect::<Vec<_>>()), random(6, 60));
+            let tg: Vec<i32> = random(6, 61).iter().map(|v| ((v + 1.0) * 25.0) as i32 % 50).collect();
+            let lc = Tensor::<Cpu, 3>::from_data(TensorData::new(l.clone(), [2, 3, 50]), &cpu).require_grad();
+            let tc = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(tg.clone(), [2, 3]), &cpu);
+            let pc = burn::tensor::activation::log_softmax(lc.clone(), 2).gather(2, tc.unsqueeze_dim(2)).squeeze_dim::<2>(2);
+            let gc = (pc.clone() * Tensor::from_data(TensorData::new(u.clone(), [2, 3]), &cpu)).sum().backward();
+            let lg = Tensor::<Gpu, 3>::from_data(TensorData::new(l.clone(), [2, 3, 50]), &gpu).require_grad();
+            let tgg = Tensor::<Gpu, 2, Int>::from_data(TensorData::new(tg.clone(), [2, 3]), &gpu);
+            let pg = token_logps(lg.clone().cast(dtype), tgg).ok().expect("fused log-probabilities taken");
+            let gg = (pg.clone() * Tensor::<Gpu, 2>::from_data(TensorData::new(u.clone(), [2, 3]), &gpu)).sum().backward();
+            errs.push(("logp", rel(&flat(pg.inner()), &flat(pc.inner()))));
+            errs.push(("logp dlogits", rel(&flat(lg.grad(&gg).unwrap()), &flat(lc.grad(&gc).unwrap()))));
+            let line: Vec<String> = errs.iter().map(|(n, e)| format!("{n} {e:.1e}")).collect();
+            eprintln!("fused ops {dtype:?} vs composed (CPU): {}", line.join(", "));
+            assert!(errs.iter().all(|(_, e)| *e < tol), "{dtype:?}: {errs:?} above {tol}");
+        }
+    }
+}
