@@ -13,13 +13,14 @@
 set -euo pipefail
 root=$PWD
 BAGEL=${BAGEL:-target/cuda/release/bagel}
+case $BAGEL in /*) ;; *) BAGEL=$root/$BAGEL ;; esac
 CONFIG=${CONFIG:-examples/models/llama-0.85b}
 BATCH=${BATCH:-8} SEQ=${SEQ:-1024} BF16=${BF16:-1}
 dir=$(mktemp -d)
 printf '[profiling.logger]\nlevel = "basic"\nfile = "%s/profile.log"\n' "$dir" > "$dir/cubecl.toml"
 flags=(bench sft-step --backend cuda --config "$root/$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps 2 --warmup 1 --json "$dir/report.json")
 [ "$BF16" = 1 ] && flags+=(--bf16)
-(cd "$dir" && "$root/$BAGEL" "${flags[@]}") 2>&1 | tail -4
+(cd "$dir" && "$BAGEL" "${flags[@]}") 2>&1 | tail -4
 python3 - "$dir/profile.log" <<'PY'
 import re, sys, collections
 units = {"ns": 1e-6, "µs": 1e-3, "ms": 1.0, "s": 1e3}

@@ -28,11 +28,13 @@
 //! causal kernel, at cuBLAS's rate.
 use super::*;
 
-/// The softmax kernels (CUDA C, compiled with [`super::ADAMW_SRC`] by NVRTC). bf16 is
-/// stored as its 16 bits (`unsigned short`, round to nearest even), so no CUDA header is
-/// needed.
-pub(super) const SRC: &str = r#"
+/// Helpers shared by every kernel source of this module: −∞, bf16/f32 loads and stores
+/// (bf16 as its 16 bits, `unsigned short`, stored round-to-nearest-even, so no CUDA
+/// header is needed), block-wide max and sum.
+pub(super) const COMMON: &str = r#"
 __device__ __forceinline__ float bagel_neg_inf() { return __int_as_float(0xff800000); }
+__device__ __forceinline__ float bagel_load(const float* p) { return *p; }
+__device__ __forceinline__ float bagel_load(const unsigned short* p) { return __uint_as_float(((unsigned int)*p) << 16); }
 __device__ __forceinline__ void bagel_store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void bagel_store(unsigned short* p, float v) {
   unsigned int u = __float_as_uint(v);
@@ -59,6 +61,11 @@ __device__ __forceinline__ float bagel_block_sum(float x, float* sh) {
   __syncthreads();
   return x;
 }
+"#;
+
+/// The softmax kernels, launched inside this op's [`on_stream`] sessions between its GEMMs
+/// (compiled by NVRTC after [`COMMON`]).
+pub(super) const SRC: &str = r#"
 /* One block per row of s [rows, n] (already scaled); row r is query position r % n and keeps columns 0..=r % n. */
 template <typename T>
 __device__ void bagel_softmax_fwd(const float* __restrict__ s, T* __restrict__ p, float* __restrict__ lse, int n) {

@@ -1,27 +1,33 @@
-//! Fused element-wise ops of the Llama block on the CUDA backend: RMSNorm, SwiGLU and RoPE,
-//! each one kernel forward and one backward (issue 7, "fused RMSNorm/RoPE/SwiGLU"), and
-//! the autodiff harness ([`Fused`]) they and [`super::attention`] share.
+//! Fused element-wise ops of the Llama block on the CUDA backend: RMSNorm, SwiGLU, RoPE and
+//! the target log-probabilities, each one kernel forward and one backward (issue 7,
+//! "fused RMSNorm/RoPE/SwiGLU, a chunked cross-entropy"), queued on CubeCL's own stream
+//! ([`super::cube`]), and the autodiff harness ([`Fused`]) they and [`super::attention`]
+//! share.
 //!
 //! Composed from burn ops, RMSNorm is six kernels forward (x², mean, +ε, √, ÷, ·w) and
 //! about twice that backward, each a pass over the [B·S, hidden] f32 residual stream, and
 //! autodiff keeps several of those intermediates per layer; RoPE is narrow, neg, cat and
-//! three products on a transposed view; SwiGLU three. Here each is one pass each way,
-//! arithmetic in f32 whatever the storage dtype, and the op keeps only its inputs (RMSNorm
-//! also the per-row 1/rms, [rows] f32).
+//! three products on a transposed view; SwiGLU three; the loss a cast of the logits to
+//! f32, a log-softmax and a gather over [B, S, V]. Here each is one pass each way (RMSNorm's
+//! backward adds a two-pass column sum for dw), arithmetic in f32 whatever the storage
+//! dtype, and the op keeps only its inputs (RMSNorm also the per-row 1/rms, the
+//! log-probabilities the per-row log Σ exp, [rows] f32 each).
 use super::attention::variant;
 use super::*;
 use burn::tensor::Int;
 
-/// The fused kernels (CUDA C, compiled with the others by NVRTC). `bagel_load`/
-/// `bagel_store` (f32, or bf16 as 16 bits) and `bagel_block_sum` come from
-/// [`super::attention::SRC`], which precedes this in the module source.
+/// The fused kernels (CUDA C, compiled by CubeCL's NVRTC after [`super::attention::COMMON`]
+/// and launched on CubeCL's stream, [`super::cube`]).
 pub(super) const SRC: &str = r#"
-__device__ __forceinline__ float bagel_load(const float* p) { return *p; }
-__device__ __forceinline__ float bagel_load(const unsigned short* p) { return __uint_as_float(((unsigned int)*p) << 16); }
-/* RMSNorm forward, one block per row of x [rows, h] (f32): y = x * r * w in T, rstd[row] = r = 1/sqrt(mean(x^2) + eps). */
+/* Scalars arrive as 32-bit words in device memory (prm): ints as they are, floats by their bits. */
+__device__ __forceinline__ float bagel_f(const unsigned* prm, int i) { return __uint_as_float(prm[i]); }
+__device__ __forceinline__ unsigned long long bagel_u64(const unsigned* prm, int i) { return (unsigned long long)prm[i] | ((unsigned long long)prm[i + 1] << 32); }
+/* RMSNorm forward, one block per row of x [rows, h] (f32): y = x * r * w in T, rstd[row] = r = 1/sqrt(mean(x^2) + eps). prm: h, eps. */
 template <typename T>
-__device__ void bagel_rmsnorm_fwd(const float* __restrict__ x, const float* __restrict__ w, T* __restrict__ y, float* __restrict__ rstd, int h, float eps) {
+__device__ void bagel_rmsnorm_fwd(const float* __restrict__ x, const float* __restrict__ w, T* __restrict__ y, float* __restrict__ rstd, const unsigned* __restrict__ prm) {
   __shared__ float sh[32];
+  const int h = (int)prm[0];
+  const float eps = bagel_f(prm, 1);
   const size_t row = blockIdx.x;
   const float* xr = x + row * (size_t)h;
   T* yr = y + row * (size_t)h;
@@ -32,11 +38,12 @@ __device__ void bagel_rmsnorm_fwd(const float* __restrict__ x, const float* __re
   for (int c = threadIdx.x; c < h; c += blockDim.x) bagel_store(yr + c, xr[c] * r * w[c]);
   if (threadIdx.x == 0) rstd[row] = r;
 }
-/* RMSNorm backward, one block per row: g = dy * w, dx = r*g - r^3 * x * sum(g*x) / h (f32); dwp[row] = dy * x * r (the row's share of dw). */
+/* RMSNorm backward, one block per row: g = dy * w, dx = r*g - r^3 * x * sum(g*x) / h (f32); dwp[row] = dy * x * r (the row's share of dw). prm: h. */
 template <typename T>
 __device__ void bagel_rmsnorm_bwd(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ rstd, const T* __restrict__ dy,
-                                  float* __restrict__ dx, float* __restrict__ dwp, int h) {
+                                  float* __restrict__ dx, float* __restrict__ dwp, const unsigned* __restrict__ prm) {
   __shared__ float sh[32];
+  const int h = (int)prm[0];
   const size_t row = blockIdx.x;
   const float* xr = x + row * (size_t)h;
   const T* dyr = dy + row * (size_t)h;
@@ -51,16 +58,44 @@ __device__ void bagel_rmsnorm_bwd(const float* __restrict__ x, const float* __re
     dwp[row * (size_t)h + j] = d * xr[j] * r;
   }
 }
-/* SwiGLU: h = silu(a) * b; da = dh * b * s * (1 + a * (1 - s)), db = dh * silu(a), s = sigmoid(a). */
+/* Column sums of a [rows, h] (f32), deterministic, in two launches. Partial: grid (ceil(h/32), chunks), 256 threads = 32 columns x 8 row lanes;
+   part[chunk, col] = sum of rows chunk*per .. (chunk+1)*per. prm: rows, h, per. Final: out[col] = sum over chunks of part. prm: chunks, h. */
+extern "C" __global__ void bagel_colsum_partial(const float* __restrict__ a, float* __restrict__ part, const unsigned* __restrict__ prm) {
+  __shared__ float sh[8][33];
+  const unsigned rows = prm[0], h = prm[1], per = prm[2];
+  const unsigned tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+  const unsigned col = blockIdx.x * 32 + tx;
+  const unsigned r0 = blockIdx.y * per, r1 = min(rows, r0 + per);
+  float s = 0.0f;
+  if (col < h) for (unsigned r = r0 + ty; r < r1; r += 8) s += a[(size_t)r * h + col];
+  sh[ty][tx] = s;
+  __syncthreads();
+  if (ty == 0 && col < h) {
+    float t = 0.0f;
+    for (int i = 0; i < 8; i++) t += sh[i][tx];
+    part[(size_t)blockIdx.y * h + col] = t;
+  }
+}
+extern "C" __global__ void bagel_colsum_final(const float* __restrict__ part, float* __restrict__ out, const unsigned* __restrict__ prm) {
+  const unsigned chunks = prm[0], h = prm[1];
+  const unsigned col = blockIdx.x * blockDim.x + threadIdx.x;
+  if (col >= h) return;
+  float t = 0.0f;
+  for (unsigned c = 0; c < chunks; c++) t += part[(size_t)c * h + col];
+  out[col] = t;
+}
+/* SwiGLU: h = silu(a) * b; da = dh * b * s * (1 + a * (1 - s)), db = dh * silu(a), s = sigmoid(a). prm: n (2 words). */
 template <typename T>
-__device__ void bagel_swiglu_fwd(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ h, unsigned long long n) {
+__device__ void bagel_swiglu_fwd(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ h, const unsigned* __restrict__ prm) {
+  const unsigned long long n = bagel_u64(prm, 0);
   for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n; i += (unsigned long long)blockDim.x * gridDim.x) {
     const float av = bagel_load(a + i);
     bagel_store(h + i, av / (1.0f + expf(-av)) * bagel_load(b + i));
   }
 }
 template <typename T>
-__device__ void bagel_swiglu_bwd(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ dh, T* __restrict__ da, T* __restrict__ db, unsigned long long n) {
+__device__ void bagel_swiglu_bwd(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ dh, T* __restrict__ da, T* __restrict__ db, const unsigned* __restrict__ prm) {
+  const unsigned long long n = bagel_u64(prm, 0);
   for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n; i += (unsigned long long)blockDim.x * gridDim.x) {
     const float av = bagel_load(a + i), d = bagel_load(dh + i);
     const float s = 1.0f / (1.0f + expf(-av));
@@ -69,10 +104,11 @@ __device__ void bagel_swiglu_bwd(const T* __restrict__ a, const T* __restrict__ 
   }
 }
 /* RoPE (HF rotate-half) with the head transpose: x [B, S, H, D] -> y [B, H, S, D],
-   y = x * cos + rot(x) * sin, rot(x)_d = -x_{d+D/2} (d < D/2), x_{d-D/2} (d >= D/2); cos, sin [S, D] f32. */
+   y = x * cos + rot(x) * sin, rot(x)_d = -x_{d+D/2} (d < D/2), x_{d-D/2} (d >= D/2); cos, sin [S, D] f32. prm: S, H, D, n (2 words). */
 template <typename T>
-__device__ void bagel_rope_fwd(const T* __restrict__ x, const float* __restrict__ cs, const float* __restrict__ sn, T* __restrict__ y,
-                               int S, int H, int D, unsigned long long n) {
+__device__ void bagel_rope_fwd(const T* __restrict__ x, const float* __restrict__ cs, const float* __restrict__ sn, T* __restrict__ y, const unsigned* __restrict__ prm) {
+  const int S = (int)prm[0], H = (int)prm[1], D = (int)prm[2];
+  const unsigned long long n = bagel_u64(prm, 3);
   const int half = D / 2;
   for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n; i += (unsigned long long)blockDim.x * gridDim.x) {
     const int d = (int)(i % D);
@@ -85,10 +121,11 @@ __device__ void bagel_rope_fwd(const T* __restrict__ x, const float* __restrict_
     bagel_store(y + i, bagel_load(xr + d) * cs[s * D + d] + rot * sn[s * D + d]);
   }
 }
-/* RoPE backward: dy [B, H, S, D] -> dx [B, S, H, D]; dx_d = dy_d cos_d + dy_{d+D/2} sin_{d+D/2} (d < D/2), dy_d cos_d - dy_{d-D/2} sin_{d-D/2} (d >= D/2). */
+/* RoPE backward: dy [B, H, S, D] -> dx [B, S, H, D]; dx_d = dy_d cos_d + dy_{d+D/2} sin_{d+D/2} (d < D/2), dy_d cos_d - dy_{d-D/2} sin_{d-D/2} (d >= D/2). prm as forward. */
 template <typename T>
-__device__ void bagel_rope_bwd(const T* __restrict__ dy, const float* __restrict__ cs, const float* __restrict__ sn, T* __restrict__ dx,
-                               int S, int H, int D, unsigned long long n) {
+__device__ void bagel_rope_bwd(const T* __restrict__ dy, const float* __restrict__ cs, const float* __restrict__ sn, T* __restrict__ dx, const unsigned* __restrict__ prm) {
+  const int S = (int)prm[0], H = (int)prm[1], D = (int)prm[2];
+  const unsigned long long n = bagel_u64(prm, 3);
   const int half = D / 2;
   for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n; i += (unsigned long long)blockDim.x * gridDim.x) {
     const int d = (int)(i % D);
@@ -103,10 +140,11 @@ __device__ void bagel_rope_bwd(const T* __restrict__ dy, const float* __restrict
     bagel_store(dx + i, v);
   }
 }
-/* Token log-probabilities, one block per row of logits [rows, v]: lse = log sum exp, logp = logits[target] - lse (0 for a target outside 0..v). */
+/* Token log-probabilities, one block per row of logits [rows, v]: lse = log sum exp, logp = logits[target] - lse (0 for a target outside 0..v). prm: v. */
 template <typename T>
-__device__ void bagel_token_logp_fwd(const T* __restrict__ logits, const int* __restrict__ targets, float* __restrict__ logp, float* __restrict__ lse, int v) {
+__device__ void bagel_token_logp_fwd(const T* __restrict__ logits, const int* __restrict__ targets, float* __restrict__ logp, float* __restrict__ lse, const unsigned* __restrict__ prm) {
   __shared__ float sh[32];
+  const int v = (int)prm[0];
   const size_t row = blockIdx.x;
   const T* lr = logits + row * (size_t)v;
   float m = bagel_neg_inf();
@@ -122,10 +160,11 @@ __device__ void bagel_token_logp_fwd(const T* __restrict__ logits, const int* __
     logp[row] = (t >= 0 && t < v) ? bagel_load(lr + t) - L : 0.0f;
   }
 }
-/* dlogits = dlogp * (onehot(target) - softmax(logits)), per row; zero for a target outside 0..v. */
+/* dlogits = dlogp * (onehot(target) - softmax(logits)), per row; zero for a target outside 0..v. prm: v. */
 template <typename T>
 __device__ void bagel_token_logp_bwd(const T* __restrict__ logits, const int* __restrict__ targets, const float* __restrict__ lse,
-                                     const float* __restrict__ dlogp, T* __restrict__ dlogits, int v) {
+                                     const float* __restrict__ dlogp, T* __restrict__ dlogits, const unsigned* __restrict__ prm) {
+  const int v = (int)prm[0];
   const size_t row = blockIdx.x;
   const T* lr = logits + row * (size_t)v;
   T* dr = dlogits + row * (size_t)v;
@@ -133,28 +172,25 @@ __device__ void bagel_token_logp_bwd(const T* __restrict__ logits, const int* __
   const float g = (t >= 0 && t < v) ? dlogp[row] : 0.0f, L = lse[row];
   for (int c = threadIdx.x; c < v; c += blockDim.x) bagel_store(dr + c, g * ((c == t ? 1.0f : 0.0f) - expf(bagel_load(lr + c) - L)));
 }
-extern "C" __global__ void bagel_fill_f32(float* p, float v, unsigned long long n) {
-  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n; i += (unsigned long long)blockDim.x * gridDim.x) p[i] = v;
-}
 #define BAGEL_BOTH(name, args, call) \
   extern "C" __global__ void name##_bf16 args(unsigned short) { call; } \
   extern "C" __global__ void name##_f32 args(float) { call; }
-#define A_NORM_F(T) (const float* x, const float* w, T* y, float* rstd, int h, float eps)
-#define A_NORM_B(T) (const float* x, const float* w, const float* rstd, const T* dy, float* dx, float* dwp, int h)
-#define A_GLU_F(T) (const T* a, const T* b, T* h, unsigned long long n)
-#define A_GLU_B(T) (const T* a, const T* b, const T* dh, T* da, T* db, unsigned long long n)
-#define A_ROPE_F(T) (const T* x, const float* cs, const float* sn, T* y, int S, int H, int D, unsigned long long n)
-#define A_ROPE_B(T) (const T* dy, const float* cs, const float* sn, T* dx, int S, int H, int D, unsigned long long n)
-#define A_LOGP_F(T) (const T* logits, const int* targets, float* logp, float* lse, int v)
-#define A_LOGP_B(T) (const T* logits, const int* targets, const float* lse, const float* dlogp, T* dlogits, int v)
-BAGEL_BOTH(bagel_token_logp_fwd, A_LOGP_F, bagel_token_logp_fwd(logits, targets, logp, lse, v))
-BAGEL_BOTH(bagel_token_logp_bwd, A_LOGP_B, bagel_token_logp_bwd(logits, targets, lse, dlogp, dlogits, v))
-BAGEL_BOTH(bagel_rmsnorm_fwd, A_NORM_F, bagel_rmsnorm_fwd(x, w, y, rstd, h, eps))
-BAGEL_BOTH(bagel_rmsnorm_bwd, A_NORM_B, bagel_rmsnorm_bwd(x, w, rstd, dy, dx, dwp, h))
-BAGEL_BOTH(bagel_swiglu_fwd, A_GLU_F, bagel_swiglu_fwd(a, b, h, n))
-BAGEL_BOTH(bagel_swiglu_bwd, A_GLU_B, bagel_swiglu_bwd(a, b, dh, da, db, n))
-BAGEL_BOTH(bagel_rope_fwd, A_ROPE_F, bagel_rope_fwd(x, cs, sn, y, S, H, D, n))
-BAGEL_BOTH(bagel_rope_bwd, A_ROPE_B, bagel_rope_bwd(dy, cs, sn, dx, S, H, D, n))
+#define A_NORM_F(T) (const float* x, const float* w, T* y, float* rstd, const unsigned* prm)
+#define A_NORM_B(T) (const float* x, const float* w, const float* rstd, const T* dy, float* dx, float* dwp, const unsigned* prm)
+#define A_GLU_F(T) (const T* a, const T* b, T* h, const unsigned* prm)
+#define A_GLU_B(T) (const T* a, const T* b, const T* dh, T* da, T* db, const unsigned* prm)
+#define A_ROPE_F(T) (const T* x, const float* cs, const float* sn, T* y, const unsigned* prm)
+#define A_ROPE_B(T) (const T* dy, const float* cs, const float* sn, T* dx, const unsigned* prm)
+#define A_LOGP_F(T) (const T* logits, const int* targets, float* logp, float* lse, const unsigned* prm)
+#define A_LOGP_B(T) (const T* logits, const int* targets, const float* lse, const float* dlogp, T* dlogits, const unsigned* prm)
+BAGEL_BOTH(bagel_rmsnorm_fwd, A_NORM_F, bagel_rmsnorm_fwd(x, w, y, rstd, prm))
+BAGEL_BOTH(bagel_rmsnorm_bwd, A_NORM_B, bagel_rmsnorm_bwd(x, w, rstd, dy, dx, dwp, prm))
+BAGEL_BOTH(bagel_swiglu_fwd, A_GLU_F, bagel_swiglu_fwd(a, b, h, prm))
+BAGEL_BOTH(bagel_swiglu_bwd, A_GLU_B, bagel_swiglu_bwd(a, b, dh, da, db, prm))
+BAGEL_BOTH(bagel_rope_fwd, A_ROPE_F, bagel_rope_fwd(x, cs, sn, y, prm))
+BAGEL_BOTH(bagel_rope_bwd, A_ROPE_B, bagel_rope_bwd(dy, cs, sn, dx, prm))
+BAGEL_BOTH(bagel_token_logp_fwd, A_LOGP_F, bagel_token_logp_fwd(logits, targets, logp, lse, prm))
+BAGEL_BOTH(bagel_token_logp_bwd, A_LOGP_B, bagel_token_logp_bwd(logits, targets, lse, dlogp, dlogits, prm))
 "#;
 
 /// A custom op with `N` differentiable inputs (float primitives of [`Inner`]) and one
@@ -221,13 +257,25 @@ fn constant<B: Backend, const D: usize>(kind: Kind, t: Tensor<B, D>) -> Prim {
     burn_cubecl::kernel::into_contiguous(p)
 }
 
-/// Blocks of [`BLOCK`] threads for a grid-stride loop over `n` elements.
+/// Blocks of [`BLOCK`] threads for a grid-stride loop over `n` elements (at most 2¹⁶).
 fn grid(n: usize) -> u32 {
     n.div_ceil(BLOCK as usize).clamp(1, 1 << 16) as u32
 }
 
 /// Threads per block.
 const BLOCK: u32 = 256;
+
+/// Column sums of `a` [rows, h] (f32) as a tensor of `shape` (h elements): per-chunk
+/// partial sums of 256 rows, then their sum, in a fixed order (deterministic).
+fn column_sums(a: &Prim, rows: usize, h: usize, shape: Shape) -> Prim {
+    const PER: usize = 256;
+    let chunks = rows.div_ceil(PER).max(1);
+    let part = empty(a, vec![chunks, h], DType::F32);
+    let out = empty(a, shape, DType::F32);
+    cube::launch("bagel_colsum_partial", (h.div_ceil(32) as u32, chunks as u32), 256, &[a, &part], &[rows as u32, h as u32, PER as u32]);
+    cube::launch("bagel_colsum_final", (h.div_ceil(256) as u32, 1), 256, &[&part, &out], &[chunks as u32, h as u32]);
+    out
+}
 
 /// `t` contiguous and of dtype `dt` (a cast only if it differs).
 fn as_dtype(t: Prim, dt: DType) -> Prim {
@@ -259,12 +307,8 @@ impl Fused<2> for RmsNorm {
         let rows = shape.num_elements() / h;
         let y = empty(&x, shape.clone(), self.out);
         let rstd = empty(&x, vec![rows], DType::F32);
-        on_stream("RMSNorm", &[&x, &w, &y, &rstd], |blas, p| {
-            let [mut px, mut pw, mut py, mut pr] = <[u64; 4]>::try_from(p).expect("4 tensors");
-            let f = blas.kernels().rmsnorm_fwd[variant(self.out)];
-            let (mut hh, mut eps) = (h as i32, self.eps);
-            unsafe { blas.launch("RMSNorm", f, rows as u32, BLOCK, &mut args![px, pw, py, pr, hh, eps]) };
-        });
+        let name = ["bagel_rmsnorm_fwd_bf16", "bagel_rmsnorm_fwd_f32"][variant(self.out)];
+        cube::launch(name, (rows as u32, 1), BLOCK, &[&x, &w, &y, &rstd], &[h as u32, self.eps.to_bits()]);
         (y, (x, w, rstd))
     }
 
@@ -275,20 +319,9 @@ impl Fused<2> for RmsNorm {
         let rows = shape.num_elements() / h;
         let dx = empty(&x, shape.clone(), DType::F32);
         let dwp = empty(&x, vec![rows, h], DType::F32);
-        let ones = empty(&x, vec![rows], DType::F32);
-        let dw = empty(&x, w.shape(), DType::F32);
-        on_stream("RMSNorm backward", &[&x, &w, &rstd, &dy, &dx, &dwp, &ones, &dw], |blas, p| {
-            let [mut px, mut pw, mut pr, mut pdy, mut pdx, mut pdwp, mut po, pdw] = <[u64; 8]>::try_from(p).expect("8 tensors");
-            let k = blas.kernels();
-            let (fb, fill) = (k.rmsnorm_bwd[variant(self.out)], k.fill);
-            let (mut hh, mut one, mut n) = (h as i32, 1f32, rows as u64);
-            unsafe {
-                blas.launch("RMSNorm backward", fb, rows as u32, BLOCK, &mut args![px, pw, pr, pdy, pdx, pdwp, hh]);
-                blas.launch("fill", fill, grid(rows), BLOCK, &mut args![po, one, n]);
-                // dw = 1ᵀ · dwp: the column sums of [rows, h], one GEMM.
-                blas.gemm((DType::F32, DType::F32), (false, false), (1, h, rows), 1, (po, pdwp, pdw), 1.0);
-            }
-        });
+        let name = ["bagel_rmsnorm_bwd_bf16", "bagel_rmsnorm_bwd_f32"][variant(self.out)];
+        cube::launch(name, (rows as u32, 1), BLOCK, &[&x, &w, &rstd, &dy, &dx, &dwp], &[h as u32]);
+        let dw = column_sums(&dwp, rows, h, w.shape());
         [dx, dw]
     }
 }
@@ -305,12 +338,8 @@ impl Fused<2> for SwiGlu {
         let (a, b) = (as_dtype(a, dt), as_dtype(b, dt));
         let n = a.shape().num_elements();
         let y = empty(&a, a.shape(), dt);
-        on_stream("SwiGLU", &[&a, &b, &y], |blas, p| {
-            let [mut pa, mut pb, mut py] = <[u64; 3]>::try_from(p).expect("3 tensors");
-            let f = blas.kernels().swiglu_fwd[variant(dt)];
-            let mut n64 = n as u64;
-            unsafe { blas.launch("SwiGLU", f, grid(n), BLOCK, &mut args![pa, pb, py, n64]) };
-        });
+        let name = ["bagel_swiglu_fwd_bf16", "bagel_swiglu_fwd_f32"][variant(dt)];
+        cube::launch(name, (grid(n), 1), BLOCK, &[&a, &b, &y], &cube::words(n));
         (y, (a, b))
     }
 
@@ -319,12 +348,8 @@ impl Fused<2> for SwiGlu {
         let dy = as_dtype(dy, dt);
         let n = a.shape().num_elements();
         let (da, db) = (empty(&a, a.shape(), dt), empty(&a, a.shape(), dt));
-        on_stream("SwiGLU backward", &[&a, &b, &dy, &da, &db], |blas, p| {
-            let [mut pa, mut pb, mut pdy, mut pda, mut pdb] = <[u64; 5]>::try_from(p).expect("5 tensors");
-            let f = blas.kernels().swiglu_bwd[variant(dt)];
-            let mut n64 = n as u64;
-            unsafe { blas.launch("SwiGLU backward", f, grid(n), BLOCK, &mut args![pa, pb, pdy, pda, pdb, n64]) };
-        });
+        let name = ["bagel_swiglu_bwd_bf16", "bagel_swiglu_bwd_f32"][variant(dt)];
+        cube::launch(name, (grid(n), 1), BLOCK, &[&a, &b, &dy, &da, &db], &cube::words(n));
         [da, db]
     }
 }
@@ -340,17 +365,12 @@ struct Rope {
 impl Rope {
     /// Launch the forward (`bwd` false) or backward kernel from `src` to `dst` for the
     /// [B, S, H, D] side's shape `bshd`.
-    fn launch(&self, what: &str, bwd: bool, src: &Prim, dst: &Prim, bshd: [usize; 4]) {
+    fn launch(&self, bwd: bool, src: &Prim, dst: &Prim, bshd: [usize; 4]) {
         let [_, s, h, d] = bshd;
         let n: usize = bshd.iter().product();
-        let dt = src.dtype;
-        on_stream(what, &[src, &self.cos, &self.sin, dst], |blas, p| {
-            let [mut px, mut pc, mut ps, mut py] = <[u64; 4]>::try_from(p).expect("4 tensors");
-            let k = blas.kernels();
-            let f = if bwd { k.rope_bwd[variant(dt)] } else { k.rope_fwd[variant(dt)] };
-            let (mut s, mut h, mut d, mut n64) = (s as i32, h as i32, d as i32, n as u64);
-            unsafe { blas.launch(what, f, grid(n), BLOCK, &mut args![px, pc, ps, py, s, h, d, n64]) };
-        });
+        let names = if bwd { ["bagel_rope_bwd_bf16", "bagel_rope_bwd_f32"] } else { ["bagel_rope_fwd_bf16", "bagel_rope_fwd_f32"] };
+        let [lo, hi] = cube::words(n);
+        cube::launch(names[variant(src.dtype)], (grid(n), 1), BLOCK, &[src, &self.cos, &self.sin, dst], &[s as u32, h as u32, d as u32, lo, hi]);
     }
 }
 
@@ -364,7 +384,7 @@ impl Fused<1> for Rope {
         let sh = x.shape();
         let bshd = [sh[0], sh[1], sh[2], sh[3]];
         let y = empty(&x, vec![bshd[0], bshd[2], bshd[1], bshd[3]], dt);
-        self.launch("RoPE", false, &x, &y, bshd);
+        self.launch(false, &x, &y, bshd);
         (y, bshd)
     }
 
@@ -372,7 +392,7 @@ impl Fused<1> for Rope {
         let dt = dy.dtype;
         let dy = as_dtype(dy, dt);
         let dx = empty(&dy, bshd.to_vec(), dt);
-        self.launch("RoPE backward", true, &dy, &dx, bshd);
+        self.launch(true, &dy, &dx, bshd);
         [dx]
     }
 }
@@ -398,12 +418,8 @@ impl Fused<1> for TokenLogp {
         let sh = logits.shape();
         let (b, s, v) = (sh[0], sh[1], sh[2]);
         let (logp, lse) = (empty(&logits, vec![b, s], DType::F32), empty(&logits, vec![b, s], DType::F32));
-        on_stream("token log-probabilities", &[&logits, &self.targets, &logp, &lse], |blas, p| {
-            let [mut pl, mut pt, mut po, mut pse] = <[u64; 4]>::try_from(p).expect("4 tensors");
-            let f = blas.kernels().token_logp_fwd[variant(dt)];
-            let mut vv = v as i32;
-            unsafe { blas.launch("token log-probabilities", f, (b * s) as u32, 1024, &mut args![pl, pt, po, pse, vv]) };
-        });
+        let name = ["bagel_token_logp_fwd_bf16", "bagel_token_logp_fwd_f32"][variant(dt)];
+        cube::launch(name, ((b * s) as u32, 1), 1024, &[&logits, &self.targets, &logp, &lse], &[v as u32]);
         (logp, (logits, lse))
     }
 
@@ -413,12 +429,8 @@ impl Fused<1> for TokenLogp {
         let sh = logits.shape();
         let (rows, v) = (sh[0] * sh[1], sh[2]);
         let dl = empty(&logits, sh.clone(), dt);
-        on_stream("token log-probabilities backward", &[&logits, &self.targets, &lse, &dy, &dl], |blas, p| {
-            let [mut pl, mut pt, mut pse, mut pdy, mut pdl] = <[u64; 5]>::try_from(p).expect("5 tensors");
-            let f = blas.kernels().token_logp_bwd[variant(dt)];
-            let mut vv = v as i32;
-            unsafe { blas.launch("token log-probabilities backward", f, rows as u32, 1024, &mut args![pl, pt, pse, pdy, pdl, vv]) };
-        });
+        let name = ["bagel_token_logp_bwd_bf16", "bagel_token_logp_bwd_f32"][variant(dt)];
+        cube::launch(name, (rows as u32, 1), 1024, &[&logits, &self.targets, &lse, &dy, &dl], &[v as u32]);
         [dl]
     }
 }

@@ -10,17 +10,20 @@
 //! `dW = dyᵀ · x` [N, K]), and attention's batched products. `cublasGemmEx` /
 //! `cublasGemmStridedBatchedEx`: bf16 or f32 operands, f32 accumulation
 //! (`CUBLAS_COMPUTE_32F`, no TF32, as PyTorch's default). The element-wise ops are CUDA C
-//! kernels (one source, compiled by NVRTC at first use on a thread, a few hundred ms)
-//! that do their arithmetic in f32 whatever the storage dtype; each op is one autodiff
-//! node that keeps only what its backward needs.
+//! kernels that do their arithmetic in f32 whatever the storage dtype; each op is one
+//! autodiff node that keeps only what its backward needs.
 //!
 //! Ordering: CubeCL launches on its own non-blocking streams, which this module cannot
-//! see through burn 0.21's API. Each op therefore waits for the client's queued work
-//! (`ComputeClient::sync`), queues its GEMMs and kernels on a stream of its own, and
-//! waits for that stream before it returns, so every kernel CubeCL queues afterwards sees
-//! the result ([`on_stream`]): two host waits per op. `ComputeClient::sync` waits for the
-//! calling thread's CubeCL stream only: operands must come from this thread (the trainer
-//! runs its model on one thread).
+//! see through burn 0.21's API. Kernels without a library call (the fused element-wise
+//! ops, AdamW) are therefore handed to CubeCL itself as externally compiled kernels
+//! ([`cube`]): CubeCL compiles them with NVRTC, caches their PTX and queues them in order
+//! with its own work, with no host wait. Ops that call cuBLAS (the linear layers,
+//! attention) wait for the client's queued work (`ComputeClient::sync`), queue their GEMMs
+//! and kernels on a stream of their own, and wait for that stream before they return, so
+//! every kernel CubeCL queues afterwards sees the result ([`on_stream`]): two host waits
+//! per op, measured in [`Stats`]. `ComputeClient::sync` waits for the calling thread's
+//! CubeCL stream only: operands must come from this thread (the trainer runs its model on
+//! one thread).
 //!
 //! Dispatch: the entry points ([`matmul`], [`attention`], [`rms_norm`], [`rope`],
 //! [`swiglu`], [`token_logps`], [`adamw_step`]) are called from the backend-generic model
@@ -76,6 +79,8 @@ pub struct Stats {
     pub attention_calls: u64,
     /// Parameter updates by the fused AdamW kernel.
     pub adamw_steps: u64,
+    /// Element-wise kernels (fused ops, AdamW) queued on CubeCL's stream.
+    pub kernel_launches: u64,
     /// Seconds spent on this module's stream (launch to completion, host clock).
     pub seconds: f64,
     /// Ops run ([`on_stream`] sessions: two host waits each).
@@ -92,6 +97,7 @@ pub fn stats() -> Stats {
         gemms: GEMMS.load(Ordering::Relaxed),
         attention_calls: attention::CALLS.load(Ordering::Relaxed),
         adamw_steps: ADAMW_STEPS.load(Ordering::Relaxed),
+        kernel_launches: cube::LAUNCHES.load(Ordering::Relaxed),
         seconds: STREAM_NS.load(Ordering::Relaxed) as f64 * 1e-9,
         sessions: SESSIONS.load(Ordering::Relaxed),
         sync_seconds: SYNC_NS.load(Ordering::Relaxed) as f64 * 1e-9,
@@ -106,6 +112,7 @@ macro_rules! args {
 }
 
 mod attention;
+mod cube;
 mod fused;
 pub(crate) use attention::attention;
 pub(crate) use fused::{rms_norm, rope, swiglu, token_logps};
@@ -140,49 +147,27 @@ struct Blas {
     kernels: Option<Kernels>,
 }
 
-/// The CUDA C kernels of this module ([`ADAMW_SRC`], [`attention::SRC`], [`fused::SRC`]), compiled by NVRTC
-/// as one module at first use on a thread.
+/// The kernels launched inside [`on_stream`] sessions ([`attention::SRC`] after
+/// [`attention::COMMON`]), compiled by NVRTC at first use on a thread.
 struct Kernels {
-    adamw: cu::CUfunction,
     /// Attention softmax forward / backward, for bf16 and for f32 operands.
     softmax_fwd: [cu::CUfunction; 2],
     softmax_bwd: [cu::CUfunction; 2],
-    /// The fused element-wise ops ([`fused`]), bf16 and f32 each.
-    rmsnorm_fwd: [cu::CUfunction; 2],
-    rmsnorm_bwd: [cu::CUfunction; 2],
-    swiglu_fwd: [cu::CUfunction; 2],
-    swiglu_bwd: [cu::CUfunction; 2],
-    rope_fwd: [cu::CUfunction; 2],
-    rope_bwd: [cu::CUfunction; 2],
-    token_logp_fwd: [cu::CUfunction; 2],
-    token_logp_bwd: [cu::CUfunction; 2],
-    /// Fill an f32 buffer with one value.
-    fill: cu::CUfunction,
 }
 
 impl Blas {
     /// The compiled kernels (NVRTC on first call, a few hundred ms).
     fn kernels(&mut self) -> &Kernels {
         self.kernels.get_or_insert_with(|| {
-            let src = format!("{}\n{}\n{}", ADAMW_SRC, attention::SRC, fused::SRC);
+            let src = format!("{}\n{}", attention::COMMON, attention::SRC);
             let ptx = cudarc::nvrtc::compile_ptx(src).unwrap_or_else(|e| panic!("NVRTC: bagel kernels: {e:?}"));
             let ptx = std::ffi::CString::new(ptx.to_src()).expect("PTX has no NUL");
             unsafe {
                 let module = cudarc::driver::result::module::load_data(ptx.as_ptr() as *const _).expect("load the bagel kernel module");
                 let f = |name: &str| cudarc::driver::result::module::get_function(module, std::ffi::CString::new(name).unwrap()).unwrap_or_else(|e| panic!("kernel {name}: {e:?}"));
                 Kernels {
-                    adamw: f("bagel_adamw"),
                     softmax_fwd: [f("bagel_attn_softmax_fwd_bf16"), f("bagel_attn_softmax_fwd_f32")],
                     softmax_bwd: [f("bagel_attn_softmax_bwd_bf16"), f("bagel_attn_softmax_bwd_f32")],
-                    rmsnorm_fwd: [f("bagel_rmsnorm_fwd_bf16"), f("bagel_rmsnorm_fwd_f32")],
-                    rmsnorm_bwd: [f("bagel_rmsnorm_bwd_bf16"), f("bagel_rmsnorm_bwd_f32")],
-                    swiglu_fwd: [f("bagel_swiglu_fwd_bf16"), f("bagel_swiglu_fwd_f32")],
-                    swiglu_bwd: [f("bagel_swiglu_bwd_bf16"), f("bagel_swiglu_bwd_f32")],
-                    rope_fwd: [f("bagel_rope_fwd_bf16"), f("bagel_rope_fwd_f32")],
-                    rope_bwd: [f("bagel_rope_bwd_bf16"), f("bagel_rope_bwd_f32")],
-                    token_logp_fwd: [f("bagel_token_logp_fwd_bf16"), f("bagel_token_logp_fwd_f32")],
-                    token_logp_bwd: [f("bagel_token_logp_bwd_bf16"), f("bagel_token_logp_bwd_f32")],
-                    fill: f("bagel_fill_f32"),
                 }
             }
         })
@@ -484,7 +469,11 @@ pub(crate) fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D
 const ADAMW_SRC: &str = r#"
 extern "C" __global__ void bagel_adamw(float* __restrict__ p_out, float* __restrict__ m_out, float* __restrict__ v_out,
     const float* __restrict__ p, const float* __restrict__ g, const float* __restrict__ m, const float* __restrict__ v,
-    unsigned long long n, int first, float lr, float b1, float b2, float eps, float decay, float bc1, float bc2) {
+    const unsigned* __restrict__ prm) {
+  const unsigned long long n = (unsigned long long)prm[0] | ((unsigned long long)prm[1] << 32);
+  const int first = (int)prm[2];
+  const float lr = __uint_as_float(prm[3]), b1 = __uint_as_float(prm[4]), b2 = __uint_as_float(prm[5]), eps = __uint_as_float(prm[6]);
+  const float decay = __uint_as_float(prm[7]), bc1 = __uint_as_float(prm[8]), bc2 = __uint_as_float(prm[9]);
   for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
        i += (unsigned long long)blockDim.x * gridDim.x) {
     float gi = g[i];
@@ -527,23 +516,15 @@ pub(crate) fn adamw_step<B: Backend, const D: usize>(
     let new = || empty(&p, shape.clone(), DType::F32);
     let (p_out, m_out, v_out) = (new(), new(), new());
     if n > 0 {
-        let tensors: Vec<&Prim> = [&p_out, &m_out, &v_out, &p, &g].into_iter().chain(moments.iter().flat_map(|(m, v)| [m, v])).collect();
-        on_stream("fused AdamW", &tensors, |blas, ptr| {
-            let ptr = |i: usize| ptr.get(i).copied().unwrap_or(0);
-            let (mut po, mut mo, mut vo, mut pi, mut gi) = (ptr(0), ptr(1), ptr(2), ptr(3), ptr(4));
-            let (mut mi, mut vi) = (ptr(5), ptr(6));
-            let mut n64 = n as u64;
-            let mut first: i32 = moments.is_none().into();
-            let decay_rate = lr * opt.weight_decay as f64;
-            let (mut lr32, mut b1, mut b2, mut eps) = (lr as f32, opt.beta_1, opt.beta_2, opt.epsilon);
-            let mut decay = (1.0 - decay_rate) as f32;
-            let mut bc1 = 1f32 - opt.beta_1.powi(time as i32);
-            let mut bc2 = 1f32 - opt.beta_2.powi(time as i32);
-            let f = blas.kernels().adamw;
-            let mut params = args![po, mo, vo, pi, gi, mi, vi, n64, first, lr32, b1, b2, eps, decay, bc1, bc2];
-            let blocks = n.div_ceil(256).min(1 << 16) as u32;
-            unsafe { blas.launch("fused AdamW", f, blocks, 256, &mut params) };
-        });
+        // Without moments yet (`first`), p stands in for them: the kernel does not read them.
+        let (m, v) = moments.as_ref().map_or((&p, &p), |(m, v)| (m, v));
+        let decay_rate = lr * opt.weight_decay as f64;
+        let bc = |beta: f32| 1f32 - beta.powi(time as i32);
+        let [lo, hi] = cube::words(n);
+        let f = |x: f32| x.to_bits();
+        #[rustfmt::skip]
+        let params = [lo, hi, moments.is_none() as u32, f(lr as f32), f(opt.beta_1), f(opt.beta_2), f(opt.epsilon), f((1.0 - decay_rate) as f32), f(bc(opt.beta_1)), f(bc(opt.beta_2))];
+        cube::launch("bagel_adamw", (n.div_ceil(256).min(1 << 16) as u32, 1), 256, &[&p_out, &m_out, &v_out, &p, &g, m, v], &params);
         ADAMW_STEPS.fetch_add(1, Ordering::Relaxed);
     }
     let momentum = AdaptiveMomentumState { time, moment_1: back(m_out), moment_2: back(v_out), max_moment_2: None };

@@ -1,0 +1,88 @@
+//! Launching this module's element-wise CUDA C kernels ([`super::fused`], the fused AdamW)
+//! on CubeCL's own stream, as "externally compiled kernels" (CubeCL's
+//! `MetadataBindingInfo::custom`): CubeCL compiles the source with NVRTC (its options, its
+//! PTX cache on disk) and launches the kernel in order with its own work, so these ops
+//! need no host wait, where a [`super::on_stream`] session costs two.
+//!
+//! A kernel's parameters are the buffers of the tensors passed to [`launch`], in order,
+//! then a device copy of its 32-bit scalar words (`const unsigned* prm`; floats by their
+//! bits). No CubeCL metadata is passed (the info block is empty), so the kernel
+//! signature is exactly that.
+use super::*;
+use burn_cubecl::cubecl::cuda::CudaCompiler;
+use burn_cubecl::cubecl::prelude::{AddressType, CompiledKernel, CubeCount, CubeDim, ExecutionMode, KernelDefinition, KernelId, KernelMetadata, KernelOptions, Scope, StorageType};
+use burn_cubecl::cubecl::server::{KernelArguments, MetadataBindingInfo};
+use burn_cubecl::cubecl::{CompilationError, Compiler, CubeTask};
+use std::sync::LazyLock;
+
+/// The source CubeCL compiles: the shared helpers, the fused ops' kernels and AdamW.
+static SOURCE: LazyLock<String> = LazyLock::new(|| format!("{}\n{}\n{}", attention::COMMON, fused::SRC, ADAMW_SRC));
+
+/// FNV-1a of [`SOURCE`]: part of every kernel id, so CubeCL's on-disk PTX cache never
+/// serves a kernel compiled from an older source.
+static SOURCE_HASH: LazyLock<u64> = LazyLock::new(|| SOURCE.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)));
+
+/// Marker type of the kernel ids.
+struct BagelKernel;
+
+/// One kernel of [`SOURCE`], by entry-point name, with its block size.
+struct Task {
+    name: &'static str,
+    block: u32,
+}
+
+impl KernelMetadata for Task {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn id(&self) -> KernelId {
+        KernelId::new::<BagelKernel>().info((self.name, *SOURCE_HASH)).cube_dim(CubeDim::new_1d(self.block))
+    }
+
+    fn address_type(&self) -> StorageType {
+        AddressType::U32.unsigned_type()
+    }
+}
+
+impl CubeTask<CudaCompiler> for Task {
+    /// CubeCL wants its own representation beside the source (it reads the kernel's
+    /// shared-memory size from it): that of an empty kernel (no dynamic shared memory;
+    /// these kernels declare theirs statically), with this module's source and entry point.
+    fn compile(
+        &self,
+        compiler: &mut CudaCompiler,
+        options: &<CudaCompiler as Compiler>::CompilationOptions,
+        mode: ExecutionMode,
+        address_type: StorageType,
+    ) -> Result<CompiledKernel<CudaCompiler>, CompilationError> {
+        let cube_dim = CubeDim::new_1d(self.block);
+        let empty = KernelDefinition { buffers: vec![], tensor_maps: vec![], scalars: vec![], cube_dim, body: Scope::root(false), options: KernelOptions::default() };
+        let repr = compiler.compile(empty, options, mode, address_type)?;
+        Ok(CompiledKernel { entrypoint_name: self.name.to_string(), debug_name: None, source: SOURCE.clone(), repr: Some(repr), cube_dim, debug_info: None })
+    }
+}
+
+/// Queue kernel `name` of [`SOURCE`] on CubeCL's stream of the tensors' client: a grid of
+/// `grid` blocks of `block` threads (1-D blocks); arguments: the tensors' buffers in order,
+/// then the scalar words `params`. CubeCL orders it after the work that wrote the tensors
+/// and before the work that reads its outputs, as any of its own kernels.
+pub(super) fn launch(name: &'static str, grid: (u32, u32), block: u32, tensors: &[&Prim], params: &[u32]) {
+    let client = &tensors.first().expect("a kernel reads or writes a tensor").client;
+    let bytes: Vec<u8> = params.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let params = client.create_from_slice(&bytes);
+    let mut buffers: Vec<_> = tensors.iter().map(|t| t.handle.clone().binding()).collect();
+    buffers.push(params.binding());
+    let args = KernelArguments { buffers, info: MetadataBindingInfo::custom(vec![]), tensor_maps: vec![] };
+    client.launch(Box::new(Task { name, block }), CubeCount::Static(grid.0, grid.1, 1), args);
+    LAUNCHES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Kernels launched by [`launch`] since the process started.
+pub(super) static LAUNCHES: AtomicU64 = AtomicU64::new(0);
+
+/// The two 32-bit words of `n` (low first), for kernels that take a 64-bit count.
+pub(super) fn words(n: usize) -> [u32; 2] {
+    let n = n as u64;
+    [n as u32, (n >> 32) as u32]
+}
