@@ -14,7 +14,7 @@
 # burn-bf16-burnmm: bagel with BAGEL_CUBLAS=0, i.e. burn's own matmul kernels for the
 # linear layers), LIMIT (seconds per run, 240), OUT_DIR (bench-out).
 #
-# bagel's matrix products call cuBLAS (host/train/src/cuda_ops.rs), loaded at run time: when
+# bagel's matrix products call cuBLAS (host/train/src/cuda_ops/), loaded at run time: when
 # the loader does not know libcublas.so, this script adds the CUDA toolkit's or PyTorch's
 # copy to LD_LIBRARY_PATH.
 set -uo pipefail

@@ -70,8 +70,9 @@ pub struct StepBenchReport {
     pub cublas_gemms_per_step: f64,
     /// Fused attention calls per timed step (one per layer on the CUDA backend; 0 elsewhere).
     pub fused_attention_per_step: f64,
-    /// Seconds per timed step spent on the custom CUDA ops' stream (GEMMs, fused attention,
-    /// fused AdamW; launch to completion, host clock).
+    /// Seconds per timed step spent on the custom CUDA ops' own stream (the ops that call
+    /// cuBLAS: linear layers and attention; launch to completion, host clock). The fused
+    /// element-wise kernels and AdamW run on CubeCL's stream and are not in it.
     pub cuda_ops_s_per_step: f64,
     /// Custom CUDA ops per timed step (each waits for CubeCL's queue, then for its stream).
     pub cuda_ops_per_step: f64,

@@ -138,11 +138,14 @@ impl<B: Backend> Llama<B> {
     /// Switch bf16 mixed precision on or off. On: the f32 parameters are cast to bf16 where
     /// they are used (the cast's backward casts gradients back to f32), matmuls, RoPE,
     /// SwiGLU and the residual branches run in bf16, while RMSNorm statistics, the
-    /// residual stream, the attention softmax and the logits stay f32, as under PyTorch
-    /// autocast (its f32 list has softmax and the norms). One difference from HF Llama
-    /// under autocast: there RoPE is computed in f32 (f32 cos/sin promote the bf16 q/k);
-    /// here the cos/sin tables are cast to bf16, which costs precision at long positions. Micikevicius et al. 2018, "Mixed
-    /// Precision Training"; bf16 needs no loss scaling (Kalamkar et al. 2019). Off: all f32.
+    /// residual stream, the attention softmax and the log-softmax of the loss are computed
+    /// in f32, as under PyTorch autocast (its f32 list has softmax and the norms).
+    /// Micikevicius et al. 2018, "Mixed Precision Training"; bf16 needs no loss scaling
+    /// (Kalamkar et al. 2019). On this crate's CUDA backends the fused kernels
+    /// (`crate::cuda_ops`) read bf16 and compute in f32, RoPE with f32 tables as HF Llama
+    /// does under autocast, and the loss reads the bf16 logits without an f32 copy. On the
+    /// composed path the cos/sin tables are cast to bf16, which costs precision at long
+    /// positions, and the logits are cast to f32 before the log-softmax. Off: all f32.
     pub fn with_bf16(mut self, on: bool) -> Self {
         self.bf16 = on;
         self

@@ -22,8 +22,9 @@
 //! dtype; dv = Pᵀ·dO, dq = dS·k, dk = dSᵀ·q (each a strided-batched GEMM).
 //!
 //! Unlike FlashAttention the S and dP tiles are not kept on chip: each layer's forward
-//! writes and reads one [B·H, S, S] f32 matrix and its backward two, freed when the op
-//! returns, so the memory the model keeps per layer is that of q, k, v and L. The GEMMs
+//! writes and reads one [B·H, S, S] f32 matrix (S) and one in the operands' dtype (P), its
+//! backward two f32 ones (S, dP) and two in the operands' dtype (P, dS), all freed when the
+//! op returns, so the memory the model keeps per layer is that of q, k, v and L. The GEMMs
 //! compute the masked upper triangle too (cuBLAS has no causal GEMM): 2× the FLOPs of a
 //! causal kernel, at cuBLAS's rate.
 use super::*;

@@ -6,8 +6,9 @@
 //!
 //! A kernel's parameters are the buffers of the tensors passed to [`launch`], in order,
 //! then a device copy of its 32-bit scalar words (`const unsigned* prm`; floats by their
-//! bits). No CubeCL metadata is passed (the info block is empty), so the kernel
-//! signature is exactly that.
+//! bits). No CubeCL metadata is passed (the info block is empty); where the device takes
+//! grid constants CubeCL still appends a pointer to that empty block, which the kernel does
+//! not declare and `cuLaunchKernel` therefore ignores.
 use super::*;
 use burn_cubecl::cubecl::cuda::CudaCompiler;
 use burn_cubecl::cubecl::prelude::{AddressType, CompiledKernel, CubeCount, CubeDim, ExecutionMode, KernelDefinition, KernelId, KernelMetadata, KernelOptions, Scope, StorageType};

@@ -1,5 +1,6 @@
 //! Fused element-wise ops of the Llama block on the CUDA backend: RMSNorm, SwiGLU, RoPE and
-//! the target log-probabilities, each one kernel forward and one backward (issue 7,
+//! the target log-probabilities, each one kernel forward and one backward, and the sum of
+//! squares of gradient clipping (issue 7,
 //! "fused RMSNorm/RoPE/SwiGLU, a chunked cross-entropy"), queued on CubeCL's own stream
 //! ([`super::cube`]), and the autodiff harness ([`Fused`]) they and [`super::attention`]
 //! share.
@@ -172,6 +173,27 @@ __device__ void bagel_token_logp_bwd(const T* __restrict__ logits, const int* __
   const float g = (t >= 0 && t < v) ? dlogp[row] : 0.0f, L = lse[row];
   for (int c = threadIdx.x; c < v; c += blockDim.x) bagel_store(dr + c, g * ((c == t ? 1.0f : 0.0f) - expf(bagel_load(lr + c) - L)));
 }
+/* Sum of squares: part[block] = sum of x^2 over the block's grid-stride share (f32); then out[0] = sum of the parts. prm: n (2 words) / parts. */
+template <typename T>
+__device__ void bagel_sumsq(const T* __restrict__ x, float* __restrict__ part, const unsigned* __restrict__ prm) {
+  __shared__ float sh[32];
+  const unsigned long long n = bagel_u64(prm, 0);
+  float s = 0.0f;
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n; i += (unsigned long long)blockDim.x * gridDim.x) {
+    const float v = bagel_load(x + i);
+    s += v * v;
+  }
+  s = bagel_block_sum(s, sh);
+  if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+extern "C" __global__ void bagel_sum_f32(const float* __restrict__ part, float* __restrict__ out, const unsigned* __restrict__ prm) {
+  __shared__ float sh[32];
+  const unsigned n = prm[0];
+  float s = 0.0f;
+  for (unsigned i = threadIdx.x; i < n; i += blockDim.x) s += part[i];
+  s = bagel_block_sum(s, sh);
+  if (threadIdx.x == 0) out[0] = s;
+}
 #define BAGEL_BOTH(name, args, call) \
   extern "C" __global__ void name##_bf16 args(unsigned short) { call; } \
   extern "C" __global__ void name##_f32 args(float) { call; }
@@ -183,6 +205,8 @@ __device__ void bagel_token_logp_bwd(const T* __restrict__ logits, const int* __
 #define A_ROPE_B(T) (const T* dy, const float* cs, const float* sn, T* dx, const unsigned* prm)
 #define A_LOGP_F(T) (const T* logits, const int* targets, float* logp, float* lse, const unsigned* prm)
 #define A_LOGP_B(T) (const T* logits, const int* targets, const float* lse, const float* dlogp, T* dlogits, const unsigned* prm)
+#define A_SUMSQ(T) (const T* x, float* part, const unsigned* prm)
+BAGEL_BOTH(bagel_sumsq, A_SUMSQ, bagel_sumsq(x, part, prm))
 BAGEL_BOTH(bagel_rmsnorm_fwd, A_NORM_F, bagel_rmsnorm_fwd(x, w, y, rstd, prm))
 BAGEL_BOTH(bagel_rmsnorm_bwd, A_NORM_B, bagel_rmsnorm_bwd(x, w, rstd, dy, dx, dwp, prm))
 BAGEL_BOTH(bagel_swiglu_fwd, A_GLU_F, bagel_swiglu_fwd(a, b, h, prm))
@@ -375,8 +399,8 @@ impl Rope {
 }
 
 impl Fused<1> for Rope {
-    /// The input's [B, S, H, D] shape.
-    type Saved = [usize; 4];
+    /// The input's [B, S, H, D] shape and dtype (its gradient's).
+    type Saved = ([usize; 4], DType);
 
     fn forward(&self, [x]: [Prim; 1]) -> (Prim, Self::Saved) {
         let dt = x.dtype;
@@ -385,11 +409,10 @@ impl Fused<1> for Rope {
         let bshd = [sh[0], sh[1], sh[2], sh[3]];
         let y = empty(&x, vec![bshd[0], bshd[2], bshd[1], bshd[3]], dt);
         self.launch(false, &x, &y, bshd);
-        (y, bshd)
+        (y, (bshd, dt))
     }
 
-    fn backward(&self, bshd: Self::Saved, dy: Prim) -> [Prim; 1] {
-        let dt = dy.dtype;
+    fn backward(&self, (bshd, dt): Self::Saved, dy: Prim) -> [Prim; 1] {
         let dy = as_dtype(dy, dt);
         let dx = empty(&dy, bshd.to_vec(), dt);
         self.launch(true, &dy, &dx, bshd);
@@ -448,6 +471,24 @@ pub(crate) fn token_logps<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2
     Ok(run(kind, TokenLogp { targets }, [logits]))
 }
 
+/// Σ x² over all elements of `t` (bf16 or f32) as a [1] f32 tensor, for gradient clipping:
+/// one pass (block partial sums, ≤ 1024 blocks), then one block sums the partials; both
+/// on CubeCL's stream, in a fixed order. For this crate's CUDA backend without autodiff
+/// (the gradients' backend); `Err` with `t` handed back otherwise.
+pub(crate) fn sum_of_squares<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Tensor<B, 1>, Tensor<B, D>> {
+    let n = t.shape().num_elements();
+    if kind::<B>() != Some(Kind::Inference) || !float_dtype(t.dtype()) || n == 0 {
+        return Err(t);
+    }
+    let x: Prim = burn_cubecl::kernel::into_contiguous(to(t.into_primitive().tensor()));
+    let blocks = grid(n).min(1024);
+    let part = empty(&x, vec![blocks as usize], DType::F32);
+    let out = empty(&x, vec![1], DType::F32);
+    cube::launch(["bagel_sumsq_bf16", "bagel_sumsq_f32"][variant(x.dtype)], (blocks, 1), BLOCK, &[&x, &part], &cube::words(n));
+    cube::launch("bagel_sum_f32", (1, 1), BLOCK, &[&part, &out], &[blocks]);
+    Ok(Tensor::from_primitive(TensorPrimitive::Float(to::<FloatTensor<B>, _>(out))))
+}
+
 /// Whether `t` is bf16 or f32 (what the kernels take).
 fn float_dtype(t: DType) -> bool {
     matches!(t, DType::BF16 | DType::F32)
@@ -459,7 +500,9 @@ fn float_dtype(t: DType) -> bool {
 #[allow(clippy::type_complexity)]
 pub(crate) fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 1>, eps: f64, out: DType) -> Result<Tensor<B, 3>, (Tensor<B, 3>, Tensor<B, 1>)> {
     let [_, _, h] = x.dims();
-    let fits = x.dtype() == DType::F32 && w.dtype() == DType::F32 && w.dims() == [h] && h > 0 && x.shape().num_elements() > 0 && float_dtype(out);
+    let rows = x.shape().num_elements() / h.max(1);
+    // One block per row (grid x < 2³¹) and dw's column sum in chunks of 256 rows (grid y ≤ 65,535).
+    let fits = x.dtype() == DType::F32 && w.dtype() == DType::F32 && w.dims() == [h] && h > 0 && rows > 0 && rows < 1 << 31 && rows.div_ceil(256) <= 65_535 && float_dtype(out);
     let Some(kind) = kind::<B>().filter(|_| fits) else {
         return Err((x, w));
     };
@@ -589,6 +632,12 @@ mod tests {
             let gg = (pg.clone() * Tensor::<Gpu, 2>::from_data(TensorData::new(u.clone(), [2, 3]), &gpu)).sum().backward();
             errs.push(("logp", rel(&flat(pg.inner()), &flat(pc.inner()))));
             errs.push(("logp dlogits", rel(&flat(lg.grad(&gg).unwrap()), &flat(lc.grad(&gc).unwrap()))));
+            // Sum of squares (gradient clipping): 300,001 elements, more than one block's share.
+            let x = seen(&random(300_001, 62));
+            let want: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+            let xg = Tensor::<Inner, 1>::from_data(TensorData::new(x.clone(), [300_001]), &gpu).cast(dtype);
+            let got = flat(sum_of_squares(xg).ok().expect("fused sum of squares taken"))[0] as f64;
+            errs.push(("sum of squares", ((got - want) / want).abs()));
             let line: Vec<String> = errs.iter().map(|(n, e)| format!("{n} {e:.1e}")).collect();
             eprintln!("fused ops {dtype:?} vs composed (CPU): {}", line.join(", "));
             assert!(errs.iter().all(|(_, e)| *e < tol), "{dtype:?}: {errs:?} above {tol}");

@@ -1,7 +1,8 @@
 //! Custom CUDA ops for the trainer (issue 7: "custom burn ops that call NVIDIA's libraries
 //! through cudarc" and "CubeCL kernels of your own"): cuBLAS GEMMs, fused causal attention
-//! ([`attention`]), fused RMSNorm, RoPE, SwiGLU and target log-probabilities ([`fused`]),
-//! and a fused AdamW step, all on burn's own device buffers.
+//! ([`attention`]), fused RMSNorm, RoPE, SwiGLU, target log-probabilities and the sum of
+//! squares of gradient clipping ([`fused`]), and a fused AdamW step, all on burn's own
+//! device buffers.
 //!
 //! burn 0.21's CUDA matmul kernels (CubeCL) reach about 60 TFLOP/s in bf16 on an H200, a
 //! tenth of the tensor-core rate (bench/RESULTS.md, "where the step goes"). This module
@@ -26,7 +27,7 @@
 //! one thread).
 //!
 //! Dispatch: the entry points ([`matmul`], [`attention`], [`rms_norm`], [`rope`],
-//! [`swiglu`], [`token_logps`], [`adamw_step`]) are called from the backend-generic model
+//! [`swiglu`], [`token_logps`], [`sum_of_squares`], [`adamw_step`]) are called from the backend-generic model
 //! and optimizer code. They check the backend type at run time (`TypeId`, then `Any`
 //! downcasts of the primitives) and run only for the CUDA backends of this crate
 //! ([`crate::CudaBackend`], [`crate::CudaBackendCheckpointed`], [`crate::CudaInference`]);
@@ -115,7 +116,7 @@ mod attention;
 mod cube;
 mod fused;
 pub(crate) use attention::attention;
-pub(crate) use fused::{rms_norm, rope, swiglu, token_logps};
+pub(crate) use fused::{rms_norm, rope, sum_of_squares, swiglu, token_logps};
 
 /// The CUDA backend without autodiff: `CubeBackend<CudaRuntime, f32, i32, u8>`.
 type Inner = burn::backend::Cuda<f32>;
@@ -137,8 +138,8 @@ fn enabled() -> bool {
     })
 }
 
-/// Per-thread CUDA state: the cuBLAS handle, bound to a stream of its own, and this
-/// module's CUDA C kernels once compiled.
+/// Per-thread CUDA state: the cuBLAS handle, bound to a stream of its own, and the
+/// kernels launched in [`on_stream`] sessions (attention's softmax) once compiled.
 struct Blas {
     /// The device (ordinal) all of the below belong to.
     device: usize,
