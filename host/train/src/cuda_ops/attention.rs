@@ -250,7 +250,7 @@ pub(crate) fn attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<
 mod tests {
     //! Run as the GEMM tests (parent module): on the GPU machine, the test binary with
     //! `cuda_ops --nocapture`; without a device they say so and pass.
-    use super::super::tests::{bf16, random};
+    use super::super::tests::{bf16, gpu, random, rel};
     use super::*;
     use burn::tensor::{FloatDType, TensorData};
 
@@ -290,13 +290,6 @@ mod tests {
         (o, dq, dk, dv)
     }
 
-    /// ‖x − r‖₂ / ‖r‖₂.
-    fn rel(x: &[f32], r: &[f64]) -> f64 {
-        assert_eq!(x.len(), r.len());
-        let num: f64 = x.iter().zip(r).map(|(&a, &b)| (a as f64 - b).powi(2)).sum();
-        (num / r.iter().map(|b| b * b).sum::<f64>()).sqrt()
-    }
-
     /// The f64 reference against burn's CPU backend with autodiff (f32: repeat_kv,
     /// q·kᵀ/√d + mask, softmax, ·v; gradients by burn's autodiff): the reference's
     /// derivation is checked independently. Runs anywhere the `cuda` feature's tests run.
@@ -333,12 +326,8 @@ mod tests {
     /// under bf16).
     #[test]
     fn attention_matches_f64_reference() {
-        if !enabled() || cudarc::driver::CudaContext::device_count().unwrap_or(0) == 0 {
-            eprintln!("skipped: no CUDA device or no libcublas on this machine");
-            return;
-        }
+        let Some(device) = gpu() else { return };
         type Ad = Autodiff<Inner>;
-        let device = burn::backend::cuda::CudaDevice::new(0);
         let (b, h, kv, s, d) = (2, 8, 2, 300, 64);
         let (qv, kvv, vv, dov) = (random(b * h * s * d, 41), random(b * kv * s * d, 42), random(b * kv * s * d, 43), random(b * h * s * d, 44));
         for (dtype, tol) in [(FloatDType::F32, 1e-5), (FloatDType::BF16, 1e-2)] {

@@ -539,18 +539,16 @@ pub(crate) fn rope<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 2>, sin: Tensor<B
 mod tests {
     //! Run as the GEMM tests (parent module): on the GPU machine, the test binary with
     //! `cuda_ops --nocapture`; without a device they say so and pass.
-    use super::super::tests::{bf16, random};
+    use super::super::tests::{bf16, gpu, random, rel, wide};
     use super::*;
     use burn::tensor::{FloatDType, TensorData};
 
     type Cpu = Autodiff<burn::backend::NdArray<f32>>;
     type Gpu = Autodiff<Inner>;
 
-    /// ‖x − r‖₂ / ‖r‖₂.
-    fn rel(x: &[f32], r: &[f32]) -> f64 {
-        assert_eq!(x.len(), r.len());
-        let num: f64 = x.iter().zip(r).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
-        (num / r.iter().map(|&b| (b as f64).powi(2)).sum::<f64>()).sqrt()
+    /// [`rel`] against a reference given in f32.
+    fn rel32(x: &[f32], r: &[f32]) -> f64 {
+        rel(x, &wide(r))
     }
 
     fn flat<B2: Backend, const D: usize>(t: Tensor<B2, D>) -> Vec<f32> {
@@ -567,11 +565,7 @@ mod tests {
     /// incoming gradient are in the compute dtype.
     #[test]
     fn fused_ops_match_composed_burn_ops() {
-        if !enabled() || cudarc::driver::CudaContext::device_count().unwrap_or(0) == 0 {
-            eprintln!("skipped: no CUDA device or no libcublas on this machine");
-            return;
-        }
-        let gpu = burn::backend::cuda::CudaDevice::new(0);
+        let Some(gpu) = gpu() else { return };
         let cpu = Default::default();
         assert!(kind::<Gpu>() == Some(Kind::Plain));
         for (dtype, tol) in [(FloatDType::F32, 1e-5), (FloatDType::BF16, 1e-2)] {
@@ -590,9 +584,9 @@ mod tests {
             let yg = rms_norm(xg.clone(), wg.clone(), 1e-5, dt).ok().expect("fused RMSNorm taken");
             assert_eq!(yg.dtype(), dt);
             let gg = (yg.clone() * Tensor::<Gpu, 3>::from_data(TensorData::new(u.clone(), [2, 5, 96]), &gpu).cast(dtype)).cast(FloatDType::F32).sum().backward();
-            errs.push(("rmsnorm y", rel(&flat(yg.inner()), &flat(yc.inner()))));
-            errs.push(("rmsnorm dx", rel(&flat(xg.grad(&gg).unwrap()), &flat(xc.grad(&gc).unwrap()))));
-            errs.push(("rmsnorm dw", rel(&flat(wg.grad(&gg).unwrap()), &flat(wc.grad(&gc).unwrap()))));
+            errs.push(("rmsnorm y", rel32(&flat(yg.inner()), &flat(yc.inner()))));
+            errs.push(("rmsnorm dx", rel32(&flat(xg.grad(&gg).unwrap()), &flat(xc.grad(&gc).unwrap()))));
+            errs.push(("rmsnorm dw", rel32(&flat(wg.grad(&gg).unwrap()), &flat(wc.grad(&gc).unwrap()))));
             // SwiGLU: a, b [3, 4, 80].
             let (a, b, u) = (seen(&random(960, 54).iter().map(|v| 3.0 * v).collect::<Vec<_>>()), seen(&random(960, 55)), seen(&random(960, 56)));
             let t3c = |v: &[f32]| Tensor::<Cpu, 3>::from_data(TensorData::new(v.to_vec(), [3, 4, 80]), &cpu).require_grad();
@@ -603,9 +597,9 @@ mod tests {
             let (ag, bg) = (t3g(&a), t3g(&b));
             let hg = swiglu(ag.clone().cast(dtype), bg.clone().cast(dtype)).ok().expect("fused SwiGLU taken");
             let gg = (hg.clone() * t3g(&u).cast(dtype)).cast(FloatDType::F32).sum().backward();
-            errs.push(("swiglu h", rel(&flat(hg.inner()), &flat(hc.inner()))));
-            errs.push(("swiglu da", rel(&flat(ag.grad(&gg).unwrap()), &flat(ac.grad(&gc).unwrap()))));
-            errs.push(("swiglu db", rel(&flat(bg.grad(&gg).unwrap()), &flat(bc.grad(&gc).unwrap()))));
+            errs.push(("swiglu h", rel32(&flat(hg.inner()), &flat(hc.inner()))));
+            errs.push(("swiglu da", rel32(&flat(ag.grad(&gg).unwrap()), &flat(ac.grad(&gc).unwrap()))));
+            errs.push(("swiglu db", rel32(&flat(bg.grad(&gg).unwrap()), &flat(bc.grad(&gc).unwrap()))));
             // RoPE: x [2, 9, 3, 16] (B, S, H, D), θ 10⁴, out [2, 3, 9, 16].
             let (x, u) = (seen(&random(2 * 9 * 3 * 16, 57)), seen(&random(2 * 9 * 3 * 16, 58)));
             let (cc, sc) = crate::model::rope_tables::<Cpu>(9, 16, 1e4, &cpu);
@@ -617,8 +611,8 @@ mod tests {
             let yg = rope(xg.clone().cast(dtype), cg, sg).ok().expect("fused RoPE taken");
             assert_eq!(yg.dims(), [2, 3, 9, 16]);
             let gg = (yg.clone() * Tensor::<Gpu, 4>::from_data(TensorData::new(u.clone(), [2, 3, 9, 16]), &gpu).cast(dtype)).cast(FloatDType::F32).sum().backward();
-            errs.push(("rope y", rel(&flat(yg.inner()), &flat(yc.inner()))));
-            errs.push(("rope dx", rel(&flat(xg.grad(&gg).unwrap()), &flat(xc.grad(&gc).unwrap()))));
+            errs.push(("rope y", rel32(&flat(yg.inner()), &flat(yc.inner()))));
+            errs.push(("rope dx", rel32(&flat(xg.grad(&gg).unwrap()), &flat(xc.grad(&gc).unwrap()))));
             // Token log-probabilities: logits [2, 3, 50] (spread ×4), targets in 0..50.
             let (l, u) = (seen(&random(300, 59).iter().map(|v| 4.0 * v).collect::<Vec<_>>()), random(6, 60));
             let tg: Vec<i32> = random(6, 61).iter().map(|v| ((v + 1.0) * 25.0) as i32 % 50).collect();
@@ -630,8 +624,8 @@ mod tests {
             let tgg = Tensor::<Gpu, 2, Int>::from_data(TensorData::new(tg.clone(), [2, 3]), &gpu);
             let pg = token_logps(lg.clone().cast(dtype), tgg).ok().expect("fused log-probabilities taken");
             let gg = (pg.clone() * Tensor::<Gpu, 2>::from_data(TensorData::new(u.clone(), [2, 3]), &gpu)).sum().backward();
-            errs.push(("logp", rel(&flat(pg.inner()), &flat(pc.inner()))));
-            errs.push(("logp dlogits", rel(&flat(lg.grad(&gg).unwrap()), &flat(lc.grad(&gc).unwrap()))));
+            errs.push(("logp", rel32(&flat(pg.inner()), &flat(pc.inner()))));
+            errs.push(("logp dlogits", rel32(&flat(lg.grad(&gg).unwrap()), &flat(lc.grad(&gc).unwrap()))));
             // Sum of squares (gradient clipping): 300,001 elements, more than one block's share.
             let x = seen(&random(300_001, 62));
             let want: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();

@@ -573,13 +573,31 @@ mod tests {
         c
     }
 
-    /// ‖out − ref‖₂ / ‖ref‖₂ (METHOD.md's measure; NaN fails every bound).
+    /// ‖x − r‖₂ / ‖r‖₂ (METHOD.md's measure; NaN fails every bound).
+    pub(super) fn rel(x: &[f32], r: &[f64]) -> f64 {
+        assert_eq!(x.len(), r.len());
+        let num: f64 = x.iter().zip(r).map(|(&a, &b)| (a as f64 - b).powi(2)).sum();
+        (num / r.iter().map(|b| b * b).sum::<f64>()).sqrt()
+    }
+
+    /// `v` widened to f64 (a reference given in f32).
+    pub(super) fn wide(v: &[f32]) -> Vec<f64> {
+        v.iter().map(|&x| x as f64).collect()
+    }
+
+    /// [`rel`] of a tensor's values (cast to f32) against `reference`.
     fn rel_err<B2: Backend>(out: Tensor<B2, 2>, reference: &[f64]) -> f64 {
-        let out: Vec<f32> = out.cast(FloatDType::F32).into_data().to_vec().unwrap();
-        assert_eq!(out.len(), reference.len());
-        let num: f64 = out.iter().zip(reference).map(|(&o, &r)| (o as f64 - r).powi(2)).sum();
-        let den: f64 = reference.iter().map(|r| r * r).sum();
-        (num / den).sqrt()
+        rel(&out.cast(FloatDType::F32).into_data().to_vec::<f32>().unwrap(), reference)
+    }
+
+    /// CUDA device 0 when this machine has one and libcublas loads; `None` (after saying
+    /// the test is skipped) otherwise.
+    pub(super) fn gpu() -> Option<burn::backend::cuda::CudaDevice> {
+        if !enabled() || cudarc::driver::CudaContext::device_count().unwrap_or(0) == 0 {
+            eprintln!("skipped: no CUDA device or no libcublas on this machine");
+            return None;
+        }
+        Some(burn::backend::cuda::CudaDevice::new(0))
     }
 
     /// The fused AdamW kernel against burn's `AdamW` (the unfused reference it replaces),
@@ -589,11 +607,7 @@ mod tests {
     #[test]
     fn fused_adamw_matches_burns_adamw() {
         use burn::optim::{AdamWConfig, SimpleOptimizer};
-        if !enabled() || cudarc::driver::CudaContext::device_count().unwrap_or(0) == 0 {
-            eprintln!("skipped: no CUDA device or no libcublas on this machine");
-            return;
-        }
-        let device = burn::backend::cuda::CudaDevice::new(0);
+        let Some(device) = gpu() else { return };
         let fused = crate::optim::FusedAdamW::new(0.9, 0.95, 1e-8, 0.1);
         let reference = AdamWConfig::new().with_beta_1(0.9).with_beta_2(0.95).with_epsilon(1e-8).with_weight_decay(0.1).build();
         let t = |seed: u64| Tensor::<Inner, 2>::from_data(TensorData::new(random(64 * 48, seed), [64, 48]), &device);
@@ -608,10 +622,7 @@ mod tests {
         assert_eq!(ADAMW_STEPS.load(Ordering::Relaxed) - before, 3, "the fused kernel ran each step");
         let (sf, sr) = (sf.unwrap().momentum, sr.unwrap().momentum);
         assert_eq!((sf.time, sr.time), (3, 3));
-        let rel = |a: Tensor<Inner, 2>, b: Tensor<Inner, 2>| {
-            let b64: Vec<f64> = b.into_data().to_vec::<f32>().unwrap().into_iter().map(f64::from).collect();
-            rel_err(a, &b64)
-        };
+        let rel = |a: Tensor<Inner, 2>, b: Tensor<Inner, 2>| rel_err(a, &wide(&b.into_data().to_vec::<f32>().unwrap()));
         let errs = [rel(pf, pr), rel(sf.moment_1, sr.moment_1), rel(sf.moment_2, sr.moment_2)];
         eprintln!("fused AdamW vs burn: ‖err‖/‖ref‖ p {:.1e}, m {:.1e}, v {:.1e}", errs[0], errs[1], errs[2]);
         assert!(errs.iter().all(|&e| e < 1e-5), "{errs:?}");
@@ -640,11 +651,7 @@ mod tests {
     /// reference takes the operands as the GEMM sees them (rounded to bf16 under bf16).
     #[test]
     fn cublas_linear_matches_f64_reference() {
-        if !enabled() || cudarc::driver::CudaContext::device_count().unwrap_or(0) == 0 {
-            eprintln!("skipped: no CUDA device or no libcublas on this machine");
-            return;
-        }
-        let device = burn::backend::cuda::CudaDevice::new(0);
+        let Some(device) = gpu() else { return };
         let (m, k, n) = (256, 192, 320);
         let (x, w, up) = (random(m * k, 1), random(n * k, 2), random(m * n, 3));
         let upload = |v: &[f32], r: usize, c: usize| Tensor::<Ad, 2>::from_data(TensorData::new(v.to_vec(), [r, c]), &device);
@@ -693,12 +700,8 @@ mod tests {
             let (c1, da1, db1) = run(true);
             let (_, da0, db0) = run(false);
             let c_ref: Vec<f64> = (0..bt).flat_map(|i| gemm_f64(&av[i * m * k..(i + 1) * m * k], &bv[i * k * n..(i + 1) * k * n], m, k, n, ta, tb)).collect();
-            let rel = |x: &[f32], r: &[f32]| -> f64 {
-                let num: f64 = x.iter().zip(r).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
-                (num / r.iter().map(|&b| (b as f64).powi(2)).sum::<f64>()).sqrt()
-            };
-            let ec = rel(&c1, &c_ref.iter().map(|&x| x as f32).collect::<Vec<_>>());
-            let (ea, eb) = (rel(&da1, &da0), rel(&db1, &db0));
+            let ec = rel(&c1, &c_ref);
+            let (ea, eb) = (rel(&da1, &wide(&da0)), rel(&db1, &wide(&db0)));
             eprintln!("batched ta={ta} tb={tb}: c vs f64 {ec:.1e}, da vs burn {ea:.1e}, db vs burn {eb:.1e}");
             assert!(ec < 1e-5 && ea < 1e-3 && eb < 1e-3, "batched ta={ta} tb={tb}: {ec} {ea} {eb}");
         }
