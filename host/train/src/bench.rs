@@ -70,13 +70,16 @@ pub struct StepBenchReport {
     pub cublas_gemms_per_step: f64,
     /// Fused attention calls per timed step (one per layer on the CUDA backend; 0 elsewhere).
     pub fused_attention_per_step: f64,
-    /// Seconds per timed step spent on the custom CUDA ops' own stream (the ops that call
-    /// cuBLAS: linear layers and attention; launch to completion, host clock). The fused
-    /// element-wise kernels and AdamW run on CubeCL's stream and are not in it.
+    /// Seconds per timed step the host spent in the custom CUDA ops' sessions (the ops that
+    /// call cuBLAS: linear layers and attention) after the address lookups: queueing their
+    /// work (device-side ordering, the default) or queueing it and waiting for it
+    /// (`BAGEL_CUDA_HOST_WAIT=1`). The fused element-wise kernels and AdamW run on
+    /// CubeCL's stream and are not in it.
     pub cuda_ops_s_per_step: f64,
-    /// Custom CUDA ops per timed step (each waits for CubeCL's queue, then for its stream).
+    /// Custom CUDA ops (sessions) per timed step.
     pub cuda_ops_per_step: f64,
-    /// Seconds per timed step the host waited for CubeCL's queue before those ops.
+    /// Seconds per timed step the host waited for CubeCL before those ops: for its launch
+    /// buffer to be taken (device-side ordering) or for its queue to finish (host waits).
     pub cuda_ops_sync_s_per_step: f64,
     /// Seconds per timed step spent looking up their operands' device addresses.
     pub cuda_ops_lookup_s_per_step: f64,

@@ -70,6 +70,17 @@ impl CubeTask<CudaCompiler> for Task {
 /// and before the work that reads its outputs, as any of its own kernels.
 pub(super) fn launch(name: &'static str, grid: (u32, u32), block: u32, tensors: &[&Prim], params: &[u32]) {
     let client = &tensors.first().expect("a kernel reads or writes a tensor").client;
+    launch_with(client, name, grid, block, tensors, params);
+}
+
+/// One block of `block` threads running kernel `name` with only the scalar words `params`
+/// (the ordering kernels of [`super::on_stream`]), on `client`'s stream.
+pub(super) fn launch_on(client: &burn_cubecl::cubecl::client::ComputeClient<burn_cubecl::cubecl::cuda::CudaRuntime>, name: &'static str, block: u32, params: &[u32]) {
+    launch_with(client, name, (1, 1), block, &[], params);
+}
+
+/// [`launch`] on an explicit client.
+fn launch_with(client: &burn_cubecl::cubecl::client::ComputeClient<burn_cubecl::cubecl::cuda::CudaRuntime>, name: &'static str, grid: (u32, u32), block: u32, tensors: &[&Prim], params: &[u32]) {
     let bytes: Vec<u8> = params.iter().flat_map(|w| w.to_le_bytes()).collect();
     let params = client.create_from_slice(&bytes);
     let mut buffers: Vec<_> = tensors.iter().map(|t| t.handle.clone().binding()).collect();

@@ -18,13 +18,18 @@
 //! see through burn 0.21's API. Kernels without a library call (the fused element-wise
 //! ops, AdamW) are therefore handed to CubeCL itself as externally compiled kernels
 //! ([`cube`]): CubeCL compiles them with NVRTC, caches their PTX and queues them in order
-//! with its own work, with no host wait. Ops that call cuBLAS (the linear layers,
-//! attention) wait for the client's queued work (`ComputeClient::sync`), queue their GEMMs
-//! and kernels on a stream of their own, and wait for that stream before they return, so
-//! every kernel CubeCL queues afterwards sees the result ([`on_stream`]): two host waits
-//! per op, measured in [`Stats`]. `ComputeClient::sync` waits for the calling thread's
-//! CubeCL stream only: operands must come from this thread (the trainer runs its model on
-//! one thread).
+//! with its own work. Ops that call cuBLAS (the linear layers, attention) queue their
+//! GEMMs and kernels on a stream of their own inside an [`on_stream`] session, ordered
+//! against CubeCL's stream on the device: a kernel CubeCL queues signals a flag in device
+//! memory that this stream waits for, and this stream signals another flag that a kernel
+//! CubeCL queues waits for, so the host never waits for the GPU (`BAGEL_CUDA_HOST_WAIT=1`
+//! switches to host waits: `ComputeClient::sync` before, a stream sync after). The signal
+//! kernel is flushed out of CubeCL's client-side launch buffer before this stream waits
+//! for it: CubeCL batches launches for its device thread, and a flag whose writer is still
+//! in that buffer deadlocks as soon as this thread makes a driver call that waits for the
+//! context (a module load, cuBLAS's lazy kernel loading). Counts and times are in
+//! [`Stats`]. The per-thread state assumes operands from one thread (the trainer runs its
+//! model on one thread).
 //!
 //! Dispatch: the entry points ([`matmul`], [`attention`], [`rms_norm`], [`rope`],
 //! [`swiglu`], [`token_logps`], [`sum_of_squares`], [`adamw_step`]) are called from the backend-generic model
@@ -82,11 +87,15 @@ pub struct Stats {
     pub adamw_steps: u64,
     /// Element-wise kernels (fused ops, AdamW) queued on CubeCL's stream.
     pub kernel_launches: u64,
-    /// Seconds spent on this module's stream (launch to completion, host clock).
+    /// Seconds the host spent in [`on_stream`] sessions after the address lookups: queueing
+    /// only under device-side ordering; queueing and waiting for completion under host
+    /// waits (`BAGEL_CUDA_HOST_WAIT=1`).
     pub seconds: f64,
     /// Ops run ([`on_stream`] sessions: two host waits each).
     pub sessions: u64,
-    /// Seconds the host waited for CubeCL's queued work before them.
+    /// Seconds the host waited for CubeCL before them: for its queued work to finish under
+    /// host waits; for it to take the launches it buffered (`ComputeClient::flush`) under
+    /// device-side ordering (counted in `seconds` too).
     pub sync_seconds: f64,
     /// Seconds spent looking up their operands' device addresses.
     pub lookup_seconds: f64,
@@ -146,6 +155,12 @@ struct Blas {
     handle: cb::cublasHandle_t,
     stream: cu::CUstream,
     kernels: Option<Kernels>,
+    /// Two u32 flags in device memory for device-side ordering ([`on_stream`]): [0] is
+    /// written by a kernel on CubeCL's stream and waited for by this stream, [1] the other
+    /// way round; both carry the session's sequence number.
+    flags: cu::CUdeviceptr,
+    /// The last session's sequence number.
+    seq: u32,
 }
 
 /// The kernels launched inside [`on_stream`] sessions ([`attention::SRC`] after
@@ -245,24 +260,48 @@ fn with_cuda<R>(index: usize, f: impl FnOnce(&mut Blas) -> R) -> R {
             let stream = cudarc::driver::result::stream::create(cudarc::driver::result::stream::StreamKind::NonBlocking).expect("CUDA stream");
             let handle = cudarc::cublas::result::create_handle().expect("cuBLAS handle");
             check("set stream", cudarc::cublas::result::set_stream(handle, stream as _));
-            Blas { device: index, handle, stream, kernels: None }
+            let mut flags: cu::CUdeviceptr = 0;
+            check("allocate the ordering flags", cu::cuMemAlloc_v2(&mut flags, 8).result());
+            check("zero the ordering flags", cu::cuMemsetD32_v2(flags, 0, 2).result());
+            Blas { device: index, handle, stream, kernels: None, flags, seq: 0 }
         });
         assert_eq!(blas.device, index, "cuBLAS/kernel state is per thread and per device: this thread already used device {}", blas.device);
         f(blas)
     })
 }
 
-/// The ordering protocol of this module (module docs): wait for CubeCL's queued work on
-/// `tensors`' client, take their device addresses (in order) and hold their buffers, run
-/// `f` (which queues work on this thread's stream), wait for that stream, release. All
-/// tensors are on one device; `what` names the work in panics.
+/// Whether [`on_stream`] orders on the device (the default) rather than by host waits
+/// (`BAGEL_CUDA_HOST_WAIT=1`).
+fn device_ordering() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| !std::env::var("BAGEL_CUDA_HOST_WAIT").is_ok_and(|v| v == "1"))
+}
+
+/// The ordering protocol of this module (module docs): take the device addresses of
+/// `tensors` (in order), run `f` (which queues work on this thread's stream) so that it
+/// starts after all the work CubeCL has queued on `tensors`' client and finishes before
+/// any work CubeCL queues afterwards. All tensors are on one device; `what` names the
+/// work in panics.
+///
+/// Device-side ordering (default): a kernel queued on CubeCL's stream writes the session's
+/// sequence number into flag 0 and this stream waits for it (`cuStreamWaitValue32`);
+/// after `f`'s work this stream writes the number into flag 1
+/// (`cuStreamWriteValue32`, which orders the preceding writes before it) and a kernel
+/// queued on CubeCL's stream spins until it sees it. The host never waits. Buffers stay
+/// valid without being held: CubeCL frees and reuses memory in the order of its stream,
+/// which is blocked behind the spinning kernel until this stream's work is done.
+///
+/// Host-side ordering (`BAGEL_CUDA_HOST_WAIT=1`): wait for CubeCL's queue
+/// (`ComputeClient::sync`), hold the buffers, run `f`, wait for this stream.
 fn on_stream<R>(what: &str, tensors: &[&Prim], f: impl FnOnce(&mut Blas, &[u64]) -> R) -> R {
     let first = tensors.first().expect("on_stream: at least one tensor");
     let client = &first.client;
+    let device = device_ordering();
     let t0 = Instant::now();
-    check(&format!("sync before {what}"), burn_cubecl::cubecl::future::block_on(client.sync()));
+    if !device {
+        check(&format!("sync before {what}"), burn_cubecl::cubecl::future::block_on(client.sync()));
+    }
     let t1 = Instant::now();
-    // Held until the stream has drained: they keep the buffers from being reused.
     let held: Vec<_> = tensors.iter().map(|t| client.get_resource(t.handle.clone()).expect("device buffer of a live tensor")).collect();
     let ptrs: Vec<u64> = held.iter().map(|r| r.resource().ptr).collect();
     SESSIONS.fetch_add(1, Ordering::Relaxed);
@@ -270,8 +309,32 @@ fn on_stream<R>(what: &str, tensors: &[&Prim], f: impl FnOnce(&mut Blas, &[u64])
     LOOKUP_NS.fetch_add(t1.elapsed().as_nanos() as u64, Ordering::Relaxed);
     let r = with_cuda(first.device.index, |blas| {
         let t = Instant::now();
-        let r = f(blas, &ptrs);
-        check(&format!("stream sync after {what}"), unsafe { cudarc::driver::result::stream::synchronize(blas.stream) });
+        let r = if device {
+            blas.seq = blas.seq.wrapping_add(1);
+            let (seq, to_us, to_cubecl) = (blas.seq, blas.flags, blas.flags + 4);
+            let word = |addr: u64| [addr as u32, (addr >> 32) as u32];
+            let [a0, a1] = word(to_us);
+            cube::launch_on(client, "bagel_signal", 32, &[a0, a1, seq]);
+            // CubeCL's client buffers launches until a flush: without one the signal may
+            // still sit in that buffer while this thread blocks in a driver call that waits
+            // for the whole context (loading a kernel module, cuBLAS's lazy loading), and
+            // this stream's wait would then never end.
+            let tf = Instant::now();
+            check(&format!("flush before {what}"), client.flush());
+            SYNC_NS.fetch_add(tf.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            let geq = cu::CUstreamWaitValue_flags_enum::CU_STREAM_WAIT_VALUE_GEQ as u32;
+            check(&format!("wait for CubeCL before {what}"), unsafe { cu::cuStreamWaitValue32_v2(blas.stream, to_us, seq, geq).result() });
+            let r = f(blas, &ptrs);
+            let plain = cu::CUstreamWriteValue_flags_enum::CU_STREAM_WRITE_VALUE_DEFAULT as u32;
+            check(&format!("signal CubeCL after {what}"), unsafe { cu::cuStreamWriteValue32_v2(blas.stream, to_cubecl, seq, plain).result() });
+            let [b0, b1] = word(to_cubecl);
+            cube::launch_on(client, "bagel_wait", 32, &[b0, b1, seq]);
+            r
+        } else {
+            let r = f(blas, &ptrs);
+            check(&format!("stream sync after {what}"), unsafe { cudarc::driver::result::stream::synchronize(blas.stream) });
+            r
+        };
         STREAM_NS.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         r
     });
@@ -468,6 +531,23 @@ pub(crate) fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D
 /// m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², p ← p·(1 − lr·λ) − lr · (m/bc₁) / (√(v/bc₂) + ε),
 /// with bcᵢ = 1 − βᵢᵗ; `first` = no moments yet (taken as 0).
 const ADAMW_SRC: &str = r#"
+/* Device-side ordering (on_stream): prm = flag address (2 words), sequence number.
+   bagel_signal writes the number; bagel_wait spins until the flag has reached it (wrapping compare). */
+extern "C" __global__ void bagel_signal(const unsigned* __restrict__ prm) {
+  if (threadIdx.x == 0) {
+    volatile unsigned* flag = (volatile unsigned*)(((unsigned long long)prm[1] << 32) | prm[0]);
+    __threadfence_system();
+    *flag = prm[2];
+  }
+}
+extern "C" __global__ void bagel_wait(const unsigned* __restrict__ prm) {
+  if (threadIdx.x == 0) {
+    volatile unsigned* flag = (volatile unsigned*)(((unsigned long long)prm[1] << 32) | prm[0]);
+    const unsigned want = prm[2];
+    while ((int)(*flag - want) < 0) __nanosleep(256);
+    __threadfence();
+  }
+}
 extern "C" __global__ void bagel_adamw(float* __restrict__ p_out, float* __restrict__ m_out, float* __restrict__ v_out,
     const float* __restrict__ p, const float* __restrict__ g, const float* __restrict__ m, const float* __restrict__ v,
     const unsigned* __restrict__ prm) {
