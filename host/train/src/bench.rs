@@ -11,7 +11,7 @@
 use crate::config::LlamaConfig;
 use crate::error::{Result, TrainError};
 use crate::model::{Llama, RandomInit};
-use crate::sft::clip_global_norm;
+use crate::sft::clip_global_norm_deferred;
 use burn::module::Module;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
@@ -118,7 +118,9 @@ pub fn bench_sft_step<B: AutodiffBackend>(args: &StepBenchArgs, device: &B::Devi
     let mask = Tensor::<B, 2>::ones([args.batch, args.seq], device);
     let n_targets = (args.batch * args.seq) as f64;
     // burn's AdamWConfig defaults (β 0.9 / 0.999, ε 1e-5), no weight decay.
-    let mut optim = crate::sft::adamw(0.9, 0.999, 1e-5, 0.0).init::<B, Llama<B>>();
+    let opt = crate::sft::adamw(0.9, 0.999, 1e-5, 0.0);
+    let grad_scale = opt.grad_scale.clone();
+    let mut optim = opt.init::<B, Llama<B>>();
     let (mut losses, mut times) = (Vec::new(), Vec::new());
     let mut first_step_s = 0.0;
     let mut at_warmup = ops_stats();
@@ -128,8 +130,8 @@ pub fn bench_sft_step<B: AutodiffBackend>(args: &StepBenchArgs, device: &B::Devi
         }
         let t = Instant::now();
         let loss = model.loss_sum(inputs.clone(), targets.clone(), mask.clone()).div_scalar(n_targets);
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        clip_global_norm(&model, &mut grads, 1.0);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let _norm = clip_global_norm_deferred(&model, &grads, 1.0, &grad_scale);
         model = optim.step(1e-4, model, grads);
         losses.push(loss.into_scalar().elem::<f64>());
         B::sync(device).map_err(|e| TrainError::Args(format!("device sync failed: {e:?}")))?;

@@ -25,7 +25,7 @@
 use crate::data::{Example, Tok};
 use crate::error::{io, Result, TrainError};
 use crate::model::Llama;
-use crate::sft::{adamw, batch_tensors, clip_global_norm, linear_lr, load_latest_checkpoint, save_checkpoint, schedule, TrainerState};
+use crate::sft::{adamw, batch_tensors, clip_global_norm_deferred, linear_lr, load_latest_checkpoint, save_checkpoint, schedule, TrainerState};
 use crate::weights::{load_model, save_model};
 use arrow_array::StringArray;
 use burn::module::AutodiffModule;
@@ -383,7 +383,9 @@ pub fn train_dpo<B: AutodiffBackend>(args: &DpoArgs, device: &B::Device) -> Resu
 
     let per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps;
     let (total, warmup) = schedule(args.max_steps, args.num_train_epochs, train_idx.len(), per_step, args.warmup_ratio);
-    let mut optim = adamw(args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.weight_decay).init::<B, Llama<B>>();
+    let opt = adamw(args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.weight_decay);
+    let grad_scale = opt.grad_scale.clone();
+    let mut optim = opt.init::<B, Llama<B>>();
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
     let mut st = TrainerState { step: 0, cursor: 0, rng, order: (0..train_idx.len()).collect(), seen: 0, tokens_done: 0, first_loss: f64::NAN, first_eval_loss: None };
     crate::data::shuffle(&mut st.order, &mut st.rng);
@@ -465,9 +467,10 @@ pub fn train_dpo<B: AutodiffBackend>(args: &DpoArgs, device: &B::Device) -> Resu
             s.add(args.beta, &pcv, &prv, &ref_c, &ref_r);
             acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
         }
-        let mut grads = acc.grads();
-        let grad_norm = clip_global_norm(&model, &mut grads, args.max_grad_norm);
+        let grads = acc.grads();
+        let grad_norm = clip_global_norm_deferred(&model, &grads, args.max_grad_norm, &grad_scale);
         model = optim.step(lr, model, grads);
+        let grad_norm = grad_norm.value();
         let k = per_step as f64;
         let done = step + 1;
         st.step = done;

@@ -234,6 +234,12 @@ impl<B: Backend> Llama<B> {
     /// To the compute dtype: bf16 under mixed precision, else unchanged.
     fn lo<const D: usize>(&self, t: Tensor<B, D>) -> Tensor<B, D> {
         if self.bf16 {
+            // One vectorised pass each way on this crate's CUDA backends.
+            #[cfg(feature = "cuda")]
+            let t = match crate::cuda_ops::cast(t, burn::tensor::DType::BF16) {
+                Ok(y) => return y,
+                Err(t) => t,
+            };
             t.cast(FloatDType::BF16)
         } else {
             t
@@ -243,6 +249,11 @@ impl<B: Backend> Llama<B> {
     /// Back to f32 under mixed precision, else unchanged.
     fn hi<const D: usize>(&self, t: Tensor<B, D>) -> Tensor<B, D> {
         if self.bf16 {
+            #[cfg(feature = "cuda")]
+            let t = match crate::cuda_ops::cast(t, burn::tensor::DType::F32) {
+                Ok(y) => return y,
+                Err(t) => t,
+            };
             t.cast(FloatDType::F32)
         } else {
             t

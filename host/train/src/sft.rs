@@ -256,7 +256,38 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
     }
 }
 
-/// Global L2 norm of all gradients of `model`; scales them to `max_norm` when above it.
+/// Global L2 norm of all gradients of `model`, still on the device ([`clip_global_norm_deferred`]).
+pub struct GradNorm<B: Backend>(Option<Tensor<B, 1>>);
+
+impl<B: Backend> GradNorm<B> {
+    /// The norm as a number (a device read: call it after the optimizer step is queued,
+    /// so the GPU is not drained mid-step). 0 without gradients.
+    pub fn value(self) -> f64 {
+        self.0.map_or(0.0, |n| n.into_scalar().elem::<f64>())
+    }
+}
+
+/// Global-norm clipping as the training loops run it, without a host sync: ‖g‖₂ over every
+/// gradient of `model` on the device, and the coefficient min(1, max_norm / (‖g‖₂ + 1e-6))
+/// (`torch.nn.utils.clip_grad_norm_`'s) handed to the optimizer through `scale`, which its
+/// next step multiplies every gradient by (inside the fused AdamW kernel on the CUDA
+/// backend, so clipping costs no pass of its own). `max_norm` ≤ 0 clears the scale (no
+/// clipping). Returns the pre-clip norm, to be read after the step ([`GradNorm::value`]).
+/// Same update as [`clip_global_norm`] then the step, within f32 rounding (tested).
+pub fn clip_global_norm_deferred<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M, grads: &GradientsParams, max_norm: f64, scale: &crate::optim::GradScale) -> GradNorm<B::InnerBackend> {
+    let mut v = SqNorm::<B> { grads, sq: None };
+    model.visit(&mut v);
+    let norm = v.sq.map(|sq| sq.sqrt());
+    match &norm {
+        Some(n) if max_norm > 0.0 => scale.set(n.clone().add_scalar(1e-6).recip().mul_scalar(max_norm).clamp_max(1.0)),
+        _ => scale.clear(),
+    }
+    GradNorm(norm)
+}
+
+/// Global L2 norm of all gradients of `model`; scales them to `max_norm` when above it
+/// (one device read, then one pass over the gradients; the training loops use
+/// [`clip_global_norm_deferred`]).
 pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
     let mut v = SqNorm::<B> { grads, sq: None };
     model.visit(&mut v);
@@ -346,7 +377,9 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
     let (total, warmup) = schedule(args.max_steps, args.num_train_epochs, train.len(), per_step, args.warmup_ratio);
     std::fs::create_dir_all(&args.output_dir).map_err(io(&args.output_dir))?;
     std::fs::write(args.output_dir.join("training_args.json"), serde_json::to_vec_pretty(args).expect("args serialise")).map_err(io(&args.output_dir))?;
-    let mut optim = adamw(args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.weight_decay).init::<B, Llama<B>>();
+    let opt = adamw(args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.weight_decay);
+    let grad_scale = opt.grad_scale.clone();
+    let mut optim = opt.init::<B, Llama<B>>();
     let pad = tok.eos.1;
     let megabatch = MEGABATCH_MULT * args.per_device_train_batch_size;
     let lengths: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();
@@ -405,19 +438,22 @@ pub fn train_sft<B: AutodiffBackend>(args: &SftArgs, device: &B::Device) -> Resu
         }
         let n_targets: usize = micro.iter().flatten().map(|e| e.mask.iter().skip(1).filter(|&&m| m).count()).sum();
         let mut acc = GradientsAccumulator::<Llama<B>>::new();
-        let mut loss_sum = 0.0;
+        // Micro-batch losses stay on the device until the step is queued (a read is a
+        // device sync).
+        let mut losses = Vec::with_capacity(micro.len());
         for mb in &micro {
             let (t, y, m, _) = batch_tensors_padded::<B>(mb, pad, args.pad_to_multiple_of, device);
             st.tokens_done += t.dims()[0] * t.dims()[1];
             let loss = model.loss_sum(t, y, m).div_scalar(n_targets.max(1) as f64);
-            loss_sum += loss.clone().into_scalar().elem::<f64>();
+            losses.push(loss.clone().inner());
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             acc.accumulate(&model, grads);
         }
-        let mut grads = acc.grads();
-        let grad_norm = clip_global_norm(&model, &mut grads, args.max_grad_norm);
+        let grads = acc.grads();
+        let grad_norm = clip_global_norm_deferred(&model, &grads, args.max_grad_norm, &grad_scale);
         model = optim.step(lr, model, grads);
-        let loss = loss_sum;
+        let grad_norm = grad_norm.value();
+        let loss: f64 = losses.into_iter().map(|l| l.into_scalar().elem::<f64>()).sum();
         if st.first_loss.is_nan() {
             st.first_loss = loss;
         }

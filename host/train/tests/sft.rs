@@ -2,7 +2,9 @@
 use bagel_train::config::LlamaConfig;
 use bagel_train::data::{Example, Tok};
 use bagel_train::model::{Llama, RandomInit};
-use bagel_train::sft::{batch_tensors, clip_global_norm, linear_lr};
+use bagel_train::optim::FusedAdamW;
+use bagel_train::sft::{batch_tensors, clip_global_norm, clip_global_norm_deferred, linear_lr};
+use burn::optim::Optimizer;
 use bagel_train::CpuBackend;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
@@ -102,6 +104,42 @@ fn global_clipping_scales_to_max_norm() {
     assert!((reported - before).abs() < 1e-9, "the pre-clip norm is reported");
     let after = clip_global_norm(&model, &mut g, 0.0);
     assert!((after - cap).abs() < 1e-3 * cap, "{after} vs {cap}");
+}
+
+/// The training loops' clipping (the norm on the device, the coefficient applied inside the
+/// optimizer step) against clipping the gradients in place and then stepping: same
+/// reported norm, same parameters after the step. ε = 1 makes AdamW sensitive to the
+/// gradient's scale (with a small ε it nearly cancels), so an ignored coefficient shows:
+/// the unclipped step is checked to land elsewhere.
+#[test]
+fn deferred_clipping_matches_in_place_clipping() {
+    let (_, model) = tiny();
+    let device = Default::default();
+    let a = ex(&[1, 5, 9, 12, 30, 2], 2);
+    let grads = || {
+        let (t, y, m, n) = batch_tensors::<B>(&[&a], 2, &device);
+        GradientsParams::from_grads(model.loss_sum(t, y, m).div_scalar(n as f64).backward(), &model)
+    };
+    let adamw = || FusedAdamW::new(0.9, 0.95, 1.0, 0.0);
+    let mut g = grads();
+    let before = clip_global_norm(&model, &mut g, 0.0);
+    let cap = before / 4.0;
+    clip_global_norm(&model, &mut g, cap);
+    let in_place = adamw().init::<B, Llama<B>>().step(1e-2, model.clone(), g);
+    let opt = adamw();
+    let scale = opt.grad_scale.clone();
+    let mut optim = opt.init::<B, Llama<B>>();
+    let g = grads();
+    let norm = clip_global_norm_deferred(&model, &g, cap, &scale);
+    let deferred = optim.step(1e-2, model.clone(), g);
+    assert!((norm.value() - before).abs() < 1e-6 * before, "the pre-clip norm is reported");
+    let unclipped = adamw().init::<B, Llama<B>>().step(1e-2, model.clone(), grads());
+    let (t, _, _, _) = batch_tensors::<B>(&[&a], 2, &device);
+    let logits = |m: &Llama<B>| -> Vec<f32> { m.forward(t.clone()).into_data().to_vec().unwrap() };
+    let diff = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let (l_in, l_def, l_un) = (logits(&in_place), logits(&deferred), logits(&unclipped));
+    assert!(diff(&l_in, &l_def) < 1e-6, "deferred vs in place: {}", diff(&l_in, &l_def));
+    assert!(diff(&l_in, &l_un) > 1e-4, "clipping changed the step: {}", diff(&l_in, &l_un));
 }
 
 #[test]

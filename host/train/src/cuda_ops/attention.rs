@@ -5,28 +5,38 @@
 //!
 //! For q [B, H, S, hd], k and v [B, KV, S, hd] (H a multiple of KV; query head h reads KV
 //! head h / (H/KV), HF's `repeat_kv`): O = softmax(q·kᵀ/√hd + causal mask)·v, [B, H, S, hd].
-//! The G = H/KV query heads of one KV head are adjacent in q, so q seen as
-//! [B·KV, G·S, hd] multiplies k [B·KV, S, hd] in one strided-batched GEMM without repeating
-//! k or v (and backward sums over the group inside the GEMM, where `repeat_kv`'s backward
-//! is a separate reduction). Row r of a batch is query position r mod S.
+//! q is first reordered to [B·KV, S, G, hd] (G = H/KV; one copy kernel): the G query heads
+//! of a KV head become the rows of one matrix, ordered by position, then head, so that q
+//! [B·KV, G·S, hd] multiplies k [B·KV, S, hd] in one strided-batched GEMM without
+//! repeating k or v (backward sums over the group inside the GEMM, where `repeat_kv`'s
+//! backward is a separate reduction), and the rows of a range of positions are
+//! contiguous. O comes back to [B, H, S, hd] the same way.
+//!
+//! Causal blocks: the positions are split into c blocks (at most 4, each at least 128
+//! positions: S = 1024 gives 4 of 256). The rows of block i only see keys up to the end
+//! of block i, so each product is c strided-batched GEMMs over those key ranges, and
+//! the masked triangle is computed and stored only inside the diagonal blocks: a
+//! fraction (c+1)/2c of the square instead of all of it (5/8 at c = 4), in FLOPs and in
+//! bytes of the score matrices.
 //!
 //! Forward: S = (1/√hd)·q·kᵀ in f32 (bf16 or f32 operands, f32 accumulation), one block per
 //! row computes the row's max m and Σ exp, writes P = exp(S − m)/Σ in the operands' dtype
-//! (0 above the diagonal) and the row's log-sum-exp L = m + ln Σ (f32, [B, H, S]); then
-//! O = P·v. S and P are dropped: the op keeps q, k, v and L, as flash attention does
-//! (Dao et al. 2022, "FlashAttention", §3.1: recompute P from L in the backward pass).
+//! (0 above the diagonal) and the row's log-sum-exp L = m + ln Σ (f32); then O = P·v. S and
+//! P are dropped: the op keeps the reordered q, k, v and L, as flash attention does (Dao et
+//! al. 2022, "FlashAttention", §3.1: recompute P from L in the backward pass).
 //!
-//! Backward, with dO the gradient of O: S again (same GEMM), dP = dO·vᵀ (f32), then one
+//! Backward, with dO the gradient of O: S again (same GEMMs), dP = dO·vᵀ (f32), then one
 //! block per row writes P = exp(S − L) and dS = (1/√hd)·P∘(dP − Σⱼ Pⱼ dPⱼ) (the softmax
 //! Jacobian, Dao et al. 2022, appendix B.2; Σⱼ Pⱼ dPⱼ = rowsum(dO∘O)), in the operands'
-//! dtype; dv = Pᵀ·dO, dq = dS·k, dk = dSᵀ·q (each a strided-batched GEMM).
+//! dtype; dv = Pᵀ·dO, dq = dS·k, dk = dSᵀ·q (dv and dk sum the blocks' products: the last
+//! block's GEMM writes, the others add with β = 1, so in bf16 dv and dk are rounded once
+//! per block).
 //!
 //! Unlike FlashAttention the S and dP tiles are not kept on chip: each layer's forward
-//! writes and reads one [B·H, S, S] f32 matrix (S) and one in the operands' dtype (P), its
-//! backward two f32 ones (S, dP) and two in the operands' dtype (P, dS), all freed when the
-//! op returns, so the memory the model keeps per layer is that of q, k, v and L. The GEMMs
-//! compute the masked upper triangle too (cuBLAS has no causal GEMM): 2× the FLOPs of a
-//! causal kernel, at cuBLAS's rate.
+//! writes and reads the causal blocks of one [B·H, S, S] f32 matrix (S) and of one in the
+//! operands' dtype (P), its backward of two f32 ones (S, dP) and two in the operands'
+//! dtype (P, dS), all freed when the op returns, so the memory the model keeps per layer
+//! is that of q, k, v and L.
 use super::*;
 
 /// Helpers shared by every kernel source of this module: −∞, bf16/f32 loads and stores
@@ -64,15 +74,23 @@ __device__ __forceinline__ float bagel_block_sum(float x, float* sh) {
 }
 "#;
 
-/// The softmax kernels, launched inside this op's [`on_stream`] sessions between its GEMMs
-/// (compiled by NVRTC after [`COMMON`]).
+/// The softmax kernels and the head/position reorder, launched inside this op's
+/// [`on_stream`] sessions between its GEMMs (compiled by NVRTC after [`COMMON`]).
 pub(super) const SRC: &str = r#"
-/* One block per row of s [rows, n] (already scaled); row r is query position r % n and keeps columns 0..=r % n. */
+/* Rows of a batch are ordered (query position, head of the group): with n positions and g
+   heads per group, row r is position (r mod g*n) / g. Causal blocks of cs positions: the
+   block of position pos covers key columns [0, end), end = min((pos / cs + 1) * cs, n); the
+   row keeps columns 0..=pos. s, dp, p, ds have n columns per row (leading dimension n);
+   P and dS are written on [0, end) (0 above the diagonal) and never read beyond. */
+__device__ __forceinline__ int bagel_attn_pos(size_t row, int n, int g) { return (int)((row % ((size_t)g * (size_t)n)) / (size_t)g); }
+__device__ __forceinline__ int bagel_attn_end(int pos, int n, int cs) { const int e = (pos / cs + 1) * cs; return e < n ? e : n; }
+/* One block per row of s (already scaled). */
 template <typename T>
-__device__ void bagel_softmax_fwd(const float* __restrict__ s, T* __restrict__ p, float* __restrict__ lse, int n) {
+__device__ void bagel_softmax_fwd(const float* __restrict__ s, T* __restrict__ p, float* __restrict__ lse, int n, int g, int cs) {
   __shared__ float sh[32];
   const size_t row = blockIdx.x;
-  const int pos = (int)(row % (size_t)n);
+  const int pos = bagel_attn_pos(row, n, g);
+  const int end = bagel_attn_end(pos, n, cs);
   const float* sr = s + row * (size_t)n;
   T* pr = p + row * (size_t)n;
   float m = bagel_neg_inf();
@@ -82,16 +100,17 @@ __device__ void bagel_softmax_fwd(const float* __restrict__ s, T* __restrict__ p
   for (int c = threadIdx.x; c <= pos; c += blockDim.x) l += expf(sr[c] - m);
   l = bagel_block_sum(l, sh);
   const float inv = 1.0f / l;
-  for (int c = threadIdx.x; c < n; c += blockDim.x) bagel_store(pr + c, c <= pos ? expf(sr[c] - m) * inv : 0.0f);
+  for (int c = threadIdx.x; c < end; c += blockDim.x) bagel_store(pr + c, c <= pos ? expf(sr[c] - m) * inv : 0.0f);
   if (threadIdx.x == 0) lse[row] = m + logf(l);
 }
 /* p = exp(s - lse) and ds = scale * p * (dp - sum_j p_j dp_j), one block per row, masked as above. */
 template <typename T>
 __device__ void bagel_softmax_bwd(const float* __restrict__ s, const float* __restrict__ dp, const float* __restrict__ lse,
-                                  T* __restrict__ p, T* __restrict__ ds, int n, float scale) {
+                                  T* __restrict__ p, T* __restrict__ ds, int n, int g, int cs, float scale) {
   __shared__ float sh[32];
   const size_t row = blockIdx.x;
-  const int pos = (int)(row % (size_t)n);
+  const int pos = bagel_attn_pos(row, n, g);
+  const int end = bagel_attn_end(pos, n, cs);
   const float* sr = s + row * (size_t)n;
   const float* dpr = dp + row * (size_t)n;
   const float L = lse[row];
@@ -100,16 +119,31 @@ __device__ void bagel_softmax_bwd(const float* __restrict__ s, const float* __re
   d = bagel_block_sum(d, sh);
   T* pr = p + row * (size_t)n;
   T* dsr = ds + row * (size_t)n;
-  for (int c = threadIdx.x; c < n; c += blockDim.x) {
+  for (int c = threadIdx.x; c < end; c += blockDim.x) {
     const float pc = c <= pos ? expf(sr[c] - L) : 0.0f;
     bagel_store(pr + c, pc);
     bagel_store(dsr + c, c <= pos ? scale * pc * (dpr[c] - d) : 0.0f);
   }
 }
-extern "C" __global__ void bagel_attn_softmax_fwd_bf16(const float* s, unsigned short* p, float* lse, int n) { bagel_softmax_fwd(s, p, lse, n); }
-extern "C" __global__ void bagel_attn_softmax_fwd_f32(const float* s, float* p, float* lse, int n) { bagel_softmax_fwd(s, p, lse, n); }
-extern "C" __global__ void bagel_attn_softmax_bwd_bf16(const float* s, const float* dp, const float* lse, unsigned short* p, unsigned short* ds, int n, float scale) { bagel_softmax_bwd(s, dp, lse, p, ds, n, scale); }
-extern "C" __global__ void bagel_attn_softmax_bwd_f32(const float* s, const float* dp, const float* lse, float* p, float* ds, int n, float scale) { bagel_softmax_bwd(s, dp, lse, p, ds, n, scale); }
+/* y [nb, b, a, inner] = x [nb, a, b, inner] with the two middle dimensions swapped; one element per thread, grid-stride. */
+template <typename T>
+__device__ void bagel_swap_mid(const T* __restrict__ x, T* __restrict__ y, int a, int b, int inner, unsigned long long total) {
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < total; i += (unsigned long long)gridDim.x * blockDim.x) {
+    const unsigned long long t = i % inner;
+    unsigned long long r = i / inner;
+    const unsigned long long ai = r % a;
+    r /= a;
+    const unsigned long long bi = r % b;
+    const unsigned long long nb = r / b;
+    y[i] = x[((nb * a + ai) * b + bi) * inner + t];
+  }
+}
+extern "C" __global__ void bagel_attn_softmax_fwd_bf16(const float* s, unsigned short* p, float* lse, int n, int g, int cs) { bagel_softmax_fwd(s, p, lse, n, g, cs); }
+extern "C" __global__ void bagel_attn_softmax_fwd_f32(const float* s, float* p, float* lse, int n, int g, int cs) { bagel_softmax_fwd(s, p, lse, n, g, cs); }
+extern "C" __global__ void bagel_attn_softmax_bwd_bf16(const float* s, const float* dp, const float* lse, unsigned short* p, unsigned short* ds, int n, int g, int cs, float scale) { bagel_softmax_bwd(s, dp, lse, p, ds, n, g, cs, scale); }
+extern "C" __global__ void bagel_attn_softmax_bwd_f32(const float* s, const float* dp, const float* lse, float* p, float* ds, int n, int g, int cs, float scale) { bagel_softmax_bwd(s, dp, lse, p, ds, n, g, cs, scale); }
+extern "C" __global__ void bagel_swap_mid_bf16(const unsigned short* x, unsigned short* y, int a, int b, int inner, unsigned long long total) { bagel_swap_mid(x, y, a, b, inner, total); }
+extern "C" __global__ void bagel_swap_mid_f32(const float* x, float* y, int a, int b, int inner, unsigned long long total) { bagel_swap_mid(x, y, a, b, inner, total); }
 "#;
 
 /// Threads per block of the softmax kernels (a multiple of 32, ≤ 1024).
@@ -118,8 +152,8 @@ const BLOCK: u32 = 256;
 /// Attention calls (forward passes) run by this op since the process started.
 pub(super) static CALLS: AtomicU64 = AtomicU64::new(0);
 
-/// What the backward pass needs: q, k, v (contiguous) and the row log-sum-exp L [B, H, S]
-/// (f32).
+/// What the backward pass needs: q reordered to [B·KV, S, G, hd] (shape [B, KV, S, G, hd]),
+/// k and v (contiguous) and the log-sum-exp L of each row of that order (f32, B·H·S).
 #[derive(Clone, Debug)]
 struct Saved {
     q: Prim,
@@ -137,69 +171,145 @@ pub(super) fn variant(dt: DType) -> usize {
     }
 }
 
-/// The GEMM batch (B·KV), rows per batch (G·S = H/KV·S), S and hd of q [B, H, S, hd] and
-/// k [B, KV, S, hd].
-fn dims(q: &Prim, k: &Prim) -> (usize, usize, usize, usize) {
-    let (sq, sk) = (q.shape(), k.shape());
-    let (b, h, s, hd, kv) = (sq[0], sq[1], sq[2], sq[3], sk[1]);
-    (b * kv, (h / kv) * s, s, hd)
+/// Query positions per causal block (module docs) for S positions: S split into at most
+/// [`MAX_BLOCKS`] blocks of at least 128 positions (S = 1024: 4 blocks of 256).
+fn block_len(s: usize) -> usize {
+    s.div_ceil(s.div_ceil(128).clamp(1, MAX_BLOCKS))
+}
+
+/// Most causal blocks per call: each block is one GEMM per product, so more blocks skip
+/// more of the masked triangle (a fraction (c−1)/2c of the square) for more cuBLAS calls.
+const MAX_BLOCKS: usize = 4;
+
+/// The shape of one call: GEMM batch B·KV, heads per group G, positions S, head dim hd.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    batch: usize,
+    g: usize,
+    s: usize,
+    hd: usize,
+}
+
+impl Dims {
+    /// Rows per batch (G·S).
+    fn rows(&self) -> usize {
+        self.g * self.s
+    }
+
+    /// The causal blocks: (first position, positions) of each.
+    fn blocks(&self) -> Vec<(usize, usize)> {
+        let cs = block_len(self.s);
+        (0..self.s).step_by(cs).map(|p0| (p0, cs.min(self.s - p0))).collect()
+    }
+}
+
+/// Queue `[nb, a, b, inner] → [nb, b, a, inner]` (elements of `dt`) from `x` to `y` on
+/// `blas`'s stream.
+///
+/// # Safety
+/// `x` and `y` must be live buffers of `nb·a·b·inner` elements of `dt`.
+unsafe fn swap_mid(blas: &mut Blas, dt: DType, (x, y): (u64, u64), [nb, a, b, inner]: [usize; 4]) {
+    let f = blas.kernels().swap_mid[variant(dt)];
+    let mut total = (nb * a * b * inner) as u64;
+    let (mut x, mut y) = (x, y);
+    let (mut a, mut b, mut inner) = (a as i32, b as i32, inner as i32);
+    let grid = total.div_ceil(BLOCK as u64).clamp(1, u32::MAX as u64) as u32;
+    unsafe { blas.launch("attention reorder", f, grid, BLOCK, &mut args![x, y, a, b, inner, total]) };
 }
 
 /// Forward pass (module docs): O [B, H, S, hd] in q's dtype, and what backward needs.
 fn forward(q: Prim, k: Prim, v: Prim) -> (Prim, Saved) {
     let c = burn_cubecl::kernel::into_contiguous;
     let (q, k, v) = (c(q), c(k), c(v));
-    let (batch, rows, s, hd) = dims(&q, &k);
-    let dt = q.dtype;
+    let (sq, kvh) = (q.shape(), k.shape()[1]);
+    let d = Dims { batch: sq[0] * kvh, g: sq[1] / kvh, s: sq[2], hd: sq[3] };
+    let (rows, s, hd, dt) = (d.rows(), d.s, d.hd, q.dtype);
+    let (e, e32) = (dt.size() as u64, 4u64);
     let scale = 1.0 / (hd as f32).sqrt();
-    let scores = empty(&q, vec![batch * rows * s], DType::F32);
-    let p = empty(&q, vec![batch * rows * s], dt);
-    let sq = q.shape();
-    let lse = empty(&q, vec![sq[0], sq[1], s], DType::F32);
+    let qp = empty(&q, vec![sq[0], kvh, s, d.g, hd], dt);
+    let scores = empty(&q, vec![d.batch * rows * s], DType::F32);
+    let p = empty(&q, vec![d.batch * rows * s], dt);
+    let lse = empty(&q, vec![d.batch * rows], DType::F32);
+    let op = empty(&q, vec![d.batch * rows * hd], dt);
     let o = empty(&q, sq.clone(), dt);
-    on_stream("attention forward", &[&q, &k, &v, &scores, &p, &lse, &o], |blas, ptr| {
-        let [pq, pk, pv, mut ps, mut pp, mut pl, po] = <[u64; 7]>::try_from(ptr).expect("7 tensors");
+    on_stream("attention forward", &[&q, &k, &v, &qp, &scores, &p, &lse, &op, &o], |blas, ptr| {
+        let [pq, pk, pv, pqp, mut ps, mut pp, mut pl, pop, po] = <[u64; 9]>::try_from(ptr).expect("9 tensors");
         let f = blas.kernels().softmax_fwd[variant(dt)];
-        let mut n = s as i32;
+        let (mut n, mut g, mut cs) = (s as i32, d.g as i32, block_len(s) as i32);
+        let (kmat, vmat) = (Mat { ptr: pk, ld: hd, stride: s * hd }, Mat { ptr: pv, ld: hd, stride: s * hd });
         unsafe {
-            blas.gemm((dt, DType::F32), (false, true), (rows, s, hd), batch, (pq, pk, ps), scale);
-            blas.launch("attention softmax", f, (batch * rows) as u32, BLOCK, &mut args![ps, pp, pl, n]);
-            blas.gemm((dt, dt), (false, false), (rows, hd, s), batch, (pp, pv, po), 1.0);
+            swap_mid(blas, dt, (pq, pqp), [d.batch, d.g, s, hd]);
+            for &(p0, np) in &d.blocks() {
+                let (r0, nr, keys) = ((p0 * d.g) as u64, np * d.g, p0 + np);
+                let a = Mat { ptr: pqp + r0 * hd as u64 * e, ld: hd, stride: rows * hd };
+                let c = Mat { ptr: ps + r0 * s as u64 * e32, ld: s, stride: rows * s };
+                blas.gemm_at((dt, DType::F32), (false, true), (nr, keys, hd), d.batch, (a, kmat, c), scale, 0.0);
+            }
+            blas.launch("attention softmax", f, (d.batch * rows) as u32, BLOCK, &mut args![ps, pp, pl, n, g, cs]);
+            for &(p0, np) in &d.blocks() {
+                let (r0, nr, keys) = ((p0 * d.g) as u64, np * d.g, p0 + np);
+                let a = Mat { ptr: pp + r0 * s as u64 * e, ld: s, stride: rows * s };
+                let c = Mat { ptr: pop + r0 * hd as u64 * e, ld: hd, stride: rows * hd };
+                blas.gemm_at((dt, dt), (false, false), (nr, hd, keys), d.batch, (a, vmat, c), 1.0, 0.0);
+            }
+            swap_mid(blas, dt, (pop, po), [d.batch, s, d.g, hd]);
         }
     });
     CALLS.fetch_add(1, Ordering::Relaxed);
-    (o, Saved { q, k, v, lse })
+    (o, Saved { q: qp, k, v, lse })
 }
 
 /// Backward pass (module docs): [dq, dk, dv] in q's dtype for dO [B, H, S, hd].
 fn backward(saved: Saved, d_o: Prim) -> [Prim; 3] {
-    let Saved { q, k, v, lse } = saved;
-    let dt = q.dtype;
+    let Saved { q: qp, k, v, lse } = saved;
+    let dt = qp.dtype;
     let mut d_o = burn_cubecl::kernel::into_contiguous(d_o);
     if d_o.dtype != dt {
         d_o = burn_cubecl::kernel::cast(d_o, dt);
     }
-    let (batch, rows, s, hd) = dims(&q, &k);
+    let sp = qp.shape();
+    let d = Dims { batch: sp[0] * sp[1], g: sp[3], s: sp[2], hd: sp[4] };
+    let (rows, s, hd) = (d.rows(), d.s, d.hd);
+    let (e, e32) = (dt.size() as u64, 4u64);
     let scale = 1.0 / (hd as f32).sqrt();
-    let scores = empty(&q, vec![batch * rows * s], DType::F32);
-    let dp = empty(&q, vec![batch * rows * s], DType::F32);
-    let p = empty(&q, vec![batch * rows * s], dt);
-    let ds = empty(&q, vec![batch * rows * s], dt);
-    let dq = empty(&q, q.shape(), dt);
+    let scores = empty(&qp, vec![d.batch * rows * s], DType::F32);
+    let dp = empty(&qp, vec![d.batch * rows * s], DType::F32);
+    let p = empty(&qp, vec![d.batch * rows * s], dt);
+    let ds = empty(&qp, vec![d.batch * rows * s], dt);
+    let dop = empty(&qp, vec![d.batch * rows * hd], dt);
+    let dqp = empty(&qp, vec![d.batch * rows * hd], dt);
+    let dq = empty(&qp, d_o.shape(), dt);
     let dk = empty(&k, k.shape(), dt);
     let dv = empty(&v, v.shape(), dt);
-    on_stream("attention backward", &[&q, &k, &v, &lse, &d_o, &scores, &dp, &p, &ds, &dq, &dk, &dv], |blas, ptr| {
-        let [pq, pk, pv, mut pl, pdo, mut ps, mut pdp, mut pp, mut pds, pdq, pdk, pdv] = <[u64; 12]>::try_from(ptr).expect("12 tensors");
+    on_stream("attention backward", &[&qp, &k, &v, &lse, &d_o, &dop, &scores, &dp, &p, &ds, &dqp, &dq, &dk, &dv], |blas, ptr| {
+        let [pqp, pk, pv, mut pl, pdo, pdop, mut ps, mut pdp, mut pp, mut pds, pdqp, pdq, pdk, pdv] = <[u64; 14]>::try_from(ptr).expect("14 tensors");
         let f = blas.kernels().softmax_bwd[variant(dt)];
-        let (mut n, mut sc) = (s as i32, scale);
+        let (mut n, mut g, mut cs, mut sc) = (s as i32, d.g as i32, block_len(s) as i32, scale);
+        let kv_mat = |ptr: u64| Mat { ptr, ld: hd, stride: s * hd };
+        let row_mat = |ptr: u64, r0: u64, esz: u64| Mat { ptr: ptr + r0 * hd as u64 * esz, ld: hd, stride: rows * hd };
+        let sq_mat = |ptr: u64, r0: u64, esz: u64| Mat { ptr: ptr + r0 * s as u64 * esz, ld: s, stride: rows * s };
+        let blocks = d.blocks();
         unsafe {
-            blas.gemm((dt, DType::F32), (false, true), (rows, s, hd), batch, (pq, pk, ps), scale);
-            blas.gemm((dt, DType::F32), (false, true), (rows, s, hd), batch, (pdo, pv, pdp), 1.0);
-            blas.launch("attention softmax backward", f, (batch * rows) as u32, BLOCK, &mut args![ps, pdp, pl, pp, pds, n, sc]);
-            // dv = Pᵀ·dO: P is stored [G·S, S] = [K, M].
-            blas.gemm((dt, dt), (true, false), (s, hd, rows), batch, (pp, pdo, pdv), 1.0);
-            blas.gemm((dt, dt), (false, false), (rows, hd, s), batch, (pds, pk, pdq), 1.0);
-            blas.gemm((dt, dt), (true, false), (s, hd, rows), batch, (pds, pq, pdk), 1.0);
+            swap_mid(blas, dt, (pdo, pdop), [d.batch, d.g, s, hd]);
+            for &(p0, np) in &blocks {
+                let (r0, nr, keys) = ((p0 * d.g) as u64, np * d.g, p0 + np);
+                blas.gemm_at((dt, DType::F32), (false, true), (nr, keys, hd), d.batch, (row_mat(pqp, r0, e), kv_mat(pk), sq_mat(ps, r0, e32)), scale, 0.0);
+                blas.gemm_at((dt, DType::F32), (false, true), (nr, keys, hd), d.batch, (row_mat(pdop, r0, e), kv_mat(pv), sq_mat(pdp, r0, e32)), 1.0, 0.0);
+            }
+            blas.launch("attention softmax backward", f, (d.batch * rows) as u32, BLOCK, &mut args![ps, pdp, pl, pp, pds, n, g, cs, sc]);
+            // dv = Pᵀ·dO and dk = dSᵀ·q sum over the rows of every block: the last block
+            // (all keys) writes, the earlier ones (fewer keys) add.
+            for (i, &(p0, np)) in blocks.iter().enumerate().rev() {
+                let (r0, nr, keys) = ((p0 * d.g) as u64, np * d.g, p0 + np);
+                let beta = if i + 1 == blocks.len() { 0.0 } else { 1.0 };
+                blas.gemm_at((dt, dt), (true, false), (keys, hd, nr), d.batch, (sq_mat(pp, r0, e), row_mat(pdop, r0, e), kv_mat(pdv)), 1.0, beta);
+                blas.gemm_at((dt, dt), (true, false), (keys, hd, nr), d.batch, (sq_mat(pds, r0, e), row_mat(pqp, r0, e), kv_mat(pdk)), 1.0, beta);
+            }
+            for &(p0, np) in &blocks {
+                let (r0, nr, keys) = ((p0 * d.g) as u64, np * d.g, p0 + np);
+                blas.gemm_at((dt, dt), (false, false), (nr, hd, keys), d.batch, (sq_mat(pds, r0, e), kv_mat(pk), row_mat(pdqp, r0, e)), 1.0, 0.0);
+            }
+            swap_mid(blas, dt, (pdqp, pdq), [d.batch, s, d.g, hd]);
         }
     });
     [dq, dk, dv]

@@ -5,7 +5,7 @@
 //! need no host wait, where a [`super::on_stream`] session costs two.
 //!
 //! A kernel's parameters are the buffers of the tensors passed to [`launch`], in order,
-//! then a device copy of its 32-bit scalar words (`const unsigned* prm`; floats by their
+//! then a device copy of its 32-bit scalar words when there are any (`const unsigned* prm`; floats by their
 //! bits). No CubeCL metadata is passed (the info block is empty); where the device takes
 //! grid constants CubeCL still appends a pointer to that empty block, which the kernel does
 //! not declare and `cuLaunchKernel` therefore ignores.
@@ -70,21 +70,22 @@ impl CubeTask<CudaCompiler> for Task {
 /// and before the work that reads its outputs, as any of its own kernels.
 pub(super) fn launch(name: &'static str, grid: (u32, u32), block: u32, tensors: &[&Prim], params: &[u32]) {
     let client = &tensors.first().expect("a kernel reads or writes a tensor").client;
-    launch_with(client, name, grid, block, tensors, params);
+    launch_with(client, name, grid, block, tensors.iter().map(|t| t.handle.clone().binding()).collect(), params);
 }
 
-/// One block of `block` threads running kernel `name` with only the scalar words `params`
-/// (the ordering kernels of [`super::on_stream`]), on `client`'s stream.
-pub(super) fn launch_on(client: &burn_cubecl::cubecl::client::ComputeClient<burn_cubecl::cubecl::cuda::CudaRuntime>, name: &'static str, block: u32, params: &[u32]) {
-    launch_with(client, name, (1, 1), block, &[], params);
+/// One block of `block` threads running kernel `name` on the raw CubeCL buffers `buffers`
+/// and no scalar words (the ordering kernels of [`super::on_stream`]), on `client`'s stream.
+pub(super) fn launch_buffers(client: &burn_cubecl::cubecl::client::ComputeClient<burn_cubecl::cubecl::cuda::CudaRuntime>, name: &'static str, block: u32, buffers: &[burn_cubecl::cubecl::server::Handle]) {
+    launch_with(client, name, (1, 1), block, buffers.iter().map(|h| h.clone().binding()).collect(), &[]);
 }
 
-/// [`launch`] on an explicit client.
-fn launch_with(client: &burn_cubecl::cubecl::client::ComputeClient<burn_cubecl::cubecl::cuda::CudaRuntime>, name: &'static str, grid: (u32, u32), block: u32, tensors: &[&Prim], params: &[u32]) {
-    let bytes: Vec<u8> = params.iter().flat_map(|w| w.to_le_bytes()).collect();
-    let params = client.create_from_slice(&bytes);
-    let mut buffers: Vec<_> = tensors.iter().map(|t| t.handle.clone().binding()).collect();
-    buffers.push(params.binding());
+/// [`launch`] on an explicit client and bindings; the scalar words' buffer is appended
+/// only when there are words.
+fn launch_with(client: &burn_cubecl::cubecl::client::ComputeClient<burn_cubecl::cubecl::cuda::CudaRuntime>, name: &'static str, grid: (u32, u32), block: u32, mut buffers: Vec<burn_cubecl::cubecl::server::Binding>, params: &[u32]) {
+    if !params.is_empty() {
+        let bytes: Vec<u8> = params.iter().flat_map(|w| w.to_le_bytes()).collect();
+        buffers.push(client.create_from_slice(&bytes).binding());
+    }
     let args = KernelArguments { buffers, info: MetadataBindingInfo::custom(vec![]), tensor_maps: vec![] };
     client.launch(Box::new(Task { name, block }), CubeCount::Static(grid.0, grid.1, 1), args);
     LAUNCHES.fetch_add(1, Ordering::Relaxed);

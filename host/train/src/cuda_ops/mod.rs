@@ -125,7 +125,7 @@ mod attention;
 mod cube;
 mod fused;
 pub(crate) use attention::attention;
-pub(crate) use fused::{rms_norm, rope, sum_of_squares, swiglu, token_logps};
+pub(crate) use fused::{cast, rms_norm, rope, sum_of_squares, swiglu, token_logps};
 
 /// The CUDA backend without autodiff: `CubeBackend<CudaRuntime, f32, i32, u8>`.
 type Inner = burn::backend::Cuda<f32>;
@@ -155,11 +155,16 @@ struct Blas {
     handle: cb::cublasHandle_t,
     stream: cu::CUstream,
     kernels: Option<Kernels>,
-    /// Two u32 flags in device memory for device-side ordering ([`on_stream`]): [0] is
-    /// written by a kernel on CubeCL's stream and waited for by this stream, [1] the other
-    /// way round; both carry the session's sequence number.
-    flags: cu::CUdeviceptr,
-    /// The last session's sequence number.
+    /// Device-side ordering's three u32 counters ([`on_stream`]): a CubeCL buffer holding
+    /// their device address (the ordering kernels' only argument, kept alive here) and
+    /// that address. [0] counts the signal kernels run on CubeCL's stream (this stream
+    /// waits for it), [1] holds the last session this stream finished (the spinning kernel
+    /// on CubeCL's stream waits for it), [2] counts the spinning kernels run. The counters
+    /// are a `cuMemAlloc` allocation of their own (12 bytes per thread, never freed):
+    /// stream memory operations refuse CubeCL's pooled (`cuMemAllocAsync`) memory with
+    /// `CUDA_ERROR_INVALID_VALUE`. Made at the first session.
+    flags: Option<(burn_cubecl::cubecl::server::Handle, u64)>,
+    /// Sessions queued so far (the value [0] and [1] reach when each is done).
     seq: u32,
 }
 
@@ -169,6 +174,8 @@ struct Kernels {
     /// Attention softmax forward / backward, for bf16 and for f32 operands.
     softmax_fwd: [cu::CUfunction; 2],
     softmax_bwd: [cu::CUfunction; 2],
+    /// [n, a, b, inner] → [n, b, a, inner] (attention's head/position reorder).
+    swap_mid: [cu::CUfunction; 2],
 }
 
 impl Blas {
@@ -184,6 +191,7 @@ impl Blas {
                 Kernels {
                     softmax_fwd: [f("bagel_attn_softmax_fwd_bf16"), f("bagel_attn_softmax_fwd_f32")],
                     softmax_bwd: [f("bagel_attn_softmax_bwd_bf16"), f("bagel_attn_softmax_bwd_f32")],
+                    swap_mid: [f("bagel_swap_mid_bf16"), f("bagel_swap_mid_f32")],
                 }
             }
         })
@@ -197,6 +205,39 @@ impl Blas {
     /// live device buffer of the size the kernel reads or writes.
     unsafe fn launch(&self, what: &str, f: cu::CUfunction, grid: u32, block: u32, args: &mut [*mut std::ffi::c_void]) {
         check(what, cudarc::driver::result::launch_kernel(f, (grid, 1, 1), (block, 1, 1), 0, self.stream, args));
+    }
+
+    /// `C = alpha · op(A) · op(B) + beta · C` for `batch` row-major matrices at explicit
+    /// layouts ([`Mat`]: address, leading dimension and batch stride in elements): A
+    /// [M, K] ([K, M] when `ta`), B [K, N] ([N, K] when `tb`), C [M, N]; dtypes and
+    /// accumulation as [`Blas::gemm`] (`cublasGemmStridedBatchedEx` with the row-major
+    /// trick described there). Used for sub-blocks of larger matrices (the causal blocks of
+    /// [`attention`]).
+    ///
+    /// # Safety
+    /// Every addressed element must lie in a live device buffer of the stated dtype.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_at(&self, (ab, out): (DType, DType), (ta, tb): (bool, bool), (m, n, k): (usize, usize, usize), batch: usize, (a, b, c): (Mat, Mat, Mat), alpha: f32, beta: f32) {
+        let ty = |d: DType| match d {
+            DType::BF16 => cb::cudaDataType::CUDA_R_16BF,
+            DType::F32 => cb::cudaDataType::CUDA_R_32F,
+            other => panic!("gemm: dtype {other:?} (bf16 or f32 only)"),
+        };
+        let (tab, tc) = (ty(ab), ty(out));
+        let (alpha, beta) = (&alpha as *const f32 as *const _, &beta as *const f32 as *const _);
+        let op = |t: bool| if t { cb::cublasOperation_t::CUBLAS_OP_T } else { cb::cublasOperation_t::CUBLAS_OP_N };
+        let dim = |x: usize| i32::try_from(x).expect("gemm: dimension above i32::MAX");
+        let (compute, algo) = (cb::cublasComputeType_t::CUBLAS_COMPUTE_32F, cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT);
+        let (pa, pb, pc) = (a.ptr as *const std::ffi::c_void, b.ptr as *const std::ffi::c_void, c.ptr as *mut std::ffi::c_void);
+        #[rustfmt::skip]
+        check("GemmStridedBatchedEx", cudarc::cublas::result::gemm_strided_batched_ex(
+            self.handle, op(tb), op(ta), dim(n), dim(m), dim(k), alpha,
+            pb, tab, dim(b.ld), b.stride as i64,
+            pa, tab, dim(a.ld), a.stride as i64,
+            beta, pc, tc, dim(c.ld), c.stride as i64,
+            dim(batch), compute, algo,
+        ));
+        GEMMS.fetch_add(1, Ordering::Relaxed);
     }
 
     /// `C = alpha · op(A) · op(B)` for `batch` row-major matrices packed back to back at
@@ -243,6 +284,16 @@ impl Blas {
     }
 }
 
+/// A row-major matrix (or a batch of them) inside a device buffer, for [`Blas::gemm_at`]:
+/// the address of its first element, the elements between the starts of two rows as
+/// stored (leading dimension) and between two matrices of the batch.
+#[derive(Clone, Copy, Debug)]
+struct Mat {
+    ptr: u64,
+    ld: usize,
+    stride: usize,
+}
+
 thread_local! {
     static BLAS: RefCell<Option<Blas>> = const { RefCell::new(None) };
 }
@@ -260,10 +311,7 @@ fn with_cuda<R>(index: usize, f: impl FnOnce(&mut Blas) -> R) -> R {
             let stream = cudarc::driver::result::stream::create(cudarc::driver::result::stream::StreamKind::NonBlocking).expect("CUDA stream");
             let handle = cudarc::cublas::result::create_handle().expect("cuBLAS handle");
             check("set stream", cudarc::cublas::result::set_stream(handle, stream as _));
-            let mut flags: cu::CUdeviceptr = 0;
-            check("allocate the ordering flags", cu::cuMemAlloc_v2(&mut flags, 8).result());
-            check("zero the ordering flags", cu::cuMemsetD32_v2(flags, 0, 2).result());
-            Blas { device: index, handle, stream, kernels: None, flags, seq: 0 }
+            Blas { device: index, handle, stream, kernels: None, flags: None, seq: 0 }
         });
         assert_eq!(blas.device, index, "cuBLAS/kernel state is per thread and per device: this thread already used device {}", blas.device);
         f(blas)
@@ -283,13 +331,19 @@ fn device_ordering() -> bool {
 /// any work CubeCL queues afterwards. All tensors are on one device; `what` names the
 /// work in panics.
 ///
-/// Device-side ordering (default): a kernel queued on CubeCL's stream writes the session's
-/// sequence number into flag 0 and this stream waits for it (`cuStreamWaitValue32`);
-/// after `f`'s work this stream writes the number into flag 1
-/// (`cuStreamWriteValue32`, which orders the preceding writes before it) and a kernel
-/// queued on CubeCL's stream spins until it sees it. The host never waits. Buffers stay
-/// valid without being held: CubeCL frees and reuses memory in the order of its stream,
-/// which is blocked behind the spinning kernel until this stream's work is done.
+/// Device-side ordering (default), with the counters of [`Blas::flags`]: a kernel queued
+/// on CubeCL's stream increments counter 0 and this stream waits until it reaches the
+/// session's number (`cuStreamWaitValue32`); after `f`'s work this stream writes the
+/// number into counter 1 (`cuStreamWriteValue32`, which orders the preceding writes
+/// before it) and a kernel queued on CubeCL's stream spins until it sees it. The host
+/// never waits for the GPU. The signal kernel is launched, and the operands' addresses
+/// looked up, in one task run on CubeCL's device thread (`ComputeClient::exclusive`, a
+/// blocking round trip that first takes everything queued before it): when it returns,
+/// the signal kernel is on the GPU's queue, so no later blocking driver call of this
+/// thread can wait for a stream that waits for a kernel still in CubeCL's client-side
+/// launch buffer (the hang of the sixth session, bench/RESULTS.md). Buffers stay valid without being held: CubeCL frees and
+/// reuses memory in the order of its stream, which is blocked behind the spinning kernel
+/// until this stream's work is done.
 ///
 /// Host-side ordering (`BAGEL_CUDA_HOST_WAIT=1`): wait for CubeCL's queue
 /// (`ComputeClient::sync`), hold the buffers, run `f`, wait for this stream.
@@ -301,34 +355,53 @@ fn on_stream<R>(what: &str, tensors: &[&Prim], f: impl FnOnce(&mut Blas, &[u64])
     if !device {
         check(&format!("sync before {what}"), burn_cubecl::cubecl::future::block_on(client.sync()));
     }
-    let t1 = Instant::now();
-    let held: Vec<_> = tensors.iter().map(|t| client.get_resource(t.handle.clone()).expect("device buffer of a live tensor")).collect();
-    let ptrs: Vec<u64> = held.iter().map(|r| r.resource().ptr).collect();
+    SYNC_NS.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
     SESSIONS.fetch_add(1, Ordering::Relaxed);
-    SYNC_NS.fetch_add((t1 - t0).as_nanos() as u64, Ordering::Relaxed);
-    LOOKUP_NS.fetch_add(t1.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    let r = with_cuda(first.device.index, |blas| {
+    with_cuda(first.device.index, |blas| {
+        let t1 = Instant::now();
+        // Device-side ordering: the signal kernel and the address lookups in one task run on
+        // CubeCL's device thread (`ComputeClient::exclusive`; CubeCL's calls made there run
+        // inline), so the signal is launched before this thread goes on, for one round trip
+        // per session instead of one per tensor. Host waits: one lookup per tensor, the
+        // resources held until this stream has drained (they keep the buffers from being
+        // reused); under device-side ordering the stream order does that.
+        let (flags, held, ptrs) = if device {
+            let (handle, addr) = blas.flags.get_or_insert_with(|| {
+                let mut addr: cu::CUdeviceptr = 0;
+                let zeros = [0u32; 3];
+                // SAFETY: a fresh 12-byte allocation, written from a 12-byte host array
+                // (a synchronous copy from pageable memory: done when it returns).
+                unsafe {
+                    check("allocate the ordering counters", cu::cuMemAlloc_v2(&mut addr, 12).result());
+                    check("zero the ordering counters", cu::cuMemcpyHtoD_v2(addr, zeros.as_ptr() as *const _, 12).result());
+                }
+                (client.create_from_slice(&addr.to_le_bytes()), addr)
+            });
+            let handle = handle.clone();
+            let ptrs = client
+                .exclusive(|| {
+                    cube::launch_buffers(client, "bagel_signal", 32, &[handle]);
+                    tensors.iter().map(|t| client.get_resource(t.handle.clone()).expect("device buffer of a live tensor").resource().ptr).collect::<Vec<u64>>()
+                })
+                .unwrap_or_else(|e| panic!("CUDA lookups before {what}: {e:?}"));
+            (Some(*addr), Vec::new(), ptrs)
+        } else {
+            let held: Vec<_> = tensors.iter().map(|t| client.get_resource(t.handle.clone()).expect("device buffer of a live tensor")).collect();
+            let ptrs = held.iter().map(|r| r.resource().ptr).collect();
+            (None, held, ptrs)
+        };
+        LOOKUP_NS.fetch_add(t1.elapsed().as_nanos() as u64, Ordering::Relaxed);
         let t = Instant::now();
-        let r = if device {
+        let r = if let Some(addr) = flags {
             blas.seq = blas.seq.wrapping_add(1);
-            let (seq, to_us, to_cubecl) = (blas.seq, blas.flags, blas.flags + 4);
-            let word = |addr: u64| [addr as u32, (addr >> 32) as u32];
-            let [a0, a1] = word(to_us);
-            cube::launch_on(client, "bagel_signal", 32, &[a0, a1, seq]);
-            // CubeCL's client buffers launches until a flush: without one the signal may
-            // still sit in that buffer while this thread blocks in a driver call that waits
-            // for the whole context (loading a kernel module, cuBLAS's lazy loading), and
-            // this stream's wait would then never end.
-            let tf = Instant::now();
-            check(&format!("flush before {what}"), client.flush());
-            SYNC_NS.fetch_add(tf.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            let seq = blas.seq;
             let geq = cu::CUstreamWaitValue_flags_enum::CU_STREAM_WAIT_VALUE_GEQ as u32;
-            check(&format!("wait for CubeCL before {what}"), unsafe { cu::cuStreamWaitValue32_v2(blas.stream, to_us, seq, geq).result() });
+            check(&format!("wait for CubeCL before {what}"), unsafe { cu::cuStreamWaitValue32_v2(blas.stream, addr, seq, geq).result() });
             let r = f(blas, &ptrs);
             let plain = cu::CUstreamWriteValue_flags_enum::CU_STREAM_WRITE_VALUE_DEFAULT as u32;
-            check(&format!("signal CubeCL after {what}"), unsafe { cu::cuStreamWriteValue32_v2(blas.stream, to_cubecl, seq, plain).result() });
-            let [b0, b1] = word(to_cubecl);
-            cube::launch_on(client, "bagel_wait", 32, &[b0, b1, seq]);
+            check(&format!("signal CubeCL after {what}"), unsafe { cu::cuStreamWriteValue32_v2(blas.stream, addr + 4, seq, plain).result() });
+            let handle = blas.flags.as_ref().expect("made above").0.clone();
+            cube::launch_buffers(client, "bagel_wait", 32, &[handle]);
             r
         } else {
             let r = f(blas, &ptrs);
@@ -336,10 +409,9 @@ fn on_stream<R>(what: &str, tensors: &[&Prim], f: impl FnOnce(&mut Blas, &[u64])
             r
         };
         STREAM_NS.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        drop(held);
         r
-    });
-    drop(held);
-    r
+    })
 }
 
 /// Panics with the CUDA/cuBLAS error: a failed GEMM on valid operands is a broken device or
@@ -531,33 +603,41 @@ pub(crate) fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D
 /// m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², p ← p·(1 − lr·λ) − lr · (m/bc₁) / (√(v/bc₂) + ε),
 /// with bcᵢ = 1 − βᵢᵗ; `first` = no moments yet (taken as 0).
 const ADAMW_SRC: &str = r#"
-/* Device-side ordering (on_stream): prm = flag address (2 words), sequence number.
-   bagel_signal writes the number; bagel_wait spins until the flag has reached it (wrapping compare). */
+/* Device-side ordering (on_stream), on the counters c of Blas::flags, whose address is
+   prm's two words. bagel_signal: c[0] += 1 (the private stream waits for it). bagel_wait:
+   c[2] += 1, then spin until c[1], written by the private stream, has reached c[2]
+   (wrapping compare). One thread each, in stream order. */
+__device__ __forceinline__ volatile unsigned* bagel_counters(const unsigned* prm) {
+  return (volatile unsigned*)(((unsigned long long)prm[1] << 32) | prm[0]);
+}
 extern "C" __global__ void bagel_signal(const unsigned* __restrict__ prm) {
-  if (threadIdx.x == 0) {
-    volatile unsigned* flag = (volatile unsigned*)(((unsigned long long)prm[1] << 32) | prm[0]);
+  if (threadIdx.x == 0 && blockIdx.x == 0) {
+    volatile unsigned* c = bagel_counters(prm);
     __threadfence_system();
-    *flag = prm[2];
+    c[0] = c[0] + 1u;
   }
 }
 extern "C" __global__ void bagel_wait(const unsigned* __restrict__ prm) {
-  if (threadIdx.x == 0) {
-    volatile unsigned* flag = (volatile unsigned*)(((unsigned long long)prm[1] << 32) | prm[0]);
-    const unsigned want = prm[2];
-    while ((int)(*flag - want) < 0) __nanosleep(256);
+  if (threadIdx.x == 0 && blockIdx.x == 0) {
+    volatile unsigned* c = bagel_counters(prm);
+    const unsigned want = c[2] + 1u;
+    c[2] = want;
+    while ((int)(c[1] - want) < 0) __nanosleep(256);
     __threadfence();
   }
 }
-extern "C" __global__ void bagel_adamw(float* __restrict__ p_out, float* __restrict__ m_out, float* __restrict__ v_out,
+template <bool SCALED>
+__device__ void bagel_adamw_impl(float* __restrict__ p_out, float* __restrict__ m_out, float* __restrict__ v_out,
     const float* __restrict__ p, const float* __restrict__ g, const float* __restrict__ m, const float* __restrict__ v,
-    const unsigned* __restrict__ prm) {
+    const float* __restrict__ gs, const unsigned* __restrict__ prm) {
   const unsigned long long n = (unsigned long long)prm[0] | ((unsigned long long)prm[1] << 32);
   const int first = (int)prm[2];
   const float lr = __uint_as_float(prm[3]), b1 = __uint_as_float(prm[4]), b2 = __uint_as_float(prm[5]), eps = __uint_as_float(prm[6]);
   const float decay = __uint_as_float(prm[7]), bc1 = __uint_as_float(prm[8]), bc2 = __uint_as_float(prm[9]);
+  const float scale = SCALED ? gs[0] : 1.0f;
   for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
        i += (unsigned long long)blockDim.x * gridDim.x) {
-    float gi = g[i];
+    float gi = SCALED ? g[i] * scale : g[i];
     float mi = (first ? 0.0f : m[i] * b1) + gi * (1.0f - b1);
     float vi = (first ? 0.0f : v[i] * b2) + (gi * gi) * (1.0f - b2);
     m_out[i] = mi;
@@ -565,12 +645,18 @@ extern "C" __global__ void bagel_adamw(float* __restrict__ p_out, float* __restr
     p_out[i] = p[i] * decay - ((mi / bc1) / (sqrtf(vi / bc2) + eps)) * lr;
   }
 }
+extern "C" __global__ void bagel_adamw(float* p_out, float* m_out, float* v_out, const float* p, const float* g,
+    const float* m, const float* v, const unsigned* prm) { bagel_adamw_impl<false>(p_out, m_out, v_out, p, g, m, v, 0, prm); }
+/* The gradient times gs[0] (gradient clipping's coefficient, on the device). */
+extern "C" __global__ void bagel_adamw_scaled(float* p_out, float* m_out, float* v_out, const float* p, const float* g,
+    const float* m, const float* v, const float* gs, const unsigned* prm) { bagel_adamw_impl<true>(p_out, m_out, v_out, p, g, m, v, gs, prm); }
 "#;
 
-/// One AdamW step ([`crate::optim::FusedAdamW`]) on one parameter as the fused kernel, when
-/// `B` is this crate's inner CUDA backend, the path is on (`BAGEL_CUBLAS` as for the
-/// GEMMs), and parameter, gradient and moments are f32 with no AMSGrad maximum; `Err`
-/// with the arguments handed back for burn's `AdamW` otherwise.
+/// One AdamW step ([`crate::optim::FusedAdamW`]) on one parameter as the fused kernel, the
+/// gradient multiplied by `scale` [1] (f32, on the device) when given, when `B` is this
+/// crate's inner CUDA backend, the path is on (`BAGEL_CUBLAS` as for the GEMMs), and
+/// parameter, gradient, moments and scale are f32 with no AMSGrad maximum; `Err` with the
+/// arguments handed back for burn's `AdamW` otherwise (the scale is the caller's to apply).
 #[allow(clippy::type_complexity)]
 pub(crate) fn adamw_step<B: Backend, const D: usize>(
     opt: &crate::optim::FusedAdamW,
@@ -578,9 +664,11 @@ pub(crate) fn adamw_step<B: Backend, const D: usize>(
     tensor: Tensor<B, D>,
     grad: Tensor<B, D>,
     state: Option<AdamWState<B, D>>,
+    scale: Option<Tensor<B, 1>>,
 ) -> Result<(Tensor<B, D>, Option<AdamWState<B, D>>), (Tensor<B, D>, Tensor<B, D>, Option<AdamWState<B, D>>)> {
     let f32s = tensor.dtype() == DType::F32
         && grad.dtype() == DType::F32
+        && scale.as_ref().is_none_or(|s| s.dtype() == DType::F32)
         && state.as_ref().is_none_or(|s| s.momentum.max_moment_2.is_none() && s.momentum.moment_1.dtype() == DType::F32 && s.momentum.moment_2.dtype() == DType::F32);
     if kind::<B>() != Some(Kind::Inference) || !f32s {
         return Err((tensor, grad, state));
@@ -605,7 +693,14 @@ pub(crate) fn adamw_step<B: Backend, const D: usize>(
         let f = |x: f32| x.to_bits();
         #[rustfmt::skip]
         let params = [lo, hi, moments.is_none() as u32, f(lr as f32), f(opt.beta_1), f(opt.beta_2), f(opt.epsilon), f((1.0 - decay_rate) as f32), f(bc(opt.beta_1)), f(bc(opt.beta_2))];
-        cube::launch("bagel_adamw", (n.div_ceil(256).min(1 << 16) as u32, 1), 256, &[&p_out, &m_out, &v_out, &p, &g, m, v], &params);
+        let grid = (n.div_ceil(256).min(1 << 16) as u32, 1);
+        match scale {
+            Some(s) => {
+                let s: Prim = burn_cubecl::kernel::into_contiguous(to(s.into_primitive().tensor()));
+                cube::launch("bagel_adamw_scaled", grid, 256, &[&p_out, &m_out, &v_out, &p, &g, m, v, &s], &params);
+            }
+            None => cube::launch("bagel_adamw", grid, 256, &[&p_out, &m_out, &v_out, &p, &g, m, v], &params),
+        }
         ADAMW_STEPS.fetch_add(1, Ordering::Relaxed);
     }
     let momentum = AdaptiveMomentumState { time, moment_1: back(m_out), moment_2: back(v_out), max_moment_2: None };
@@ -681,7 +776,8 @@ mod tests {
     }
 
     /// The fused AdamW kernel against burn's `AdamW` (the unfused reference it replaces),
-    /// three steps on one parameter with weight decay: parameters and both moments within
+    /// three steps on one parameter with weight decay, the last two with a gradient scale
+    /// (the scaled kernel against burn on the scaled gradient): parameters and both moments within
     /// 1e-5 relative (f32 arithmetic; the kernel keeps burn's operation order, so the
     /// differences are the compiler's contractions, ≈ 1e-7).
     #[test]
@@ -696,8 +792,14 @@ mod tests {
         let before = ADAMW_STEPS.load(Ordering::Relaxed);
         for step in 0..3u64 {
             let g = t(20 + step);
+            // Steps 1 and 2 with a gradient scale (clipping's coefficient): the scaled
+            // kernel against burn's AdamW on g·0.37.
+            let k = if step == 0 { 1.0 } else { 0.37 };
+            if step == 1 {
+                fused.grad_scale.set(Tensor::<Inner, 1>::from_data(TensorData::new(vec![0.37f32], [1]), &device));
+            }
             (pf, sf) = SimpleOptimizer::<Inner>::step(&fused, 1e-2, pf, g.clone(), sf);
-            (pr, sr) = reference.step(1e-2, pr, g, sr);
+            (pr, sr) = reference.step(1e-2, pr, g.mul_scalar(k), sr);
         }
         assert_eq!(ADAMW_STEPS.load(Ordering::Relaxed) - before, 3, "the fused kernel ran each step");
         let (sf, sr) = (sf.unwrap().momentum, sr.unwrap().momentum);
