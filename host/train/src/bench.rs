@@ -78,10 +78,11 @@ pub struct StepBenchReport {
     pub cuda_ops_s_per_step: f64,
     /// Custom CUDA ops (sessions) per timed step.
     pub cuda_ops_per_step: f64,
-    /// Seconds per timed step the host waited for CubeCL before those ops: for its launch
-    /// buffer to be taken (device-side ordering) or for its queue to finish (host waits).
+    /// Seconds per timed step the host waited for CubeCL's queue to finish before those ops
+    /// (host waits, `BAGEL_CUDA_HOST_WAIT=1`; 0 under device-side ordering).
     pub cuda_ops_sync_s_per_step: f64,
-    /// Seconds per timed step spent looking up their operands' device addresses.
+    /// Seconds per timed step in the round trips to CubeCL's device thread that look up
+    /// their operands' device addresses (including waiting for that thread to catch up).
     pub cuda_ops_lookup_s_per_step: f64,
 }
 

@@ -38,9 +38,11 @@ impl GradScale {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
-    /// The factor, when one is set on backend `B`.
+    /// The factor, when one is set. Panics when it was set on another backend than `B`
+    /// (clipping would otherwise be skipped silently).
     fn get<B: Backend>(&self) -> Option<Tensor<B, 1>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).as_ref().and_then(|t| t.downcast_ref::<Tensor<B, 1>>()).cloned()
+        let slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.as_ref().map(|t| t.downcast_ref::<Tensor<B, 1>>().cloned().expect("GradScale set on another backend than the optimizer steps on"))
     }
 }
 

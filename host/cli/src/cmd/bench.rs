@@ -57,7 +57,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     println!("losses: {}", r.losses.iter().map(|l| format!("{l:.4}")).collect::<Vec<_>>().join(" "));
     if r.cublas_gemms_per_step > 0.0 {
         println!(
-            "custom CUDA ops per step: {:.0} ops ({:.0} cuBLAS GEMMs, {:.0} fused attention), {:.3} s on their stream, {:.3} s waiting for CubeCL before them, {:.3} s looking up addresses",
+            "custom CUDA ops per step: {:.0} ops ({:.0} cuBLAS GEMMs, {:.0} fused attention), {:.3} s host time in their sessions, {:.3} s waiting for CubeCL's queue (host waits only), {:.3} s in address-lookup round trips to CubeCL",
             r.cuda_ops_per_step, r.cublas_gemms_per_step, r.fused_attention_per_step, r.cuda_ops_s_per_step, r.cuda_ops_sync_s_per_step, r.cuda_ops_lookup_s_per_step
         );
     }

@@ -12,11 +12,11 @@
 //! backward is a separate reduction), and the rows of a range of positions are
 //! contiguous. O comes back to [B, H, S, hd] the same way.
 //!
-//! Causal blocks: the positions are split into c blocks (at most 4, each at least 128
-//! positions: S = 1024 gives 4 of 256). The rows of block i only see keys up to the end
+//! Causal blocks: the positions are split into c = min(4, ⌈S/128⌉) blocks of ⌈S/c⌉
+//! positions, the last possibly shorter (S = 1024: 4 of 256; S = 300: 3 of 100). The rows of block i only see keys up to the end
 //! of block i, so each product is c strided-batched GEMMs over those key ranges, and
 //! the masked triangle is computed and stored only inside the diagonal blocks: a
-//! fraction (c+1)/2c of the square instead of all of it (5/8 at c = 4), in FLOPs and in
+//! fraction (c+1)/2c of the square for equal blocks instead of all of it (5/8 at c = 4), in FLOPs and in
 //! bytes of the score matrices.
 //!
 //! Forward: S = (1/√hd)·q·kᵀ in f32 (bf16 or f32 operands, f32 accumulation), one block per
@@ -172,7 +172,8 @@ pub(super) fn variant(dt: DType) -> usize {
 }
 
 /// Query positions per causal block (module docs) for S positions: S split into at most
-/// [`MAX_BLOCKS`] blocks of at least 128 positions (S = 1024: 4 blocks of 256).
+/// c = min([`MAX_BLOCKS`], ⌈S/128⌉) blocks of ⌈S/c⌉ positions, the last possibly shorter
+/// (S = 1024: 4 blocks of 256; S = 300: 3 of 100).
 fn block_len(s: usize) -> usize {
     s.div_ceil(s.div_ceil(128).clamp(1, MAX_BLOCKS))
 }

@@ -2,7 +2,8 @@
 //! on CubeCL's own stream, as "externally compiled kernels" (CubeCL's
 //! `MetadataBindingInfo::custom`): CubeCL compiles the source with NVRTC (its options, its
 //! PTX cache on disk) and launches the kernel in order with its own work, so these ops
-//! need no host wait, where a [`super::on_stream`] session costs two.
+//! need no ordering of their own, where a [`super::on_stream`] session needs two ordering
+//! kernels (or two host waits).
 //!
 //! A kernel's parameters are the buffers of the tensors passed to [`launch`], in order,
 //! then a device copy of its 32-bit scalar words when there are any (`const unsigned* prm`; floats by their

@@ -1,8 +1,8 @@
 //! Custom CUDA ops for the trainer (issue 7: "custom burn ops that call NVIDIA's libraries
 //! through cudarc" and "CubeCL kernels of your own"): cuBLAS GEMMs, fused causal attention
-//! ([`attention`]), fused RMSNorm, RoPE, SwiGLU, target log-probabilities and the sum of
-//! squares of gradient clipping ([`fused`]), and a fused AdamW step, all on burn's own
-//! device buffers.
+//! ([`attention`]), fused RMSNorm, RoPE, SwiGLU, target log-probabilities, the sum of
+//! squares of gradient clipping and the bf16 ↔ f32 cast ([`fused`]), and a fused AdamW step
+//! (with clipping's coefficient), all on burn's own device buffers.
 //!
 //! burn 0.21's CUDA matmul kernels (CubeCL) reach about 60 TFLOP/s in bf16 on an H200, a
 //! tenth of the tensor-core rate (bench/RESULTS.md, "where the step goes"). This module
@@ -32,7 +32,7 @@
 //! model on one thread).
 //!
 //! Dispatch: the entry points ([`matmul`], [`attention`], [`rms_norm`], [`rope`],
-//! [`swiglu`], [`token_logps`], [`sum_of_squares`], [`adamw_step`]) are called from the backend-generic model
+//! [`swiglu`], [`token_logps`], [`sum_of_squares`], [`cast`], [`adamw_step`]) are called from the backend-generic model
 //! and optimizer code. They check the backend type at run time (`TypeId`, then `Any`
 //! downcasts of the primitives) and run only for the CUDA backends of this crate
 //! ([`crate::CudaBackend`], [`crate::CudaBackendCheckpointed`], [`crate::CudaInference`]);
@@ -69,8 +69,9 @@ static GEMMS: AtomicU64 = AtomicU64::new(0);
 static STREAM_NS: AtomicU64 = AtomicU64::new(0);
 /// Parameter updates done by the fused AdamW kernel.
 static ADAMW_STEPS: AtomicU64 = AtomicU64::new(0);
-/// [`on_stream`] sessions, and the host time (nanoseconds) of their two preludes: waiting
-/// for CubeCL's queue (`ComputeClient::sync`) and looking up the device addresses.
+/// [`on_stream`] sessions, and the host time (nanoseconds) of their preludes: waiting for
+/// CubeCL's queue (`ComputeClient::sync`, host waits only) and the round trip to CubeCL's
+/// device thread that looks up the device addresses (and launches the signal kernel).
 static SESSIONS: AtomicU64 = AtomicU64::new(0);
 static SYNC_NS: AtomicU64 = AtomicU64::new(0);
 static LOOKUP_NS: AtomicU64 = AtomicU64::new(0);
@@ -85,19 +86,21 @@ pub struct Stats {
     pub attention_calls: u64,
     /// Parameter updates by the fused AdamW kernel.
     pub adamw_steps: u64,
-    /// Element-wise kernels (fused ops, AdamW) queued on CubeCL's stream.
+    /// Kernels of this module queued on CubeCL's stream: the fused ops, AdamW, and the two
+    /// ordering kernels of each session under device-side ordering.
     pub kernel_launches: u64,
     /// Seconds the host spent in [`on_stream`] sessions after the address lookups: queueing
     /// only under device-side ordering; queueing and waiting for completion under host
     /// waits (`BAGEL_CUDA_HOST_WAIT=1`).
     pub seconds: f64,
-    /// Ops run ([`on_stream`] sessions: two host waits each).
+    /// Ops run ([`on_stream`] sessions; under host waits, two host waits each).
     pub sessions: u64,
-    /// Seconds the host waited for CubeCL before them: for its queued work to finish under
-    /// host waits; for it to take the launches it buffered (`ComputeClient::flush`) under
-    /// device-side ordering (counted in `seconds` too).
+    /// Seconds the host waited for CubeCL's queued work to finish before them (host waits
+    /// only; 0 under device-side ordering).
     pub sync_seconds: f64,
-    /// Seconds spent looking up their operands' device addresses.
+    /// Seconds spent in the round trips to CubeCL's device thread that look up their
+    /// operands' device addresses: that thread first takes everything queued before, so
+    /// this includes waiting for it to catch up.
     pub lookup_seconds: f64,
 }
 
@@ -155,12 +158,12 @@ struct Blas {
     handle: cb::cublasHandle_t,
     stream: cu::CUstream,
     kernels: Option<Kernels>,
-    /// Device-side ordering's three u32 counters ([`on_stream`]): a CubeCL buffer holding
+    /// Device-side ordering's two u32 counters ([`on_stream`]): a CubeCL buffer holding
     /// their device address (the ordering kernels' only argument, kept alive here) and
     /// that address. [0] counts the signal kernels run on CubeCL's stream (this stream
-    /// waits for it), [1] holds the last session this stream finished (the spinning kernel
-    /// on CubeCL's stream waits for it), [2] counts the spinning kernels run. The counters
-    /// are a `cuMemAlloc` allocation of their own (12 bytes per thread, never freed):
+    /// waits for it to reach the session's number), [1] holds the last session this stream
+    /// finished (the spinning kernel on CubeCL's stream waits until it reaches [0]). The
+    /// counters are a `cuMemAlloc` allocation of their own (12 bytes per thread, never freed):
     /// stream memory operations refuse CubeCL's pooled (`cuMemAllocAsync`) memory with
     /// `CUDA_ERROR_INVALID_VALUE`. Made at the first session.
     flags: Option<(burn_cubecl::cubecl::server::Handle, u64)>,
@@ -380,8 +383,11 @@ fn on_stream<R>(what: &str, tensors: &[&Prim], f: impl FnOnce(&mut Blas, &[u64])
             let handle = handle.clone();
             let ptrs = client
                 .exclusive(|| {
+                    // Lookups first: they are where CubeCL orders its stream after operands'
+                    // last use on another of its streams, which the signal must follow.
+                    let ptrs = tensors.iter().map(|t| client.get_resource(t.handle.clone()).expect("device buffer of a live tensor").resource().ptr).collect::<Vec<u64>>();
                     cube::launch_buffers(client, "bagel_signal", 32, &[handle]);
-                    tensors.iter().map(|t| client.get_resource(t.handle.clone()).expect("device buffer of a live tensor").resource().ptr).collect::<Vec<u64>>()
+                    ptrs
                 })
                 .unwrap_or_else(|e| panic!("CUDA lookups before {what}: {e:?}"));
             (Some(*addr), Vec::new(), ptrs)
@@ -393,6 +399,9 @@ fn on_stream<R>(what: &str, tensors: &[&Prim], f: impl FnOnce(&mut Blas, &[u64])
         LOOKUP_NS.fetch_add(t1.elapsed().as_nanos() as u64, Ordering::Relaxed);
         let t = Instant::now();
         let r = if let Some(addr) = flags {
+            // The number of signals launched so far. The counters heal from an aborted
+            // session (a panic between the signal and the spinning kernel): the spinning
+            // kernel waits for counter 1 to reach counter 0, the signals actually run.
             blas.seq = blas.seq.wrapping_add(1);
             let seq = blas.seq;
             let geq = cu::CUstreamWaitValue_flags_enum::CU_STREAM_WAIT_VALUE_GEQ as u32;
@@ -473,7 +482,7 @@ pub(crate) fn gemm(a: Prim, b: Prim, ta: bool, tb: bool) -> Prim {
 }
 
 /// Several [`gemm`]s (operands and flags each) queued in one [`on_stream`] session: one
-/// pair of host waits for all of them (a linear layer's two backward products).
+/// ordering of the session for all of them (a linear layer's two backward products).
 fn gemms(products: Vec<(Prim, Prim, bool, bool)>) -> Vec<Prim> {
     struct Planned {
         a: Prim,
@@ -511,7 +520,8 @@ fn gemms(products: Vec<(Prim, Prim, bool, bool)>) -> Vec<Prim> {
             for (p, abc) in live.iter().zip(ptr.chunks(3)) {
                 let (m, n, k) = p.mnk;
                 // SAFETY: the three addresses are the contiguous operands and output planned
-                // above, held by `on_stream` until the stream has drained.
+                // above, alive until the session's work is done (`on_stream`: CubeCL's
+                // stream, which frees and reuses memory, waits for it).
                 unsafe { blas.gemm((p.a.dtype, p.a.dtype), p.flags, (m, n, k), p.batch, (abc[0], abc[1], abc[2]), 1.0) };
             }
         });
@@ -604,9 +614,11 @@ pub(crate) fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D
 /// with bcᵢ = 1 − βᵢᵗ; `first` = no moments yet (taken as 0).
 const ADAMW_SRC: &str = r#"
 /* Device-side ordering (on_stream), on the counters c of Blas::flags, whose address is
-   prm's two words. bagel_signal: c[0] += 1 (the private stream waits for it). bagel_wait:
-   c[2] += 1, then spin until c[1], written by the private stream, has reached c[2]
-   (wrapping compare). One thread each, in stream order. */
+   prm's two words. bagel_signal: c[0] += 1 (the private stream waits for it to reach the
+   session's number). bagel_wait: spin until c[1], written by the private stream when a
+   session's work is done, has reached c[0] (the number of the last signal run on this
+   stream, i.e. of the session being waited for; wrapping compare). One thread each, in
+   stream order. */
 __device__ __forceinline__ volatile unsigned* bagel_counters(const unsigned* prm) {
   return (volatile unsigned*)(((unsigned long long)prm[1] << 32) | prm[0]);
 }
@@ -620,8 +632,7 @@ extern "C" __global__ void bagel_signal(const unsigned* __restrict__ prm) {
 extern "C" __global__ void bagel_wait(const unsigned* __restrict__ prm) {
   if (threadIdx.x == 0 && blockIdx.x == 0) {
     volatile unsigned* c = bagel_counters(prm);
-    const unsigned want = c[2] + 1u;
-    c[2] = want;
+    const unsigned want = c[0];
     while ((int)(c[1] - want) < 0) __nanosleep(256);
     __threadfence();
   }
