@@ -6,7 +6,7 @@
 //! kernels (or two host waits).
 //!
 //! A kernel's parameters are the buffers of the tensors passed to [`launch`], in order,
-//! then a device copy of its 32-bit scalar words when there are any (`const unsigned* prm`; floats by their
+//! then a device copy of its 32-bit scalar words when there are any (reused for the same words: [`param_buffer`]; `const unsigned* prm`; floats by their
 //! bits). No CubeCL metadata is passed (the info block is empty); where the device takes
 //! grid constants CubeCL still appends a pointer to that empty block, which the kernel does
 //! not declare and `cuLaunchKernel` therefore ignores.
@@ -70,23 +70,51 @@ impl CubeTask<CudaCompiler> for Task {
 /// then the scalar words `params`. CubeCL orders it after the work that wrote the tensors
 /// and before the work that reads its outputs, as any of its own kernels.
 pub(super) fn launch(name: &'static str, grid: (u32, u32), block: u32, tensors: &[&Prim], params: &[u32]) {
-    let client = &tensors.first().expect("a kernel reads or writes a tensor").client;
-    launch_with(client, name, grid, block, tensors.iter().map(|t| t.handle.clone().binding()).collect(), params);
+    let first = tensors.first().expect("a kernel reads or writes a tensor");
+    let mut buffers: Vec<_> = tensors.iter().map(|t| t.handle.clone().binding()).collect();
+    if !params.is_empty() {
+        buffers.push(param_buffer(&first.client, first.device.index, params).binding());
+    }
+    launch_with(&first.client, name, grid, block, buffers);
+}
+
+/// Most scalar-word buffers kept per thread by [`param_buffer`] before it starts afresh.
+const PARAM_CACHE: usize = 4096;
+
+/// A device buffer holding `params` on device `device`, reused for every launch with the
+/// same words: each new buffer is an allocation and a copy queued on CubeCL's device
+/// thread, and the words repeat (a fused op's sizes every step, AdamW's per parameter
+/// shape within a step). Kept per thread, at most [`PARAM_CACHE`] of them (then all
+/// dropped: CubeCL frees a buffer only after the work queued on it).
+fn param_buffer(client: &burn_cubecl::cubecl::client::ComputeClient<burn_cubecl::cubecl::cuda::CudaRuntime>, device: usize, params: &[u32]) -> burn_cubecl::cubecl::server::Handle {
+    thread_local! {
+        static CACHE: std::cell::RefCell<std::collections::HashMap<(usize, Vec<u32>), burn_cubecl::cubecl::server::Handle>> = std::cell::RefCell::new(std::collections::HashMap::new());
+    }
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let key = (device, params.to_vec());
+        if let Some(h) = cache.get(&key) {
+            return h.clone();
+        }
+        if cache.len() >= PARAM_CACHE {
+            cache.clear();
+        }
+        let bytes: Vec<u8> = params.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let h = client.create_from_slice(&bytes);
+        cache.insert(key, h.clone());
+        h
+    })
 }
 
 /// One block of `block` threads running kernel `name` on the raw CubeCL buffers `buffers`
 /// and no scalar words (the ordering kernels of [`super::on_stream`]), on `client`'s stream.
 pub(super) fn launch_buffers(client: &burn_cubecl::cubecl::client::ComputeClient<burn_cubecl::cubecl::cuda::CudaRuntime>, name: &'static str, block: u32, buffers: &[burn_cubecl::cubecl::server::Handle]) {
-    launch_with(client, name, (1, 1), block, buffers.iter().map(|h| h.clone().binding()).collect(), &[]);
+    launch_with(client, name, (1, 1), block, buffers.iter().map(|h| h.clone().binding()).collect());
 }
 
-/// [`launch`] on an explicit client and bindings; the scalar words' buffer is appended
-/// only when there are words.
-fn launch_with(client: &burn_cubecl::cubecl::client::ComputeClient<burn_cubecl::cubecl::cuda::CudaRuntime>, name: &'static str, grid: (u32, u32), block: u32, mut buffers: Vec<burn_cubecl::cubecl::server::Binding>, params: &[u32]) {
-    if !params.is_empty() {
-        let bytes: Vec<u8> = params.iter().flat_map(|w| w.to_le_bytes()).collect();
-        buffers.push(client.create_from_slice(&bytes).binding());
-    }
+/// [`launch`] on an explicit client and bindings (the scalar words' buffer, if any,
+/// already last).
+fn launch_with(client: &burn_cubecl::cubecl::client::ComputeClient<burn_cubecl::cubecl::cuda::CudaRuntime>, name: &'static str, grid: (u32, u32), block: u32, buffers: Vec<burn_cubecl::cubecl::server::Binding>) {
     let args = KernelArguments { buffers, info: MetadataBindingInfo::custom(vec![]), tensor_maps: vec![] };
     client.launch(Box::new(Task { name, block }), CubeCount::Static(grid.0, grid.1, 1), args);
     LAUNCHES.fetch_add(1, Ordering::Relaxed);
