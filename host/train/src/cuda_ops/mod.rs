@@ -221,16 +221,8 @@ impl Blas {
     /// Every addressed element must lie in a live device buffer of the stated dtype.
     #[allow(clippy::too_many_arguments)]
     unsafe fn gemm_at(&self, (ab, out): (DType, DType), (ta, tb): (bool, bool), (m, n, k): (usize, usize, usize), batch: usize, (a, b, c): (Mat, Mat, Mat), alpha: f32, beta: f32) {
-        let ty = |d: DType| match d {
-            DType::BF16 => cb::cudaDataType::CUDA_R_16BF,
-            DType::F32 => cb::cudaDataType::CUDA_R_32F,
-            other => panic!("gemm: dtype {other:?} (bf16 or f32 only)"),
-        };
-        let (tab, tc) = (ty(ab), ty(out));
+        let (tab, tc) = (cuda_type(ab), cuda_type(out));
         let (alpha, beta) = (&alpha as *const f32 as *const _, &beta as *const f32 as *const _);
-        let op = |t: bool| if t { cb::cublasOperation_t::CUBLAS_OP_T } else { cb::cublasOperation_t::CUBLAS_OP_N };
-        let dim = |x: usize| i32::try_from(x).expect("gemm: dimension above i32::MAX");
-        let (compute, algo) = (cb::cublasComputeType_t::CUBLAS_COMPUTE_32F, cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT);
         let (pa, pb, pc) = (a.ptr as *const std::ffi::c_void, b.ptr as *const std::ffi::c_void, c.ptr as *mut std::ffi::c_void);
         #[rustfmt::skip]
         check("GemmStridedBatchedEx", cudarc::cublas::result::gemm_strided_batched_ex(
@@ -238,7 +230,7 @@ impl Blas {
             pb, tab, dim(b.ld), b.stride as i64,
             pa, tab, dim(a.ld), a.stride as i64,
             beta, pc, tc, dim(c.ld), c.stride as i64,
-            dim(batch), compute, algo,
+            dim(batch), COMPUTE, ALGO,
         ));
         GEMMS.fetch_add(1, Ordering::Relaxed);
     }
@@ -254,38 +246,50 @@ impl Blas {
     /// # Safety
     /// The addresses must hold `batch` matrices of the stated shapes and dtypes.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm(&self, (ab, out): (DType, DType), (ta, tb): (bool, bool), (m, n, k): (usize, usize, usize), batch: usize, (a, b, c): (u64, u64, u64), alpha: f32) {
-        let ty = |d: DType| match d {
-            DType::BF16 => cb::cudaDataType::CUDA_R_16BF,
-            DType::F32 => cb::cudaDataType::CUDA_R_32F,
-            other => panic!("gemm: dtype {other:?} (bf16 or f32 only)"),
-        };
-        let (tab, tc) = (ty(ab), ty(out));
+    unsafe fn gemm(&self, dtypes: (DType, DType), (ta, tb): (bool, bool), (m, n, k): (usize, usize, usize), batch: usize, (a, b, c): (u64, u64, u64), alpha: f32) {
+        // The packed layouts: each operand's leading dimension is its stored row length.
+        let a = Mat { ptr: a, ld: if ta { m } else { k }, stride: m * k };
+        let b = Mat { ptr: b, ld: if tb { k } else { n }, stride: k * n };
+        let c = Mat { ptr: c, ld: n, stride: m * n };
+        if batch != 1 {
+            return unsafe { self.gemm_at(dtypes, (ta, tb), (m, n, k), batch, (a, b, c), alpha, 0.0) };
+        }
+        let (tab, tc) = (cuda_type(dtypes.0), cuda_type(dtypes.1));
         let beta = 0f32;
         let (alpha, beta) = (&alpha as *const f32 as *const _, &beta as *const f32 as *const _);
-        let op = |t: bool| if t { cb::cublasOperation_t::CUBLAS_OP_T } else { cb::cublasOperation_t::CUBLAS_OP_N };
-        let dim = |x: usize| i32::try_from(x).expect("gemm: dimension above i32::MAX");
-        // cuBLAS's A is our `b` and its B our `a` (Cᵀ = op(b)ᵀ·op(a)ᵀ): these are their
-        // leading dimensions in cuBLAS's naming.
-        let (lda, ldb) = (dim(if tb { k } else { n }), dim(if ta { m } else { k }));
-        let (compute, algo) = (cb::cublasComputeType_t::CUBLAS_COMPUTE_32F, cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT);
-        let (pa, pb, pc) = (a as *const std::ffi::c_void, b as *const std::ffi::c_void, c as *mut std::ffi::c_void);
-        if batch == 1 {
-            check("GemmEx", cudarc::cublas::result::gemm_ex(self.handle, op(tb), op(ta), dim(n), dim(m), dim(k), alpha, pb, tab, lda, pa, tab, ldb, beta, pc, tc, dim(n), compute, algo));
-        } else {
-            let stride = |x: usize| x as i64;
-            #[rustfmt::skip]
-            check("GemmStridedBatchedEx", cudarc::cublas::result::gemm_strided_batched_ex(
-                self.handle, op(tb), op(ta), dim(n), dim(m), dim(k), alpha,
-                pb, tab, lda, stride(k * n),
-                pa, tab, ldb, stride(m * k),
-                beta, pc, tc, dim(n), stride(m * n),
-                dim(batch), compute, algo,
-            ));
-        }
+        let (pa, pb, pc) = (a.ptr as *const std::ffi::c_void, b.ptr as *const std::ffi::c_void, c.ptr as *mut std::ffi::c_void);
+        // cuBLAS's A is our `b` and its B our `a` (Cᵀ = op(b)ᵀ·op(a)ᵀ).
+        check("GemmEx", cudarc::cublas::result::gemm_ex(self.handle, op(tb), op(ta), dim(n), dim(m), dim(k), alpha, pb, tab, dim(b.ld), pa, tab, dim(a.ld), beta, pc, tc, dim(c.ld), COMPUTE, ALGO));
         GEMMS.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+/// cuBLAS's data type for a GEMM operand dtype (bf16 or f32; others panic).
+fn cuda_type(d: DType) -> cb::cudaDataType {
+    match d {
+        DType::BF16 => cb::cudaDataType::CUDA_R_16BF,
+        DType::F32 => cb::cudaDataType::CUDA_R_32F,
+        other => panic!("gemm: dtype {other:?} (bf16 or f32 only)"),
+    }
+}
+
+/// cuBLAS's operation for "transposed" `t`.
+fn op(t: bool) -> cb::cublasOperation_t {
+    if t {
+        cb::cublasOperation_t::CUBLAS_OP_T
+    } else {
+        cb::cublasOperation_t::CUBLAS_OP_N
+    }
+}
+
+/// A GEMM dimension as cuBLAS's `int` (panics above `i32::MAX`).
+fn dim(x: usize) -> i32 {
+    i32::try_from(x).expect("gemm: dimension above i32::MAX")
+}
+
+/// f32 accumulation without TF32 (PyTorch's default) and cuBLAS's default algorithm choice.
+const COMPUTE: cb::cublasComputeType_t = cb::cublasComputeType_t::CUBLAS_COMPUTE_32F;
+const ALGO: cb::cublasGemmAlgo_t = cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT;
 
 /// A row-major matrix (or a batch of them) inside a device buffer, for [`Blas::gemm_at`]:
 /// the address of its first element, the elements between the starts of two rows as
