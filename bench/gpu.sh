@@ -12,7 +12,8 @@
 # STEPS (10), WARMUP (3), RUNS ("burn-f32 burn-f32 burn-bf16 burn-bf16 torch-eager
 # torch-compile"; also torch-f32: PyTorch eager without autocast; burn-f32-burnmm and
 # burn-bf16-burnmm: bagel with BAGEL_CUBLAS=0, i.e. burn's own matmul kernels for the
-# linear layers), LIMIT (seconds per run, 240), OUT_DIR (bench-out).
+# linear layers; burn-bf16-unpacked: bagel with BAGEL_PACKED=0, separate q/k/v and
+# gate/up projections), LIMIT (seconds per run, 240), OUT_DIR (bench-out).
 #
 # bagel's matrix products call cuBLAS (host/train/src/cuda_ops/), loaded at run time: when
 # the loader does not know libcublas.so, this script adds the CUDA toolkit's or PyTorch's
@@ -38,6 +39,7 @@ for run in $RUNS; do
   case $run in
     burn-f32) cmd=("$BAGEL" bench sft-step --backend cuda --config "$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --json "$out") ;;
     burn-bf16) cmd=("$BAGEL" bench sft-step --backend cuda --bf16 --config "$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --json "$out") ;;
+    burn-bf16-unpacked) cmd=(env BAGEL_PACKED=0 "$BAGEL" bench sft-step --backend cuda --bf16 --config "$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --json "$out") ;;
     burn-f32-burnmm) cmd=(env BAGEL_CUBLAS=0 "$BAGEL" bench sft-step --backend cuda --config "$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --json "$out") ;;
     burn-bf16-burnmm) cmd=(env BAGEL_CUBLAS=0 "$BAGEL" bench sft-step --backend cuda --bf16 --config "$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --json "$out") ;;
     torch-eager) cmd=(python3 bench/torch_sft_step.py --config "$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --json "$out") ;;

@@ -84,6 +84,11 @@ pub struct StepBenchReport {
     /// Seconds per timed step in the round trips to CubeCL's device thread that look up
     /// their operands' device addresses (including waiting for that thread to catch up).
     pub cuda_ops_lookup_s_per_step: f64,
+    /// Median over the timed steps of the seconds the host took to queue a step's work
+    /// (forward, backward, clipping, the optimizer step) before it first waits for the
+    /// device (the loss read): near `step_s_median` when the host, not the GPU, sets the
+    /// pace.
+    pub queue_s_median: f64,
 }
 
 /// The custom CUDA ops' totals so far: (GEMMs, attention calls, ops) and (seconds on
@@ -122,7 +127,7 @@ pub fn bench_sft_step<B: AutodiffBackend>(args: &StepBenchArgs, device: &B::Devi
     let opt = crate::sft::adamw(0.9, 0.999, 1e-5, 0.0);
     let grad_scale = opt.grad_scale.clone();
     let mut optim = opt.init::<B, Llama<B>>();
-    let (mut losses, mut times) = (Vec::new(), Vec::new());
+    let (mut losses, mut times, mut queue_times) = (Vec::new(), Vec::new(), Vec::new());
     let mut first_step_s = 0.0;
     let mut at_warmup = ops_stats();
     for step in 0..args.warmup + args.steps {
@@ -134,6 +139,7 @@ pub fn bench_sft_step<B: AutodiffBackend>(args: &StepBenchArgs, device: &B::Devi
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let _norm = clip_global_norm_deferred(&model, &grads, 1.0, &grad_scale);
         model = optim.step(1e-4, model, grads);
+        let queued = t.elapsed().as_secs_f64();
         losses.push(loss.into_scalar().elem::<f64>());
         B::sync(device).map_err(|e| TrainError::Args(format!("device sync failed: {e:?}")))?;
         if step == 0 {
@@ -141,6 +147,7 @@ pub fn bench_sft_step<B: AutodiffBackend>(args: &StepBenchArgs, device: &B::Devi
         }
         if step >= args.warmup {
             times.push(t.elapsed().as_secs_f64());
+            queue_times.push(queued);
         }
         tracing::info!(step, loss = losses[step], seconds = t.elapsed().as_secs_f64(), "bench step");
     }
@@ -150,6 +157,8 @@ pub fn bench_sft_step<B: AutodiffBackend>(args: &StepBenchArgs, device: &B::Devi
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
+    queue_times.sort_by(f64::total_cmp);
+    let queue_s_median = queue_times[queue_times.len() / 2];
     let tokens_per_step = args.batch * args.seq;
     let tokens_per_s = tokens_per_step as f64 / median;
     Ok(StepBenchReport {
@@ -169,5 +178,6 @@ pub fn bench_sft_step<B: AutodiffBackend>(args: &StepBenchArgs, device: &B::Devi
         cuda_ops_per_step: per_step(counts[2], at_warmup.0[2]),
         cuda_ops_sync_s_per_step: per_step_s(secs[1], at_warmup.1[1]),
         cuda_ops_lookup_s_per_step: per_step_s(secs[2], at_warmup.1[2]),
+        queue_s_median,
     })
 }

@@ -213,15 +213,19 @@ pub fn linear_lr(peak: f64, step: usize, warmup: usize, total: usize) -> f64 {
 struct SqNorm<'a, B: AutodiffBackend> {
     grads: &'a GradientsParams,
     sq: Option<Tensor<B::InnerBackend, 1>>,
+    /// This crate's CUDA backend: the parameters' sums in one partials buffer, one launch
+    /// each (`cuda_ops::SquareSums`).
+    #[cfg(feature = "cuda")]
+    fused: crate::cuda_ops::SquareSums<B::InnerBackend>,
 }
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for SqNorm<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            // One fused pass on this crate's CUDA backend (`cuda_ops::sum_of_squares`).
+            // One fused pass on this crate's CUDA backend (`cuda_ops::SquareSums`).
             #[cfg(feature = "cuda")]
-            let g = match crate::cuda_ops::sum_of_squares(g) {
-                Ok(s) => return self.add(s),
+            let g = match self.fused.add(g) {
+                Ok(()) => return,
                 Err(g) => g,
             };
             let g2 = g.powf_scalar(2.0);
@@ -233,7 +237,29 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for SqNorm<'_, B> {
     }
 }
 
-impl<B: AutodiffBackend> SqNorm<'_, B> {
+impl<'a, B: AutodiffBackend> SqNorm<'a, B> {
+    /// Nothing summed yet.
+    fn new(grads: &'a GradientsParams) -> Self {
+        SqNorm {
+            grads,
+            sq: None,
+            #[cfg(feature = "cuda")]
+            fused: crate::cuda_ops::SquareSums::new(),
+        }
+    }
+
+    /// Σ g² over the visited parameters [1]; `None` when none had a gradient.
+    fn total(self) -> Option<Tensor<B::InnerBackend, 1>> {
+        #[cfg(feature = "cuda")]
+        let sq = match (self.sq, self.fused.finish()) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        #[cfg(not(feature = "cuda"))]
+        let sq = self.sq;
+        sq
+    }
+
     /// Add one parameter's Σ g² [1] to the running total.
     fn add(&mut self, s: Tensor<B::InnerBackend, 1>) {
         self.sq = Some(match self.sq.take() {
@@ -275,9 +301,9 @@ impl<B: Backend> GradNorm<B> {
 /// clipping). Returns the pre-clip norm, to be read after the step ([`GradNorm::value`]).
 /// Same update as [`clip_global_norm`] then the step, within f32 rounding (tested).
 pub fn clip_global_norm_deferred<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M, grads: &GradientsParams, max_norm: f64, scale: &crate::optim::GradScale) -> GradNorm<B::InnerBackend> {
-    let mut v = SqNorm::<B> { grads, sq: None };
+    let mut v = SqNorm::<B>::new(grads);
     model.visit(&mut v);
-    let norm = v.sq.map(|sq| sq.sqrt());
+    let norm = v.total().map(|sq| sq.sqrt());
     match &norm {
         Some(n) if max_norm > 0.0 => scale.set(n.clone().add_scalar(1e-6).recip().mul_scalar(max_norm).clamp_max(1.0)),
         _ => scale.clear(),
@@ -289,9 +315,9 @@ pub fn clip_global_norm_deferred<B: AutodiffBackend, M: AutodiffModule<B>>(model
 /// (one device read, then one pass over the gradients; the training loops use
 /// [`clip_global_norm_deferred`]).
 pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
-    let mut v = SqNorm::<B> { grads, sq: None };
+    let mut v = SqNorm::<B>::new(grads);
     model.visit(&mut v);
-    let norm = v.sq.map_or(0.0, |sq| sq.into_scalar().elem::<f64>()).sqrt();
+    let norm = v.total().map_or(0.0, |sq| sq.into_scalar().elem::<f64>()).sqrt();
     if max_norm > 0.0 && norm > max_norm {
         let mut s = Scale { grads, factor: max_norm / (norm + 1e-6) };
         model.visit(&mut s);

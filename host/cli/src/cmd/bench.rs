@@ -54,6 +54,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let r = bagel_train::bench_sft_step_on(backend.kind(), &args)?;
     println!("{:<12} {:>10} {:>12} {:>10} {:>12} {:>8} {:>14}", "precision", "params", "tokens/step", "first (s)", "step (s)", "MFU", "tokens/s");
     println!("{:<12} {:>10} {:>12} {:>10.1} {:>12.4} {:>7.1}% {:>14.0}", r.precision, r.params, r.tokens_per_step, r.first_step_s, r.step_s_median, 100.0 * r.mfu, r.tokens_per_s);
+    println!("host queueing a step (median): {:.4} s", r.queue_s_median);
     println!("losses: {}", r.losses.iter().map(|l| format!("{l:.4}")).collect::<Vec<_>>().join(" "));
     if r.cublas_gemms_per_step > 0.0 {
         println!(

@@ -173,7 +173,7 @@ __device__ void bagel_token_logp_bwd(const T* __restrict__ logits, const int* __
   const float g = (t >= 0 && t < v) ? dlogp[row] : 0.0f, L = lse[row];
   for (int c = threadIdx.x; c < v; c += blockDim.x) bagel_store(dr + c, g * ((c == t ? 1.0f : 0.0f) - expf(bagel_load(lr + c) - L)));
 }
-/* Sum of squares: part[block] = sum of x^2 over the block's grid-stride share (f32); then out[0] = sum of the parts. prm: n (2 words) / parts. */
+/* Sum of squares: part[at + block] = sum of x^2 over the block's grid-stride share (f32); then out[0] = sum of the parts. prm: n (2 words), at / parts. */
 template <typename T>
 __device__ void bagel_sumsq(const T* __restrict__ x, float* __restrict__ part, const unsigned* __restrict__ prm) {
   __shared__ float sh[32];
@@ -184,7 +184,7 @@ __device__ void bagel_sumsq(const T* __restrict__ x, float* __restrict__ part, c
     s += v * v;
   }
   s = bagel_block_sum(s, sh);
-  if (threadIdx.x == 0) part[blockIdx.x] = s;
+  if (threadIdx.x == 0) part[(size_t)prm[2] + blockIdx.x] = s;
 }
 extern "C" __global__ void bagel_sum_f32(const float* __restrict__ part, float* __restrict__ out, const unsigned* __restrict__ prm) {
   __shared__ float sh[32];
@@ -194,6 +194,60 @@ extern "C" __global__ void bagel_sum_f32(const float* __restrict__ part, float* 
   s = bagel_block_sum(s, sh);
   if (threadIdx.x == 0) out[0] = s;
 }
+/* SwiGLU on one linear layer's packed gate/up output x [rows, 2F] (a = the first F columns, b = the last F):
+   h [rows, F] = silu(a) * b; backward writes dx [rows, 2F] = [da, db] (formulas as bagel_swiglu_*). prm: F, n = rows * F (2 words). */
+template <typename T>
+__device__ void bagel_swiglu_packed_fwd(const T* __restrict__ x, T* __restrict__ h, const unsigned* __restrict__ prm) {
+  const unsigned long long F = prm[0], n = bagel_u64(prm, 1);
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n; i += (unsigned long long)blockDim.x * gridDim.x) {
+    const T* xr = x + (i / F) * 2 * F + i % F;
+    const float av = bagel_load(xr);
+    bagel_store(h + i, av / (1.0f + expf(-av)) * bagel_load(xr + F));
+  }
+}
+template <typename T>
+__device__ void bagel_swiglu_packed_bwd(const T* __restrict__ x, const T* __restrict__ dh, T* __restrict__ dx, const unsigned* __restrict__ prm) {
+  const unsigned long long F = prm[0], n = bagel_u64(prm, 1);
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n; i += (unsigned long long)blockDim.x * gridDim.x) {
+    const unsigned long long o = (i / F) * 2 * F + i % F;
+    const float av = bagel_load(x + o), bv = bagel_load(x + o + F), d = bagel_load(dh + i);
+    const float s = 1.0f / (1.0f + expf(-av));
+    bagel_store(dx + o, d * bv * s * (1.0f + av * (1.0f - s)));
+    bagel_store(dx + o + F, d * av * s);
+  }
+}
+/* Row stacking with a dtype conversion: y = [x0; x1; x2] (n0, n1, n2 elements, each contiguous) in the output's dtype,
+   and its gradient: d0, d1, d2 = the three ranges of dy. n2 = 0 stacks two. prm: n0, n1, n2 (2 words each). */
+template <typename Tin, typename Tout>
+__device__ void bagel_stack(const Tin* __restrict__ x0, const Tin* __restrict__ x1, const Tin* __restrict__ x2, Tout* __restrict__ y, const unsigned* __restrict__ prm) {
+  const unsigned long long n0 = bagel_u64(prm, 0), n1 = bagel_u64(prm, 2), n = n0 + n1 + bagel_u64(prm, 4);
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n; i += (unsigned long long)blockDim.x * gridDim.x)
+    bagel_store(y + i, i < n0 ? bagel_load(x0 + i) : i < n0 + n1 ? bagel_load(x1 + (i - n0)) : bagel_load(x2 + (i - n0 - n1)));
+}
+template <typename Tin, typename Tout>
+__device__ void bagel_unstack(const Tin* __restrict__ dy, Tout* __restrict__ d0, Tout* __restrict__ d1, Tout* __restrict__ d2, const unsigned* __restrict__ prm) {
+  const unsigned long long n0 = bagel_u64(prm, 0), n1 = bagel_u64(prm, 2), n = n0 + n1 + bagel_u64(prm, 4);
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n; i += (unsigned long long)blockDim.x * gridDim.x) {
+    const float v = bagel_load(dy + i);
+    if (i < n0) bagel_store(d0 + i, v);
+    else if (i < n0 + n1) bagel_store(d1 + (i - n0), v);
+    else bagel_store(d2 + (i - n0 - n1), v);
+  }
+}
+#define BAGEL_STACK(tin, nin, tout, nout) \
+  extern "C" __global__ void bagel_stack_##nin##_##nout(const tin* x0, const tin* x1, const tin* x2, tout* y, const unsigned* prm) { bagel_stack(x0, x1, x2, y, prm); } \
+  extern "C" __global__ void bagel_unstack_##nin##_##nout(const tin* dy, tout* d0, tout* d1, tout* d2, const unsigned* prm) { bagel_unstack(dy, d0, d1, d2, prm); }
+BAGEL_STACK(float, f32, unsigned short, bf16)
+BAGEL_STACK(float, f32, float, f32)
+BAGEL_STACK(unsigned short, bf16, float, f32)
+BAGEL_STACK(unsigned short, bf16, unsigned short, bf16)
+/* Residual add with the widening folded in: z = x + y (x, z f32; y bf16 or f32). prm: n (2 words). */
+template <typename T>
+__device__ void bagel_residual_add(const float* __restrict__ x, const T* __restrict__ y, float* __restrict__ z, const unsigned* __restrict__ prm) {
+  const unsigned long long n = bagel_u64(prm, 0);
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n; i += (unsigned long long)blockDim.x * gridDim.x)
+    z[i] = x[i] + bagel_load(y + i);
+}
 #define BAGEL_BOTH(name, args, call) \
   extern "C" __global__ void name##_bf16 args(unsigned short) { call; } \
   extern "C" __global__ void name##_f32 args(float) { call; }
@@ -201,6 +255,9 @@ extern "C" __global__ void bagel_sum_f32(const float* __restrict__ part, float* 
 #define A_NORM_B(T) (const float* x, const float* w, const float* rstd, const T* dy, float* dx, float* dwp, const unsigned* prm)
 #define A_GLU_F(T) (const T* a, const T* b, T* h, const unsigned* prm)
 #define A_GLU_B(T) (const T* a, const T* b, const T* dh, T* da, T* db, const unsigned* prm)
+#define A_RESID(T) (const float* x, const T* y, float* z, const unsigned* prm)
+#define A_GLUP_F(T) (const T* x, T* h, const unsigned* prm)
+#define A_GLUP_B(T) (const T* x, const T* dh, T* dx, const unsigned* prm)
 #define A_ROPE_F(T) (const T* x, const float* cs, const float* sn, T* y, const unsigned* prm)
 #define A_ROPE_B(T) (const T* dy, const float* cs, const float* sn, T* dx, const unsigned* prm)
 #define A_LOGP_F(T) (const T* logits, const int* targets, float* logp, float* lse, const unsigned* prm)
@@ -211,6 +268,9 @@ BAGEL_BOTH(bagel_rmsnorm_fwd, A_NORM_F, bagel_rmsnorm_fwd(x, w, y, rstd, prm))
 BAGEL_BOTH(bagel_rmsnorm_bwd, A_NORM_B, bagel_rmsnorm_bwd(x, w, rstd, dy, dx, dwp, prm))
 BAGEL_BOTH(bagel_swiglu_fwd, A_GLU_F, bagel_swiglu_fwd(a, b, h, prm))
 BAGEL_BOTH(bagel_swiglu_bwd, A_GLU_B, bagel_swiglu_bwd(a, b, dh, da, db, prm))
+BAGEL_BOTH(bagel_residual_add, A_RESID, bagel_residual_add(x, y, z, prm))
+BAGEL_BOTH(bagel_swiglu_packed_fwd, A_GLUP_F, bagel_swiglu_packed_fwd(x, h, prm))
+BAGEL_BOTH(bagel_swiglu_packed_bwd, A_GLUP_B, bagel_swiglu_packed_bwd(x, dh, dx, prm))
 BAGEL_BOTH(bagel_rope_fwd, A_ROPE_F, bagel_rope_fwd(x, cs, sn, y, prm))
 BAGEL_BOTH(bagel_rope_bwd, A_ROPE_B, bagel_rope_bwd(dy, cs, sn, dx, prm))
 BAGEL_BOTH(bagel_token_logp_fwd, A_LOGP_F, bagel_token_logp_fwd(logits, targets, logp, lse, prm))
@@ -306,7 +366,7 @@ pub(super) fn run<B: Backend, Op: Fused<N>, const N: usize, const D: usize, cons
 
 /// The [`Inner`] primitive of a tensor that is not differentiated (a constant such as
 /// RoPE's tables), for backend `B` of [`Kind`] `kind`.
-fn constant<B: Backend, const D: usize>(kind: Kind, t: Tensor<B, D>) -> Prim {
+pub(super) fn constant<B: Backend, const D: usize>(kind: Kind, t: Tensor<B, D>) -> Prim {
     let p = t.into_primitive().tensor();
     let p: Prim = match kind {
         // Both checkpoint strategies share this primitive type.
@@ -506,22 +566,78 @@ pub(crate) fn token_logps<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2
     Ok(run(kind, TokenLogp { targets }, [logits]))
 }
 
-/// Σ x² over all elements of `t` (bf16 or f32) as a [1] f32 tensor, for gradient clipping:
-/// one pass (block partial sums, ≤ 1024 blocks), then one block sums the partials; both
-/// on CubeCL's stream, in a fixed order. For this crate's CUDA backend without autodiff
-/// (the gradients' backend); `Err` with `t` handed back otherwise.
+/// Σ x² over all elements of `t` (bf16 or f32) as a [1] f32 tensor ([`SquareSums`] of
+/// one tensor; the tests' entry point). For this crate's CUDA backend without autodiff (the gradients' backend);
+/// `Err` with `t` handed back otherwise.
+#[cfg(test)]
 pub(crate) fn sum_of_squares<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Tensor<B, 1>, Tensor<B, D>> {
-    let n = t.shape().num_elements();
-    if kind::<B>() != Some(Kind::Inference) || !float_dtype(t.dtype()) || n == 0 {
-        return Err(t);
+    let mut sums = SquareSums::new();
+    sums.add(t)?;
+    Ok(sums.finish().expect("one tensor added"))
+}
+
+/// Σ x² over many tensors (gradient clipping's global norm), deterministic, in one launch
+/// per tensor plus one per [`SquareSums::SLOTS`] tensors: each tensor's pass writes
+/// [`SquareSums::BLOCKS`] block partial sums into its own slot of one partials buffer
+/// (f32), and one block sums a full buffer, in a fixed order, when it fills and at
+/// [`SquareSums::finish`]. Where a pass per tensor ends in its own [1] total, the totals
+/// need a sum of their own and an add each (three launches per tensor). On CubeCL's
+/// stream; for this crate's CUDA backend without autodiff.
+pub(crate) struct SquareSums<B: Backend> {
+    /// The partials buffer [SLOTS · BLOCKS] (f32) and the slots used so far.
+    part: Option<(Prim, usize)>,
+    /// The sum of the buffers already summed.
+    total: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> SquareSums<B> {
+    /// Blocks (partial sums) per tensor.
+    const BLOCKS: usize = 1024;
+    /// Tensors per partials buffer.
+    const SLOTS: usize = 256;
+
+    /// Nothing added yet.
+    pub(crate) fn new() -> Self {
+        SquareSums { part: None, total: None }
     }
-    let x: Prim = burn_cubecl::kernel::into_contiguous(to(t.into_primitive().tensor()));
-    let blocks = grid(n).min(1024);
-    let part = empty(&x, vec![blocks as usize], DType::F32);
-    let out = empty(&x, vec![1], DType::F32);
-    cube::launch(["bagel_sumsq_bf16", "bagel_sumsq_f32"][variant(x.dtype)], (blocks, 1), BLOCK, &[&x, &part], &cube::words(n));
-    cube::launch("bagel_sum_f32", (1, 1), BLOCK, &[&part, &out], &[blocks]);
-    Ok(Tensor::from_primitive(TensorPrimitive::Float(to::<FloatTensor<B>, _>(out))))
+
+    /// Add Σ x² of `t` (bf16 or f32, any shape). `Err` with `t` handed back when `B` is not
+    /// this crate's CUDA backend without autodiff, the path is off, or `t` is empty or of
+    /// another dtype.
+    pub(crate) fn add<const D: usize>(&mut self, t: Tensor<B, D>) -> Result<(), Tensor<B, D>> {
+        let n = t.shape().num_elements();
+        if kind::<B>() != Some(Kind::Inference) || !float_dtype(t.dtype()) || n == 0 {
+            return Err(t);
+        }
+        let x: Prim = burn_cubecl::kernel::into_contiguous(to(t.into_primitive().tensor()));
+        if self.part.as_ref().is_some_and(|(_, used)| *used == Self::SLOTS) {
+            self.flush();
+        }
+        let (part, used) = self.part.get_or_insert_with(|| (empty(&x, vec![Self::SLOTS * Self::BLOCKS], DType::F32), 0));
+        let [lo, hi] = cube::words(n);
+        // Every block writes its partial (0 when the tensor is smaller than the grid).
+        cube::launch(["bagel_sumsq_bf16", "bagel_sumsq_f32"][variant(x.dtype)], (Self::BLOCKS as u32, 1), BLOCK, &[&x, part], &[lo, hi, (*used * Self::BLOCKS) as u32]);
+        *used += 1;
+        Ok(())
+    }
+
+    /// Sum the used slots of the partials buffer into the total and start a new buffer.
+    fn flush(&mut self) {
+        let Some((part, used)) = self.part.take() else { return };
+        let out = empty(&part, vec![1], DType::F32);
+        cube::launch("bagel_sum_f32", (1, 1), BLOCK, &[&part, &out], &[(used * Self::BLOCKS) as u32]);
+        let out = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(to::<FloatTensor<B>, _>(out)));
+        self.total = Some(match self.total.take() {
+            Some(t) => t + out,
+            None => out,
+        });
+    }
+
+    /// Σ x² over every tensor added, as [1] f32; `None` when none was.
+    pub(crate) fn finish(mut self) -> Option<Tensor<B, 1>> {
+        self.flush();
+        self.total
+    }
 }
 
 /// Whether `t` is bf16 or f32 (what the kernels take).
@@ -597,6 +713,178 @@ pub(crate) fn cast<B: Backend, const D: usize>(x: Tensor<B, D>, to: DType) -> Re
         return Err(x);
     };
     Ok(run(kind, Cast { to }, [x]))
+}
+
+/// The residual add with y's widening to f32 folded in ([`residual_add`]).
+#[derive(Clone, Debug)]
+struct ResidualAdd;
+
+impl Fused<2> for ResidualAdd {
+    /// y's dtype (its gradient's).
+    type Saved = DType;
+
+    fn forward(&self, [x, y]: [Prim; 2]) -> (Prim, DType) {
+        let dt = y.dtype;
+        let (x, y) = (as_dtype(x, DType::F32), as_dtype(y, dt));
+        let n = x.shape().num_elements();
+        let z = empty(&x, x.shape(), DType::F32);
+        cube::launch(["bagel_residual_add_bf16", "bagel_residual_add_f32"][variant(dt)], (grid(n), 1), BLOCK, &[&x, &y, &z], &cube::words(n));
+        (z, dt)
+    }
+
+    /// dx = dz as it is (no launch), dy = dz converted to y's dtype.
+    fn backward(&self, dt: DType, dz: Prim) -> [Prim; 2] {
+        let dz = as_dtype(dz, DType::F32);
+        [dz.clone(), convert(dz, dt)]
+    }
+}
+
+/// The residual stream's update x + y for x [B, S, h] f32 (the residual stream) and y of
+/// x's shape in bf16 or f32 (a branch's output in the compute dtype), as one op: one pass
+/// that reads y in its dtype, where a cast to f32 and an add are two passes and write the
+/// widened y in between. The gradient of x is the incoming one, that of y the incoming
+/// one converted to y's dtype (what the cast's backward did). `Err` with the inputs
+/// handed back as [`rms_norm`], and for other shapes or dtypes.
+#[allow(clippy::type_complexity)]
+pub(crate) fn residual_add<B: Backend>(x: Tensor<B, 3>, y: Tensor<B, 3>) -> Result<Tensor<B, 3>, (Tensor<B, 3>, Tensor<B, 3>)> {
+    let fits = x.dims() == y.dims() && x.dtype() == DType::F32 && float_dtype(y.dtype()) && x.shape().num_elements() > 0;
+    let Some(kind) = kind::<B>().filter(|_| fits) else {
+        return Err((x, y));
+    };
+    Ok(run(kind, ResidualAdd, [x, y]))
+}
+
+/// SwiGLU on packed input ([`swiglu_packed`]): x [..., 2F] → silu(x[..., :F]) · x[..., F:].
+#[derive(Clone, Debug)]
+struct SwiGluPacked;
+
+impl Fused<1> for SwiGluPacked {
+    /// The input.
+    type Saved = Prim;
+
+    fn forward(&self, [x]: [Prim; 1]) -> (Prim, Prim) {
+        let x = burn_cubecl::kernel::into_contiguous(x);
+        let mut dims = x.shape()[..].to_vec();
+        let last = dims.len() - 1;
+        let f = dims[last] / 2;
+        dims[last] = f;
+        let n: usize = dims.iter().product();
+        let h = empty(&x, dims, x.dtype);
+        let [lo, hi] = cube::words(n);
+        let name = ["bagel_swiglu_packed_fwd_bf16", "bagel_swiglu_packed_fwd_f32"][variant(x.dtype)];
+        cube::launch(name, (grid(n), 1), BLOCK, &[&x, &h], &[f as u32, lo, hi]);
+        (h, x)
+    }
+
+    fn backward(&self, x: Prim, dh: Prim) -> [Prim; 1] {
+        let dh = as_dtype(dh, x.dtype);
+        let n = dh.shape().num_elements();
+        let f = x.shape()[x.shape().len() - 1] / 2;
+        let dx = empty(&x, x.shape(), x.dtype);
+        let [lo, hi] = cube::words(n);
+        let name = ["bagel_swiglu_packed_bwd_bf16", "bagel_swiglu_packed_bwd_f32"][variant(x.dtype)];
+        cube::launch(name, (grid(n), 1), BLOCK, &[&x, &dh, &dx], &[f as u32, lo, hi]);
+        [dx]
+    }
+}
+
+/// SwiGLU (Shazeer 2020) on one linear layer's packed gate/up output: x [B, S, 2F] (the
+/// gate projection's F columns, then the up projection's, i.e. the output of
+/// `[W_gate; W_up]` stacked by rows) → silu(gate) · up [B, S, F] in x's dtype, one kernel
+/// each way; the gradient comes back packed like x. `Err` with x handed back as
+/// [`rms_norm`], and for an odd last dimension or an F above u32.
+pub(crate) fn swiglu_packed<B: Backend>(x: Tensor<B, 3>) -> Result<Tensor<B, 3>, Tensor<B, 3>> {
+    let w = x.dims()[2];
+    let fits = w % 2 == 0 && w / 2 <= u32::MAX as usize && float_dtype(x.dtype()) && x.shape().num_elements() > 0;
+    let Some(kind) = kind::<B>().filter(|_| fits) else {
+        return Err(x);
+    };
+    Ok(run(kind, SwiGluPacked, [x]))
+}
+
+/// Matrices stacked by rows and converted ([`stack_rows`]): N = 2 or 3 inputs.
+#[derive(Clone, Debug)]
+struct StackRows {
+    to: DType,
+}
+
+/// The dtype's name in the kernel names.
+fn dtype_name(dt: DType) -> &'static str {
+    ["bf16", "f32"][variant(dt)]
+}
+
+impl<const N: usize> Fused<N> for StackRows {
+    /// Each input's shape, and the inputs' dtype (their gradients').
+    type Saved = ([Shape; N], DType);
+
+    fn forward(&self, xs: [Prim; N]) -> (Prim, Self::Saved) {
+        let from = xs[0].dtype;
+        let xs = xs.map(|x| as_dtype(x, from));
+        let shapes = xs.each_ref().map(|x| x.shape());
+        let rows: usize = shapes.iter().map(|s| s[0]).sum();
+        let y = empty(&xs[0], vec![rows, shapes[0][1]], self.to);
+        let name = stack_kernel(false, from, self.to);
+        let (refs, words) = stack_args(&xs, &y);
+        cube::launch(name, (grid(y.shape().num_elements()), 1), BLOCK, &refs, &words);
+        (y, (shapes, from))
+    }
+
+    fn backward(&self, (shapes, from): Self::Saved, dy: Prim) -> [Prim; N] {
+        let dy = as_dtype(dy, self.to);
+        let ds = shapes.map(|s| empty(&dy, s, from));
+        let name = stack_kernel(true, self.to, from);
+        let (mut refs, words) = stack_args(&ds, &dy);
+        // The kernel's parameter order is (dy, d0, d1, d2): the packed side first.
+        refs.rotate_right(1);
+        cube::launch(name, (grid(dy.shape().num_elements()), 1), BLOCK, &refs, &words);
+        ds
+    }
+}
+
+/// The stacking kernel's name for `from` → `to` (`unstack`: the gradient's way).
+fn stack_kernel(unstack: bool, from: DType, to: DType) -> &'static str {
+    match (unstack, dtype_name(from), dtype_name(to)) {
+        (false, "f32", "bf16") => "bagel_stack_f32_bf16",
+        (false, "f32", "f32") => "bagel_stack_f32_f32",
+        (false, "bf16", "f32") => "bagel_stack_bf16_f32",
+        (false, "bf16", "bf16") => "bagel_stack_bf16_bf16",
+        (true, "f32", "bf16") => "bagel_unstack_f32_bf16",
+        (true, "f32", "f32") => "bagel_unstack_f32_f32",
+        (true, "bf16", "f32") => "bagel_unstack_bf16_f32",
+        _ => "bagel_unstack_bf16_bf16",
+    }
+}
+
+/// The buffers (the N parts, padded to three by repeating the last with 0 elements, then
+/// the packed side) and the scalar words (the parts' element counts) of a stacking kernel.
+fn stack_args<'a, const N: usize>(parts: &'a [Prim; N], packed: &'a Prim) -> (Vec<&'a Prim>, Vec<u32>) {
+    let mut refs: Vec<&Prim> = parts.iter().collect();
+    let mut words: Vec<u32> = parts.iter().flat_map(|p| cube::words(p.shape().num_elements())).collect();
+    while refs.len() < 3 {
+        refs.push(&parts[N - 1]);
+        words.extend([0, 0]);
+    }
+    refs.push(packed);
+    (refs, words)
+}
+
+/// Matrices [rᵢ, C] stacked by rows into one [Σ rᵢ, C] in dtype `to` (bf16 or f32), with a
+/// conversion from the inputs' dtype folded in, as one op: one kernel forward, one
+/// backward that splits the gradient and converts each part back. The packed projections
+/// of the model's CUDA path stack `[W_q; W_k; W_v]` and `[W_gate; W_up]` with it, which
+/// replaces a cast of each weight under mixed precision. N is 2 or 3, the inputs share a
+/// dtype (bf16 or f32) and a column count. `Err` with the inputs handed back as
+/// [`rms_norm`], and for other shapes or dtypes.
+pub(crate) fn stack_rows<B: Backend, const N: usize>(ws: [Tensor<B, 2>; N], to: DType) -> Result<Tensor<B, 2>, [Tensor<B, 2>; N]> {
+    let fits = (N == 2 || N == 3)
+        && float_dtype(to)
+        && float_dtype(ws[0].dtype())
+        && ws.iter().all(|w| w.dtype() == ws[0].dtype() && w.dims()[1] == ws[0].dims()[1] && w.dims()[0] > 0)
+        && ws[0].dims()[1] > 0;
+    let Some(kind) = kind::<B>().filter(|_| fits) else {
+        return Err(ws);
+    };
+    Ok(run(kind, StackRows { to }, ws))
 }
 
 /// Fused SwiGLU gate ([`SwiGlu`]): silu(a) · b for a, b [B, S, F] of one dtype (bf16 or
@@ -747,6 +1035,16 @@ mod tests {
             let xg = Tensor::<Inner, 1>::from_data(TensorData::new(x.clone(), [300_001]), &gpu).cast(dtype);
             let got = flat(sum_of_squares(xg).ok().expect("fused sum of squares taken"))[0] as f64;
             errs.push(("sum of squares", ((got - want) / want).abs()));
+            // Over many tensors: 300 (more than one partials buffer), of 1 to 3,000 elements.
+            let mut sums = SquareSums::<Inner>::new();
+            let mut want = 0f64;
+            for i in 0..300usize {
+                let x = seen(&random(1 + i * 10, 63 + i as u64));
+                want += x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
+                sums.add(Tensor::<Inner, 1>::from_data(TensorData::new(x.clone(), [x.len()]), &gpu).cast(dtype)).ok().expect("fused sum of squares taken");
+            }
+            let got = flat(sums.finish().expect("tensors added"))[0] as f64;
+            errs.push(("sum of squares, 300 tensors", ((got - want) / want).abs()));
             let line: Vec<String> = errs.iter().map(|(n, e)| format!("{n} {e:.1e}")).collect();
             eprintln!("fused ops {dtype:?} vs composed (CPU): {}", line.join(", "));
             assert!(errs.iter().all(|(_, e)| *e < tol), "{dtype:?}: {errs:?} above {tol}");

@@ -32,7 +32,8 @@
 //! model on one thread).
 //!
 //! Dispatch: the entry points ([`matmul`], [`attention`], [`rms_norm`], [`rope`],
-//! [`swiglu`], [`token_logps`], [`sum_of_squares`], [`cast`], [`adamw_step`]) are called from the backend-generic model
+//! [`swiglu`], [`token_logps`], [`SquareSums`], [`cast`], [`adamw_step`], and the packed
+//! projections' [`stack_rows`], [`attention_packed`], [`swiglu_packed`], [`residual_add`]) are called from the backend-generic model
 //! and optimizer code. They check the backend type at run time (`TypeId`, then `Any`
 //! downcasts of the primitives) and run only for the CUDA backends of this crate
 //! ([`crate::CudaBackend`], [`crate::CudaBackendCheckpointed`], [`crate::CudaInference`]);
@@ -127,8 +128,8 @@ macro_rules! args {
 mod attention;
 mod cube;
 mod fused;
-pub(crate) use attention::attention;
-pub(crate) use fused::{cast, rms_norm, rope, sum_of_squares, swiglu, token_logps};
+pub(crate) use attention::{attention, attention_packed, packed_fits};
+pub(crate) use fused::{cast, residual_add, rms_norm, rope, stack_rows, swiglu, swiglu_packed, token_logps, SquareSums};
 
 /// The CUDA backend without autodiff: `CubeBackend<CudaRuntime, f32, i32, u8>`.
 type Inner = burn::backend::Cuda<f32>;
@@ -177,8 +178,13 @@ struct Kernels {
     /// Attention softmax forward / backward, for bf16 and for f32 operands.
     softmax_fwd: [cu::CUfunction; 2],
     softmax_bwd: [cu::CUfunction; 2],
+    /// Its variant from the P the forward pass kept.
+    softmax_bwd_p: [cu::CUfunction; 2],
     /// [n, a, b, inner] → [n, b, a, inner] (attention's head/position reorder).
     swap_mid: [cu::CUfunction; 2],
+    /// Packed q/k/v projections → RoPE'd q, k and v, and the gradient's way back.
+    qkv_split: [cu::CUfunction; 2],
+    qkv_merge: [cu::CUfunction; 2],
 }
 
 impl Blas {
@@ -194,7 +200,10 @@ impl Blas {
                 Kernels {
                     softmax_fwd: [f("bagel_attn_softmax_fwd_bf16"), f("bagel_attn_softmax_fwd_f32")],
                     softmax_bwd: [f("bagel_attn_softmax_bwd_bf16"), f("bagel_attn_softmax_bwd_f32")],
+                    softmax_bwd_p: [f("bagel_attn_softmax_bwd_p_bf16"), f("bagel_attn_softmax_bwd_p_f32")],
                     swap_mid: [f("bagel_swap_mid_bf16"), f("bagel_swap_mid_f32")],
+                    qkv_split: [f("bagel_qkv_split_bf16"), f("bagel_qkv_split_f32")],
+                    qkv_merge: [f("bagel_qkv_merge_bf16"), f("bagel_qkv_merge_f32")],
                 }
             }
         })
@@ -911,4 +920,89 @@ mod tests {
         eprintln!("F32 aᵀ·b: {e:.1e}");
         assert!(e < 1e-5, "aᵀ·b: {e}");
     }
+
+    /// Deterministic parameters by HF name (the same on every backend): matrices
+    /// 0.05·U(−1, 1), norm weights 1 + 0.1·U(−1, 1), seeded by the name.
+    struct Seeded;
+
+    impl Seeded {
+        fn values(name: &str, n: usize) -> Vec<f32> {
+            random(n, name.bytes().fold(1469598103934665603u64, |h, b| (h ^ b as u64).wrapping_mul(1099511628211)))
+        }
+    }
+
+    impl<B2: Backend> crate::model::TensorSource<B2> for (Seeded, B2::Device) {
+        fn matrix(&mut self, name: &str, shape: [usize; 2]) -> crate::error::Result<Tensor<B2, 2>> {
+            let v: Vec<f32> = Seeded::values(name, shape[0] * shape[1]).iter().map(|x| 0.05 * x).collect();
+            Ok(Tensor::from_data(TensorData::new(v, shape), &self.1))
+        }
+        fn vector(&mut self, name: &str, len: usize) -> crate::error::Result<Tensor<B2, 1>> {
+            let v: Vec<f32> = Seeded::values(name, len).iter().map(|x| 1.0 + 0.1 * x).collect();
+            Ok(Tensor::from_data(TensorData::new(v, [len]), &self.1))
+        }
+        fn has(&self, _name: &str) -> bool {
+            false
+        }
+    }
+
+    /// The whole model on the GPU (packed projections, fused ops, cuBLAS; f32 and bf16
+    /// mixed precision) against the same model on burn's CPU backend (composed burn ops,
+    /// f32): summed loss and the gradients of every parameter of the first layer and of the
+    /// embedding. 2 layers, hidden 64, 4 query heads on 2 KV heads (hd 16), SwiGLU 96,
+    /// vocab 50, batch 2 × 130 positions (2 causal blocks), a loss mask that drops the
+    /// first 10 positions. Bounds (METHOD.md): f32 1e-4 (f32 arithmetic in different
+    /// orders through two layers); bf16 5e-2 (activations and gradients rounded to bf16,
+    /// 2⁻⁹ relative each, through two layers and back: a layout error gives O(1)).
+    #[test]
+    fn packed_model_matches_cpu_model() {
+        let Some(gpu) = gpu() else { return };
+        type Cpu = Autodiff<burn::backend::NdArray<f32>>;
+        let config: crate::config::LlamaConfig = serde_json::from_value(serde_json::json!({
+            "vocab_size": 50, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+            "tie_word_embeddings": false, "max_position_embeddings": 256
+        }))
+        .expect("config");
+        let (b, s) = (2, 130);
+        let ids: Vec<i32> = random(b * (s + 1), 81).iter().map(|v| ((v + 1.0) * 25.0) as i32 % 50).collect();
+        let (tok, tgt): (Vec<i32>, Vec<i32>) = (0..b).flat_map(|r| (0..s).map(move |j| (r, j))).map(|(r, j)| (ids[r * (s + 1) + j], ids[r * (s + 1) + j + 1])).unzip();
+        let mask: Vec<f32> = (0..b * s).map(|i| if i % s < 10 { 0.0 } else { 1.0 }).collect();
+        /// Summed loss and the flattened gradients of the checked parameters.
+        fn run<B2: burn::tensor::backend::AutodiffBackend>(config: &crate::config::LlamaConfig, device: B2::Device, bf16: bool, (tok, tgt, mask): (&[i32], &[i32], &[f32]), (b, s): (usize, usize)) -> (f64, Vec<(&'static str, Vec<f32>)>) {
+            let model = crate::model::Llama::<B2>::from_source(config, &mut (Seeded, device.clone())).expect("model").with_bf16(bf16);
+            let ints = |v: &[i32]| Tensor::<B2, 2, burn::tensor::Int>::from_data(TensorData::new(v.to_vec(), [b, s]), &device);
+            let loss = model.loss_sum(ints(tok), ints(tgt), Tensor::from_data(TensorData::new(mask.to_vec(), [b, s]), &device));
+            let value = loss.clone().into_data().to_vec::<f32>().unwrap()[0] as f64;
+            let g = loss.backward();
+            let l = &model.layers[0];
+            let flat = |t: Tensor<B2, 2>| -> Vec<f32> { t.grad(&g).expect("gradient").cast(FloatDType::F32).into_data().to_vec().unwrap() };
+            let flat1 = |t: Tensor<B2, 1>| -> Vec<f32> { t.grad(&g).expect("gradient").cast(FloatDType::F32).into_data().to_vec().unwrap() };
+            let grads = vec![
+                ("q", flat(l.q.val())),
+                ("k", flat(l.k.val())),
+                ("v", flat(l.v.val())),
+                ("o", flat(l.o.val())),
+                ("gate", flat(l.gate.val())),
+                ("up", flat(l.up.val())),
+                ("down", flat(l.down.val())),
+                ("attn_norm", flat1(l.attn_norm.val())),
+                ("mlp_norm", flat1(l.mlp_norm.val())),
+                ("embed", flat(model.embed.val())),
+            ];
+            (value, grads)
+        }
+        let data = (&tok[..], &tgt[..], &mask[..]);
+        let (loss_ref, grads_ref) = run::<Cpu>(&config, Default::default(), false, data, (b, s));
+        for (bf16, tol) in [(false, 1e-4), (true, 5e-2)] {
+            let dt = if bf16 { DType::BF16 } else { DType::F32 };
+            assert!(packed_fits::<Ad>([b, s, (4 + 2 * 2) * 16], dt, 4, 2), "the model takes the packed path");
+            let (loss, grads) = run::<Ad>(&config, gpu.clone(), bf16, data, (b, s));
+            let mut errs = vec![("loss", ((loss - loss_ref) / loss_ref).abs())];
+            errs.extend(grads.iter().zip(&grads_ref).map(|((n, x), (_, r))| (*n, rel(x, &wide(r)))));
+            let line: Vec<String> = errs.iter().map(|(n, e)| format!("{n} {e:.1e}")).collect();
+            eprintln!("model on the GPU (bf16 {bf16}) vs CPU: loss {loss:.6} vs {loss_ref:.6}; {}", line.join(", "));
+            assert!(errs.iter().all(|(_, e)| *e < tol), "bf16 {bf16}: {errs:?} above {tol}");
+        }
+    }
+
 }
