@@ -87,7 +87,8 @@ pub struct StepBenchReport {
     /// Median over the timed steps of the seconds the host took to queue a step's work
     /// (forward, backward, clipping, the optimizer step) before it first waits for the
     /// device (the loss read): near `step_s_median` when the host, not the GPU, sets the
-    /// pace.
+    /// pace. It includes the host's blocking round trips to CubeCL's device thread (the
+    /// CUDA ops' address lookups), so it bounds the queueing work from above.
     pub queue_s_median: f64,
 }
 

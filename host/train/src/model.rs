@@ -212,7 +212,7 @@ impl<B: Backend> Llama<B> {
     /// (`crate::cuda_ops::stack_rows`), so the parameters and their gradients stay the
     /// separate HF tensors. Same arithmetic as the unpacked layer (the loop in
     /// `Llama::logits_lo`), in fewer launches: 10 ordered cuBLAS sessions per layer and
-    /// step instead of 16, 3 weight casts instead of 7 each way, and no launches for RoPE,
+    /// step instead of 16, 4 weight casts (two of them stacking) instead of 7 each way, and no launches for RoPE,
     /// the head transposes or the sums of the q/k/v and gate/up input gradients.
     /// `BAGEL_PACKED=0` turns it off.
     #[cfg(feature = "cuda")]
@@ -248,7 +248,7 @@ impl<B: Backend> Llama<B> {
     /// v [B, KV, S, hd] (query head h reads KV head h / (H/KV), HF's `repeat_kv`); returns
     /// [B, H, S, hd]. Scores and softmax in f32, P·v in the compute dtype. On this crate's
     /// CUDA backends one fused op (`crate::cuda_ops::attention`: cuBLAS products, fused
-    /// softmax kernels, no score matrix kept for backward); elsewhere composed from burn
+    /// softmax kernels, no f32 score matrix kept for backward); elsewhere composed from burn
     /// ops with the additive causal mask [1, 1, S, S] that `mask` makes.
     fn attention(&self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: impl FnOnce() -> Tensor<B, 4>) -> Tensor<B, 4> {
         #[cfg(feature = "cuda")]

@@ -1,7 +1,7 @@
-//! Causal grouped-query attention as one autodiff op: cuBLAS for the four products, a
-//! fused softmax kernel forward and a fused softmax-gradient kernel backward, and no
-//! score matrix kept between forward and backward (issue 7, "fused flash attention with
-//! backward ... on burn's own stream and buffers").
+//! Causal grouped-query attention as one autodiff op: cuBLAS for the products, a fused
+//! softmax kernel forward and a fused softmax-gradient kernel backward, and no f32 score
+//! matrix kept between forward and backward (only P, by default: [`keep_p`]) (issue 7,
+//! "fused flash attention with backward ... on burn's own stream and buffers").
 //!
 //! For q [B, H, S, hd], k and v [B, KV, S, hd] (H a multiple of KV; query head h reads KV
 //! head h / (H/KV), HF's `repeat_kv`): O = softmax(q·kᵀ/√hd + causal mask)·v, [B, H, S, hd].
@@ -11,6 +11,14 @@
 //! repeating k or v (backward sums over the group inside the GEMM, where `repeat_kv`'s
 //! backward is a separate reduction), and the rows of a range of positions are
 //! contiguous. O comes back to [B, H, S, hd] the same way.
+//!
+//! Packed input ([`attention_packed`], the model's CUDA path): one linear layer's output
+//! x [B, S, (H + 2·KV)·hd], per position the H query heads, the KV key heads, the KV value
+//! heads. A kernel (`bagel_qkv_split`) writes q in the reordered layout and k, v
+//! [B, KV, S, hd], with RoPE on q and k; O is written heads merged, [B, S, H·hd]; backward
+//! reorders dO from that layout and a kernel (`bagel_qkv_merge`) writes the packed
+//! gradient from dq, dk, dv with RoPE's backward. Unlike [`attention`], this entry point
+//! panics on shapes it does not take: callers check [`packed_fits`] first.
 //!
 //! Causal blocks: the positions are split into c = min(4, ⌈S/128⌉) blocks of ⌈S/c⌉
 //! positions, the last possibly shorter (S = 1024: 4 of 256; S = 300: 3 of 100). The rows of block i only see keys up to the end
@@ -77,8 +85,9 @@ __device__ __forceinline__ float bagel_block_sum(float x, float* sh) {
 }
 "#;
 
-/// The softmax kernels and the head/position reorder, launched inside this op's
-/// [`on_stream`] sessions between its GEMMs (compiled by NVRTC after [`COMMON`]).
+/// The softmax kernels, the head/position reorder and the packed input's split and merge,
+/// launched inside this op's [`on_stream`] sessions between its GEMMs (compiled by NVRTC
+/// after [`COMMON`]).
 pub(super) const SRC: &str = r#"
 /* Rows of a batch are ordered (query position, head of the group): with n positions and g
    heads per group, row r is position (r mod g*n) / g. Causal blocks of cs positions: the
@@ -252,9 +261,11 @@ struct Saved {
 /// Whether the forward pass keeps P for backward (the default; `BAGEL_ATTN_RECOMPUTE=1`
 /// recomputes it from S and L, as flash attention does). Keeping it costs B·H·S² elements
 /// of the operands' dtype per layer until backward (bf16, 8 × 1024, 16 heads: 268 MB a
-/// layer) and saves, per layer and step, backward's S GEMMs (a quarter of its attention
-/// FLOPs) and the write and read of the f32 S and the write of P: 10 bytes per computed
+/// layer) and saves, per layer and step, backward's S GEMMs (one of its five products of
+/// that size) and the write and read of the f32 S and the write of P: 10 bytes per computed
 /// score instead of 18 in the backward kernels' traffic.
+/// Under gradient checkpointing (`Kind::Balanced`, chosen to save memory) P is never
+/// kept.
 fn keep_p() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| !std::env::var("BAGEL_ATTN_RECOMPUTE").is_ok_and(|v| v == "1"))
@@ -320,13 +331,18 @@ unsafe fn swap_mid(blas: &mut Blas, dt: DType, (x, y): (u64, u64), [nb, a, b, in
 /// ([B·KV·G·S, S] each; only the causal blocks written), and the outputs L (f32, one per
 /// row) and O in the reordered layout [B·KV, S·G, hd].
 struct FwdBuffers {
+    /// S, f32.
     scores: Prim,
+    /// P, operands' dtype.
     p: Prim,
+    /// L, f32, one per row.
     lse: Prim,
+    /// O in the reordered layout.
     op: Prim,
 }
 
 impl FwdBuffers {
+    /// Uninitialised buffers on `like`'s device for one call of shape `d`, operands `dt`.
     fn new(like: &Prim, d: Dims, dt: DType) -> Self {
         let rows = d.batch * d.rows();
         FwdBuffers { scores: empty(like, vec![rows * d.s], DType::F32), p: empty(like, vec![rows * d.s], dt), lse: empty(like, vec![rows], DType::F32), op: empty(like, vec![rows * d.hd], dt) }
@@ -367,11 +383,17 @@ unsafe fn forward_products(blas: &mut Blas, d: Dims, dt: DType, [pqp, pk, pv, mu
 /// The scratch of one backward pass's products: S and dP (f32), P and dS (dt), each
 /// [B·KV·G·S, S], and dO and dq in the reordered layout [B·KV, S·G, hd].
 struct BwdBuffers {
+    /// S, f32 (unused placeholder when P was kept).
     scores: Prim,
+    /// dP, f32.
     dp: Prim,
+    /// P, operands' dtype (the kept one, or written here).
     p: Prim,
+    /// dS, operands' dtype.
     ds: Prim,
+    /// dO in the reordered layout.
     dop: Prim,
+    /// dq in the reordered layout.
     dqp: Prim,
     /// Whether `p` is the P the forward pass kept (then `scores` is an unused 1-element
     /// placeholder).
@@ -439,7 +461,7 @@ unsafe fn backward_products(blas: &mut Blas, d: Dims, dt: DType, kept: bool, [pq
 }
 
 /// Forward pass (module docs): O [B, H, S, hd] in q's dtype, and what backward needs.
-fn forward(q: Prim, k: Prim, v: Prim) -> (Prim, Saved) {
+fn forward(q: Prim, k: Prim, v: Prim, keep: bool) -> (Prim, Saved) {
     let c = burn_cubecl::kernel::into_contiguous;
     let (q, k, v) = (c(q), c(k), c(v));
     let (sq, kvh) = (q.shape(), k.shape()[1]);
@@ -457,7 +479,7 @@ fn forward(q: Prim, k: Prim, v: Prim) -> (Prim, Saved) {
         }
     });
     CALLS.fetch_add(1, Ordering::Relaxed);
-    (o, Saved { q: qp, k, v, lse: w.lse, p: keep_p().then_some(w.p) })
+    (o, Saved { q: qp, k, v, lse: w.lse, p: keep.then_some(w.p) })
 }
 
 /// `dy` contiguous in dtype `dt`.
@@ -534,7 +556,7 @@ fn forward_packed(op: &AttentionPacked, x: Prim) -> (Prim, Saved) {
         }
     });
     CALLS.fetch_add(1, Ordering::Relaxed);
-    (o, Saved { q: qp, k, v, lse: w.lse, p: keep_p().then_some(w.p) })
+    (o, Saved { q: qp, k, v, lse: w.lse, p: op.keep.then_some(w.p) })
 }
 
 /// Packed backward pass: d x [B, S, (H + 2·KV)·hd] for dO [B, S, H·hd].
@@ -567,6 +589,8 @@ struct AttentionPacked {
     sin: Prim,
     heads: usize,
     kv_heads: usize,
+    /// Whether forward keeps P for backward ([`keep_p`], and not under checkpointing).
+    keep: bool,
 }
 
 impl super::fused::Fused<1> for AttentionPacked {
@@ -619,19 +643,22 @@ pub(crate) fn attention_packed<B: Backend>(x: Tensor<B, 3>, cos: Tensor<B, 2>, s
     let hd = w / (heads + 2 * kv_heads);
     assert!(cos.dims() == [s, hd] && sin.dims() == [s, hd] && cos.dtype() == DType::F32 && sin.dtype() == DType::F32, "attention_packed: RoPE tables {:?} {:?} for S = {s}, hd = {hd} (f32)", cos.dims(), sin.dims());
     let kind = kind::<B>().expect("checked by packed_fits");
-    let op = AttentionPacked { cos: super::fused::constant(kind, cos), sin: super::fused::constant(kind, sin), heads, kv_heads };
+    let op = AttentionPacked { cos: super::fused::constant(kind, cos), sin: super::fused::constant(kind, sin), heads, kv_heads, keep: keep_p() && kind == Kind::Plain };
     super::fused::run(kind, op, [x])
 }
 
 /// The op for [`super::fused::run`].
 #[derive(Clone, Debug)]
-struct Attention;
+struct Attention {
+    /// Whether forward keeps P for backward ([`keep_p`], and not under checkpointing).
+    keep: bool,
+}
 
 impl super::fused::Fused<3> for Attention {
     type Saved = Saved;
 
     fn forward(&self, [q, k, v]: [Prim; 3]) -> (Prim, Saved) {
-        forward(q, k, v)
+        forward(q, k, v, self.keep)
     }
 
     fn backward(&self, saved: Saved, d_o: Prim) -> [Prim; 3] {
@@ -661,7 +688,7 @@ pub(crate) fn attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<
     let Some(kind) = kind::<B>().filter(|_| fits) else {
         return Err((q, k, v));
     };
-    Ok(super::fused::run(kind, Attention, [q, k, v]))
+    Ok(super::fused::run(kind, Attention { keep: keep_p() && kind == Kind::Plain }, [q, k, v]))
 }
 
 #[cfg(test)]
@@ -753,6 +780,8 @@ mod tests {
             let (o_ref, dq_ref, dk_ref, dv_ref) = attention_f64(&seen(&qv), &seen(&kvv), &seen(&vv), &seen(&dov), [b, h, kv, s, d]);
             let t = |x: &[f32], heads: usize| Tensor::<Ad, 4>::from_data(TensorData::new(x.to_vec(), [b, heads, s, d]), &device).require_grad();
             let (q, k, v) = (t(&qv, h), t(&kvv, kv), t(&vv, kv));
+            // `Ok` only from the fused op (a process-wide call counter would race with
+            // the other device tests on parallel threads).
             let o = attention(q.clone().cast(dtype), k.clone().cast(dtype), v.clone().cast(dtype)).ok().expect("fused path taken");
             let up = Tensor::<Ad, 4>::from_data(TensorData::new(dov.clone(), [b, h, s, d]), &device).cast(dtype);
             let g = (o.clone() * up).cast(FloatDType::F32).sum().backward();

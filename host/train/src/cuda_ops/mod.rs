@@ -38,7 +38,8 @@
 //! downcasts of the primitives) and run only for the CUDA backends of this crate
 //! ([`crate::CudaBackend`], [`crate::CudaBackendCheckpointed`], [`crate::CudaInference`]);
 //! every other backend, unsupported shapes or dtypes, and `BAGEL_CUBLAS=0` get the inputs
-//! back and use burn's ops.
+//! back and use burn's ops. The exception is [`attention_packed`], which panics on what it
+//! does not take: the model checks [`packed_fits`] (which also reads `BAGEL_PACKED`) first.
 //!
 //! Library: cudarc loads `libcublas.so` (CUDA 13: `libcublas.so.13`) at the first GEMM, from
 //! the loader's search path (`LD_LIBRARY_PATH`; PyTorch's wheels ship it under
