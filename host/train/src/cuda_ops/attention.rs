@@ -482,16 +482,6 @@ fn forward(q: Prim, k: Prim, v: Prim, keep: bool) -> (Prim, Saved) {
     (o, Saved { q: qp, k, v, lse: w.lse, p: keep.then_some(w.p) })
 }
 
-/// `dy` contiguous in dtype `dt`.
-fn incoming(dy: Prim, dt: DType) -> Prim {
-    let dy = burn_cubecl::kernel::into_contiguous(dy);
-    if dy.dtype != dt {
-        burn_cubecl::kernel::cast(dy, dt)
-    } else {
-        dy
-    }
-}
-
 /// The [`Dims`] of a saved forward pass (q reordered: [B, KV, S, G, hd]).
 fn saved_dims(qp: &Prim) -> Dims {
     let sp = qp.shape();
@@ -502,7 +492,7 @@ fn saved_dims(qp: &Prim) -> Dims {
 fn backward(saved: Saved, d_o: Prim) -> [Prim; 3] {
     let Saved { q: qp, k, v, lse, p: kept } = saved;
     let dt = qp.dtype;
-    let d_o = incoming(d_o, dt);
+    let d_o = super::fused::as_dtype(d_o, dt);
     let d = saved_dims(&qp);
     let w = BwdBuffers::new(&qp, d, dt, kept);
     let dq = empty(&qp, d_o.shape(), dt);
@@ -563,7 +553,7 @@ fn forward_packed(op: &AttentionPacked, x: Prim) -> (Prim, Saved) {
 fn backward_packed(op: &AttentionPacked, saved: Saved, d_o: Prim) -> Prim {
     let Saved { q: qp, k, v, lse, p: kept } = saved;
     let dt = qp.dtype;
-    let d_o = incoming(d_o, dt);
+    let d_o = super::fused::as_dtype(d_o, dt);
     let d = saved_dims(&qp);
     let (b, kvh, h) = (qp.shape()[0], op.kv_heads, op.heads);
     let w = BwdBuffers::new(&qp, d, dt, kept);

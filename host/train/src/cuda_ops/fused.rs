@@ -397,7 +397,7 @@ fn column_sums(a: &Prim, rows: usize, h: usize, shape: Shape) -> Prim {
 }
 
 /// `t` contiguous and of dtype `dt` (a cast only if it differs).
-fn as_dtype(t: Prim, dt: DType) -> Prim {
+pub(super) fn as_dtype(t: Prim, dt: DType) -> Prim {
     let t = burn_cubecl::kernel::into_contiguous(t);
     if t.dtype == dt {
         t
