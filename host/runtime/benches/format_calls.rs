@@ -2,7 +2,11 @@
 //! same Rust code called natively (issue: target ≤ 1.5× native).
 //!
 //! Run: `cargo xtask bench` (= build plugins, then
-//! `cargo bench -p bagel-runtime --bench format_calls`). Prints a table.
+//! `cargo bench -p bagel-runtime --bench format_calls`). Prints a table per workload:
+//! `synthetic` (20,000 short made-up conversations: the per-row overhead dominates) and
+//! `samples` (the bundled ShareGPT and GSM8K samples in `examples/data`, every prefix that
+//! ends in a response, as `bagel build`'s multi-turn expansion renders them: real text
+//! lengths). `BAGEL_BENCH_WORKLOADS=synthetic` runs one.
 use bagel_core::refusal::RefusalMode;
 use bagel_core::{Role, Turn};
 use bagel_plugin_sdk::format::Format;
@@ -25,6 +29,41 @@ fn conversations(n: usize) -> Vec<Vec<Turn>> {
         .collect()
 }
 
+/// Conversations from the bundled samples: each ShareGPT conversation of the expected
+/// shape (optional system turn, then human/gpt pairs) expanded into every prefix that ends
+/// in a `gpt` turn, and each GSM8K row as question/answer. Repeated to at least `min` rows.
+fn samples(min: usize) -> Vec<Vec<Turn>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data");
+    let mut out = Vec::new();
+    let sharegpt: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("sharegpt/sharegpt_first100.json")).unwrap()).unwrap();
+    for row in sharegpt.as_array().unwrap() {
+        let mut conv = Vec::new();
+        for t in row["conversations"].as_array().unwrap() {
+            let from = match t["from"].as_str().unwrap() {
+                "system" => Role::System,
+                "human" => Role::Human,
+                "gpt" => Role::Gpt,
+                _ => break,
+            };
+            conv.push(Turn::new(from, t["value"].as_str().unwrap()));
+        }
+        let offset = usize::from(conv.first().is_some_and(|t| t.from == Role::System));
+        let pairs = conv[offset..].chunks_exact(2).take_while(|p| p[0].from == Role::Human && p[1].from == Role::Gpt).count();
+        for k in 1..=pairs {
+            out.push(conv[..offset + 2 * k].to_vec());
+        }
+    }
+    for line in std::fs::read_to_string(root.join("gsm8k/train.jsonl")).unwrap().lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        out.push(vec![Turn::new(Role::Human, row["question"].as_str().unwrap()), Turn::new(Role::Gpt, row["answer"].as_str().unwrap())]);
+    }
+    let unique = out.len();
+    while out.len() < min {
+        out.extend_from_within(..unique.min(min - out.len()));
+    }
+    out
+}
+
 fn sdk_role(r: Role) -> bagel_plugin_sdk::Role {
     match r {
         Role::System => bagel_plugin_sdk::Role::System,
@@ -43,9 +82,23 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let n = 20_000;
+    let workloads: Vec<String> = match std::env::var("BAGEL_BENCH_WORKLOADS") {
+        Ok(v) => v.split(',').map(|w| w.trim().to_string()).collect(),
+        Err(_) => vec!["synthetic".into(), "samples".into()],
+    };
+    for w in workloads {
+        match w.as_str() {
+            "synthetic" => bench("synthetic: 20000 made-up conversations of 1–3 turns", conversations(20_000)),
+            "samples" => bench("samples: ShareGPT + GSM8K samples in examples/data, every response prefix", samples(20_000)),
+            other => panic!("BAGEL_BENCH_WORKLOADS: unknown workload {other:?} (synthetic, samples)"),
+        }
+    }
+}
+
+fn bench(label: &str, convs: Vec<Vec<Turn>>) {
+    let n = convs.len();
     let reps = 7;
-    let convs = conversations(n);
+    let bytes: usize = convs.iter().flatten().map(|t| t.value.len()).sum();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins");
     let rt = Runtime::new(Limits::default(), RefusalMode::Intended, None).unwrap();
     let plugin = rt.load_file(&dir.join("llama2.wasm")).expect("run `cargo xtask build-plugins` first");
@@ -115,7 +168,7 @@ fn main() {
         .chain(wasm_paths.iter().map(|&(packed, batch)| if packed { format!("wasm, batch {batch}, packed") } else { format!("wasm, batch {batch}") }))
         .collect();
     let medians: Vec<f64> = times.into_iter().map(median).collect();
-    println!("format plugin `llama2`, {n} conversations (1–3 turns), median of {reps} interleaved runs");
+    println!("\nformat plugin `llama2`, workload {label}: {n} rows, {:.0} bytes of turn text per row; median of {reps} interleaved runs", bytes as f64 / n as f64);
     println!("{:<28} {:>8} {:>12} {:>12} {:>12}", "path", "ns/row", "rows/s", "× render", "× render_into");
     for (name, t) in names.iter().zip(&medians) {
         println!("{:<28} {:>8.0} {:>12.0} {:>12.2} {:>12.2}", name, t / n as f64 * 1e9, n as f64 / t, t / medians[0], t / medians[1]);
