@@ -20,6 +20,7 @@ use bagel_core::expand::expansion_prefixes;
 use bagel_core::rng::{derive_seed, Rng};
 use bagel_core::{uid, Payload, Record, Turn};
 use bagel_runtime::{FormatJob, Plugin, RenderItem, Runtime};
+use indicatif::ProgressBar;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
@@ -141,8 +142,11 @@ struct Instruction<'a> {
     conversation: &'a [Turn],
 }
 
-/// Run the format stage over deduplicated records (in load order).
-pub fn format_records(rt: &Runtime, formats: &[&Plugin], records: &[Record], bos: &str, eos: &str, seed: u64, chunking: Chunking) -> Result<Formatted> {
+/// Run the format stage over deduplicated records (in load order). `progress` gets the
+/// number of items to render (SFT instructions and DPO prompts, over all formats) as its
+/// length and advances as each render call returns.
+#[allow(clippy::too_many_arguments)]
+pub fn format_records(rt: &Runtime, formats: &[&Plugin], records: &[Record], bos: &str, eos: &str, seed: u64, chunking: Chunking, progress: &ProgressBar) -> Result<Formatted> {
     let mut out = Formatted::default();
     let mut multi: Vec<Instruction> = Vec::new();
     let mut single: Vec<Instruction> = Vec::new();
@@ -169,6 +173,7 @@ pub fn format_records(rt: &Runtime, formats: &[&Plugin], records: &[Record], bos
     let k = formats.len();
     let sft_chunks = chunks(instructions.len(), k, chunking);
     let dpo_chunks = chunks(dpo_records.len(), k, chunking);
+    progress.set_length(sft_chunks.iter().chain(&dpo_chunks).map(|c| c.len() as u64).sum());
 
     // Formats are independent: render them in parallel (one WASM instance each).
     let results: Vec<Result<(Vec<SftRow>, Vec<DpoRow>, FormatReport)>> = std::thread::scope(|s| {
@@ -177,7 +182,7 @@ pub fn format_records(rt: &Runtime, formats: &[&Plugin], records: &[Record], bos
             .enumerate()
             .map(|(i, plugin)| {
                 let (instructions, dpo_records, sft_idx, dpo_idx) = (&instructions, &dpo_records, &sft_chunks[i], &dpo_chunks[i]);
-                s.spawn(move || render_one(rt, plugin, instructions, sft_idx, dpo_records, dpo_idx, bos, eos, seed))
+                s.spawn(move || render_one(rt, plugin, instructions, sft_idx, dpo_records, dpo_idx, bos, eos, seed, progress))
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("format thread panicked")).collect()
@@ -212,6 +217,7 @@ fn render_one(
     bos: &str,
     eos: &str,
     seed: u64,
+    progress: &ProgressBar,
 ) -> Result<(Vec<SftRow>, Vec<DpoRow>, FormatReport)> {
     let t0 = Instant::now();
     let name = &plugin.name;
@@ -224,6 +230,7 @@ fn render_one(
     for chunk in batches(sft_idx, conversation_bytes) {
         let items: Vec<RenderItem> = chunk.iter().map(|&i| RenderItem { conversation: instructions[i].conversation, add_default_system: coins.coin(0.5) }).collect();
         let rendered = job.render_batch(bos, eos, &items)?;
+        progress.inc(chunk.len() as u64);
         let text = Arc::new(rendered.text);
         for (&i, r) in chunk.iter().zip(rendered.items) {
             match r {
@@ -254,6 +261,7 @@ fn render_one(
             .collect();
         let items: Vec<(&str, &str, bool)> = pairs.iter().map(|p| (p.prompt.as_str(), p.chosen.as_str(), coins.coin(0.5))).collect();
         let rendered = job.render_dpo_prompt(bos, eos, &items)?;
+        progress.inc(chunk.len() as u64);
         for ((&i, p), r) in chunk.iter().zip(&pairs).zip(rendered) {
             match r {
                 Ok(prompt) => dpo.push(DpoRow { source: dpo_records[i].source.clone(), prompt, chosen: bagel_text::collapse_newlines(&p.chosen), rejected: p.rejected.clone() }),

@@ -296,7 +296,18 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
         }
         let t = Instant::now();
         let items = run_benchmarks(opts, &rt, &benches)?;
-        let (kept, gone, summary) = crate::decontam::decontaminate(std::mem::take(&mut raw.records), items, embedder, &opts.decontam)?;
+        // Embedding is the long part (minutes on a CPU): a counter of texts embedded (how
+        // many are new is known only inside, after the embedding cache is read).
+        let pb = progress(opts.progress, 0, "embed");
+        if opts.progress {
+            if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>10} {pos} texts {per_sec} {elapsed_precise}") {
+                pb.set_style(style);
+            }
+        }
+        let counted = embedder.map(|inner| Counted { inner, progress: pb.clone() });
+        let embedder_counted = counted.as_ref().map(|c| c as &dyn bagel_decontam::Embedder);
+        let (kept, gone, summary) = crate::decontam::decontaminate(std::mem::take(&mut raw.records), items, embedder_counted, &opts.decontam)?;
+        pb.finish_and_clear();
         for r in &gone {
             if let Some(&o) = raw.origins.get(r.index) {
                 let rep = &mut report.sources[o as usize];
@@ -316,7 +327,9 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
     let records: &[Record] = kept_records.as_deref().unwrap_or(&raw.records);
     let (formatted, saved) = std::thread::scope(|scope| {
         let saved = (save_raw && !decontam_on).then(|| scope.spawn(|| write_raw_cache(&raw)));
-        let formatted = format_records(&rt, &formats, records, &bos, &eos, opts.seed, opts.chunking);
+        let pb = progress(opts.progress, 0, "format");
+        let formatted = format_records(&rt, &formats, records, &bos, &eos, opts.seed, opts.chunking, &pb);
+        pb.finish_and_clear();
         (formatted, saved.map(|h| h.join().expect("raw-stage cache writer panicked")))
     });
     let formatted = formatted?;
@@ -334,6 +347,7 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
     free_later((std::mem::take(&mut raw.records), kept_records.take()));
     let s = &formatted.sft;
     let d = &formatted.dpo;
+    let pb = progress(opts.progress, (s.len() + d.len()) as u64, "write");
     let (sft_res, dpo_res) = std::thread::scope(|scope| {
         let dpo = scope.spawn(|| {
             write_string_parquet(
@@ -345,6 +359,7 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
                     ("rejected", d.iter().map(|r| r.rejected.as_str()).collect()),
                 ],
                 opts.compression,
+                &pb,
             )
         });
         let sft = write_string_parquet(
@@ -356,9 +371,11 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
                 ("output", s.iter().map(|r| r.output.as_str()).collect()),
             ],
             opts.compression,
+            &pb,
         );
         (sft, dpo.join().expect("dpo writer panicked"))
     });
+    pb.finish_and_clear();
     // Put in place only once both writers succeeded: a failure in either writer leaves
     // the previous pair. (Should the second rename fail, the outputs stamp below is not
     // written, so the next build redoes both.)
@@ -385,6 +402,26 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
     write_atomic(&outputs_file, &serde_json::to_vec(&stamp).expect("stamp serialises"))?;
     free_later((formatted.sft, formatted.dpo, raw));
     Ok(report)
+}
+
+/// An embedder that advances `progress` by the texts it embeds.
+struct Counted<'a> {
+    inner: &'a dyn bagel_decontam::Embedder,
+    progress: indicatif::ProgressBar,
+}
+
+impl bagel_decontam::Embedder for Counted<'_> {
+    fn model_key(&self) -> &str {
+        self.inner.model_key()
+    }
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    fn embed(&self, texts: &[&str]) -> std::result::Result<Vec<Vec<f32>>, String> {
+        let out = self.inner.embed(texts)?;
+        self.progress.inc(texts.len() as u64);
+        Ok(out)
+    }
 }
 
 /// Drop `value` on a short-lived thread (inline if no thread can be started). Freeing
@@ -585,11 +622,14 @@ fn progress(show: bool, len: u64, what: &str) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }
-    let pb = indicatif::ProgressBar::new(len);
+    // Set up hidden, so that nothing is drawn before the first update (the format
+    // stage's length is known only once it starts).
+    let pb = indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::hidden());
     if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {elapsed_precise}") {
         pb.set_style(style);
     }
     pb.set_message(what.to_string());
+    pb.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     pb
 }
 

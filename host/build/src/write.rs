@@ -8,6 +8,7 @@ use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnChunk};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
+use indicatif::ProgressBar;
 use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -68,8 +69,9 @@ pub fn write_atomic_with(dest: &Path, fill: impl FnOnce(&mut dyn Write) -> std::
 /// byte-identical for identical input whatever the number of cores. Returns the written
 /// file, still at its temp name (commit it to rename it to `dest`, so that files written
 /// together can be put in place together; dropped, it is removed), and its sha256
-/// (lowercase hex), hashed as it is written (the file is not read back).
-pub fn write_string_parquet(dest: &Path, columns: &[(&str, Vec<&str>)], compression: OutputCompression) -> Result<(AtomicFile, String)> {
+/// (lowercase hex), hashed as it is written (the file is not read back). `progress`
+/// advances by each row group's rows as the group is appended.
+pub fn write_string_parquet(dest: &Path, columns: &[(&str, Vec<&str>)], compression: OutputCompression, progress: &ProgressBar) -> Result<(AtomicFile, String)> {
     let perr = |e: &dyn std::fmt::Display| BuildError::Parquet { path: dest.to_path_buf(), message: e.to_string() };
     let schema = Arc::new(Schema::new(columns.iter().map(|(n, _)| Field::new(*n, DataType::Utf8, false)).collect::<Vec<_>>()));
     let n = columns.first().map(|c| c.1.len()).unwrap_or(0);
@@ -142,7 +144,7 @@ pub fn write_string_parquet(dest: &Path, columns: &[(&str, Vec<&str>)], compress
             });
         }
         let _stop = StopOnExit { queue: &queue, changed: &changed };
-        for g in 0..groups.len() {
+        for (g, &(start, end)) in groups.iter().enumerate() {
             let encoded = {
                 let mut q = lock(&queue);
                 loop {
@@ -158,6 +160,7 @@ pub fn write_string_parquet(dest: &Path, columns: &[(&str, Vec<&str>)], compress
                 chunk.append_to_row_group(&mut rg).map_err(|e| perr(&e))?;
             }
             rg.close().map_err(|e| perr(&e))?;
+            progress.inc((end - start) as u64);
             lock(&queue).appended = g + 1;
             changed.notify_all();
         }
@@ -246,7 +249,9 @@ mod tests {
             ("id", ids.iter().map(String::as_str).collect::<Vec<_>>()),
             ("output", texts.iter().map(String::as_str).collect()),
         ];
-        let (file, sha) = write_string_parquet(&dest, &cols, OutputCompression::Snappy).unwrap();
+        let progress = ProgressBar::hidden();
+        let (file, sha) = write_string_parquet(&dest, &cols, OutputCompression::Snappy, &progress).unwrap();
+        assert_eq!(progress.position(), n as u64, "the bar counts every row written");
         assert!(!dest.exists(), "not in place before the commit");
         file.commit().unwrap();
         let bytes = std::fs::read(&dest).unwrap();

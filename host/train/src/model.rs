@@ -194,6 +194,7 @@ impl<B: Backend> Llama<B> {
     }
 
     /// The compute dtype: bf16 under mixed precision, else the parameters' own.
+    #[cfg(feature = "cuda")]
     fn compute_dtype(&self) -> burn::tensor::DType {
         if self.bf16 {
             burn::tensor::DType::BF16
