@@ -3,7 +3,7 @@ use crate::error::{io, BuildError, Result};
 use crate::format::format_records;
 use crate::read::{read_file, RowResult};
 use crate::recipe::{dataset_globs, expand_globs, substitute, Recipe, SourceEntry};
-use crate::report::{BadRow, BuildReport, SourceReport};
+use crate::report::{BadRow, BuildReport, FormatReport, SourceReport};
 use crate::tokenizer::{special_tokens, SpecialTokens};
 use crate::write::{write_atomic, write_atomic_with, write_string_parquet, OutputCompression};
 use bagel_core::dedup::KnownKeys;
@@ -33,7 +33,8 @@ pub enum OnPluginError {
     /// Stop the build (default).
     #[default]
     Fail,
-    /// Drop that source's records, record the error, and go on.
+    /// Drop that source's records (or that prompt format), record the error, and go on.
+    /// The last format left is never dropped: its failure stops the build.
     Skip,
 }
 
@@ -327,15 +328,32 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
     let records: &[Record] = kept_records.as_deref().unwrap_or(&raw.records);
     let (formatted, saved) = std::thread::scope(|scope| {
         let saved = (save_raw && !decontam_on).then(|| scope.spawn(|| write_raw_cache(&raw)));
-        let pb = progress(opts.progress, 0, "format");
-        let formatted = format_records(&rt, &formats, records, &bos, &eos, opts.seed, opts.chunking, &pb);
-        pb.finish_and_clear();
+        // A format plugin that fails (trap, limit, malformed output) under
+        // `--on-plugin-error skip` is dropped and the stage rerun without it: the chunks
+        // depend on the number of formats, so the others are rendered again.
+        let mut failed = Vec::new();
+        let formatted = loop {
+            let pb = progress(opts.progress, 0, "format");
+            let r = format_records(&rt, &formats, records, &bos, &eos, opts.seed, opts.chunking, &pb);
+            pb.finish_and_clear();
+            match r {
+                Err(BuildError::Plugin(e)) if opts.on_plugin_error == OnPluginError::Skip && formats.len() > 1 => {
+                    let Some(i) = e.plugin().and_then(|name| formats.iter().position(|f| f.name == name)) else { break Err(BuildError::Plugin(e)) };
+                    tracing::error!("skipping format {}: {e}", formats[i].name);
+                    failed.push(FormatReport { name: formats.remove(i).name.clone(), failed: Some(e.to_string()), ..Default::default() });
+                }
+                r => break r.map(|f| (f, failed)),
+            }
+        };
         (formatted, saved.map(|h| h.join().expect("raw-stage cache writer panicked")))
     });
-    let formatted = formatted?;
+    let (formatted, failed_formats) = formatted?;
     saved.transpose()?;
     report.stages.format = t.elapsed().as_secs_f64();
+    let complete = failed_formats.is_empty();
+    report.formats = formats.iter().map(|f| f.name.clone()).collect();
     report.format_stats = formatted.stats;
+    report.format_stats.extend(failed_formats);
     report.dropped_by_expansion = formatted.dropped_by_expansion;
     report.expanded_examples = formatted.expanded_examples;
     report.instructions = formatted.instructions;
@@ -398,8 +416,14 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
     report.stages.write = t.elapsed().as_secs_f64();
     report.stages.total = t_total.elapsed().as_secs_f64();
     write_report(&opts.out, &report)?;
-    let stamp = OutputsStamp { key: fkey, sft: file_stamp(&sft_path), dpo: file_stamp(&dpo_path), report: report.clone() };
-    write_atomic(&outputs_file, &serde_json::to_vec(&stamp).expect("stamp serialises"))?;
+    // Outputs rendered without a failed format are not what the key describes: the next
+    // build redoes them.
+    if complete {
+        let stamp = OutputsStamp { key: fkey, sft: file_stamp(&sft_path), dpo: file_stamp(&dpo_path), report: report.clone() };
+        write_atomic(&outputs_file, &serde_json::to_vec(&stamp).expect("stamp serialises"))?;
+    } else if outputs_file.exists() {
+        std::fs::remove_file(&outputs_file).map_err(io(&outputs_file))?;
+    }
     free_later((formatted.sft, formatted.dpo, raw));
     Ok(report)
 }

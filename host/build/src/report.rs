@@ -87,6 +87,10 @@ pub struct FormatReport {
     pub errors: u64,
     /// Seconds in render calls.
     pub seconds: f64,
+    /// Set when the plugin failed (trap, limit, malformed output) and
+    /// `--on-plugin-error skip` dropped the format: the build was rendered without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 /// What decontamination did. Rows are records after dedup (before prompt formatting);
@@ -222,7 +226,10 @@ impl BuildReport {
             }
         }
         for f in &self.format_stats {
-            s.push_str(&format!("format {:<10} sft {:>8}  dpo {:>7}  errors {:>5}  {:>7.3} s\n", f.name, f.sft_rows, f.dpo_rows, f.errors, f.seconds));
+            match &f.failed {
+                Some(e) => s.push_str(&format!("format {:<10} FAILED and was skipped: {e}\n", f.name)),
+                None => s.push_str(&format!("format {:<10} sft {:>8}  dpo {:>7}  errors {:>5}  {:>7.3} s\n", f.name, f.sft_rows, f.dpo_rows, f.errors, f.seconds)),
+            }
         }
         s.push_str(&format!(
             "instructions {} (expanded {}), sft.parquet {} rows, dpo.parquet {} rows\nstages: plugins-load {:.3}s sources {:.3}s dedup {:.3}s decontam {:.3}s format {:.3}s write {:.3}s total {:.3}s{}\n",

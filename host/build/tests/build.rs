@@ -231,6 +231,43 @@ fn a_failed_output_writer_leaves_the_previous_pair() {
     assert!(names.iter().all(|n| !n.contains(".tmp-")), "temp files left: {names:?}");
 }
 
+/// A format plugin that breaks the contract (`malformed_format`, a test fixture: its
+/// lengths do not fit its text) stops the build by default; under `--on-plugin-error
+/// skip` the build renders without it, reports it, and does not stamp the outputs as
+/// complete.
+#[test]
+fn a_failing_format_stops_the_build_or_is_skipped() {
+    let fixture = ws().join("target/test-plugins/malformed_format.wasm");
+    assert!(fixture.exists(), "{} missing: run `cargo xtask build-plugins` first", fixture.display());
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(plugins()).unwrap().flatten() {
+        std::os::unix::fs::symlink(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    std::os::unix::fs::symlink(&fixture, dir.path().join("malformed_format.wasm")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut o = opts(&ws().join("examples/data"), single_source_recipe("gsm8k", "gsm8k/train.jsonl"), out.path(), 42);
+    o.plugins = dir.path().to_path_buf();
+    o.formats = ["alpaca", "malformed_format", "chatml"].map(String::from).to_vec();
+
+    let err = build(&o).unwrap_err();
+    assert!(matches!(err, BuildError::Plugin(_)) && err.to_string().contains("malformed_format"), "{err}");
+    assert_no_outputs(out.path());
+
+    o.on_plugin_error = OnPluginError::Skip;
+    let report = build(&o).unwrap();
+    assert_eq!(report.formats, ["alpaca", "chatml"]);
+    let failed: Vec<&str> = report.format_stats.iter().filter(|f| f.failed.is_some()).map(|f| f.name.as_str()).collect();
+    assert_eq!(failed, ["malformed_format"]);
+    assert!(report.table().contains("malformed_format FAILED and was skipped"), "{}", report.table());
+    let rows = read_strings(&out.path().join("sft.parquet"));
+    assert!(!rows.is_empty());
+    assert_eq!(rows.len() as u64, report.sft_rows);
+    assert_eq!(report.format_stats.iter().map(|f| f.sft_rows).sum::<u64>(), report.sft_rows);
+    assert!(rows.iter().all(|r| r["source"] == "gsm8k_alpaca" || r["source"] == "gsm8k_chatml"), "{:?}", rows[0]["source"]);
+    assert!(!out.path().join(".bagel-cache/outputs.json").exists(), "outputs without a format must not be stamped complete");
+    assert!(!build(&o).unwrap().outputs_cache_hit);
+}
+
 #[test]
 fn unknown_input_names_the_recipe_file() {
     let data = tempfile::tempdir().unwrap();

@@ -128,6 +128,24 @@ pub enum RuntimeError {
 }
 
 impl RuntimeError {
+    /// The plugin this error names, if it names one (every variant but [`RuntimeError::Io`]
+    /// and [`RuntimeError::DuplicateName`]).
+    pub fn plugin(&self) -> Option<&str> {
+        match self {
+            RuntimeError::Compile { plugin, .. }
+            | RuntimeError::ForbiddenImport { plugin, .. }
+            | RuntimeError::UnknownWorld { plugin }
+            | RuntimeError::Instantiate { plugin, .. }
+            | RuntimeError::Timeout { plugin, .. }
+            | RuntimeError::MemoryLimit { plugin, .. }
+            | RuntimeError::Trap { plugin, .. }
+            | RuntimeError::Plugin { plugin, .. }
+            | RuntimeError::Malformed { plugin, .. }
+            | RuntimeError::Poisoned { plugin } => Some(plugin),
+            RuntimeError::Io { .. } | RuntimeError::DuplicateName { .. } => None,
+        }
+    }
+
     /// The name of the limit this error reports, if it is a limit error
     /// (`call_timeout`, `memory_bytes`).
     pub fn limit(&self) -> Option<&'static str> {

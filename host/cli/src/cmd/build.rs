@@ -35,7 +35,9 @@ pub struct Args {
     /// What to do with a malformed row.
     #[arg(long, value_enum, default_value = "skip")]
     on_bad_row: BadRow,
-    /// What to do when a plugin fails (trap, limit, error).
+    /// What to do when a plugin fails (trap, limit, error): fail stops the build; skip goes
+    /// on without that source, or without that prompt format (the other formats are
+    /// rendered again over the remaining ones; the last format is never dropped).
     #[arg(long, value_enum, default_value = "fail")]
     on_plugin_error: PluginFail,
     /// Refusal check: intended (case-insensitive) or compat (the original's accidental behaviour).
