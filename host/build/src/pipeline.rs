@@ -537,7 +537,7 @@ fn resolve<'a>(opts: &BuildOptions, plugin: &'a Plugin, info: &'a SourceInfo, en
     for input in &info.inputs {
         let globs: Vec<String> = match entry.files.get(&input.name) {
             Some(files) => files.clone(),
-            None => input.patterns.iter().flat_map(|p| dataset_globs(&input.dataset, &substitute(p, &merged))).collect(),
+            None => input.patterns.iter().flat_map(|p| dataset_globs(&opts.data, &input.dataset, &substitute(p, &merged))).collect(),
         };
         let files = expand_globs(&opts.data, &globs);
         if files.is_empty() {

@@ -16,8 +16,9 @@
 //! ```
 //! An input without `files` is looked up by its dataset id under `--data`:
 //! `<data>/<org>/<name>/<pattern>` or a Hugging Face hub cache
-//! `<data>/datasets--<org>--<name>/snapshots/*/<pattern>` (also under `<data>/hub/`),
-//! where `{param}` in a pattern is replaced by that parameter's value.
+//! `<data>/datasets--<org>--<name>/snapshots/<rev>/<pattern>` (also under `<data>/hub/`;
+//! `<rev>` from the cache's `refs/main`, see [`dataset_globs`]), where `{param}` in a
+//! pattern is replaced by that parameter's value.
 use crate::error::{BuildError, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -136,10 +137,24 @@ pub fn substitute(pattern: &str, params: &BTreeMap<String, serde_json::Value>) -
     s
 }
 
-/// Candidate globs for a dataset id under `data`: plain layout and HF hub cache layout.
-pub fn dataset_globs(dataset: &str, pattern: &str) -> Vec<String> {
+/// Candidate globs, relative to `data`, for a dataset id: the plain layout
+/// `<org>/<name>/<pattern>` and the Hugging Face hub cache layout
+/// `datasets--<org>--<name>/snapshots/<rev>/<pattern>` (also under `hub/`). `<rev>` is the
+/// commit that the cache's `refs/main` names (the revision `huggingface-cli download` last
+/// fetched for the default branch: older snapshots in the same cache are not read); a
+/// cache without that file (downloaded by commit hash) has every snapshot read.
+pub fn dataset_globs(data: &Path, dataset: &str, pattern: &str) -> Vec<String> {
     let hub = format!("datasets--{}", dataset.replace('/', "--"));
-    vec![format!("{dataset}/{pattern}"), format!("{hub}/snapshots/*/{pattern}"), format!("hub/{hub}/snapshots/*/{pattern}")]
+    let mut globs = vec![format!("{dataset}/{pattern}")];
+    for root in [hub.clone(), format!("hub/{hub}")] {
+        // A commit hash; anything else (a path, a glob) is not trusted as one.
+        let rev = std::fs::read_to_string(data.join(&root).join("refs/main"))
+            .ok()
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric()));
+        globs.push(format!("{root}/snapshots/{}/{pattern}", rev.as_deref().unwrap_or("*")));
+    }
+    globs
 }
 
 #[cfg(test)]
@@ -157,8 +172,27 @@ mod tests {
         params.insert("split".to_string(), serde_json::json!("train"));
         let pat = substitute("{config}/{split}-*.parquet", &params);
         assert_eq!(pat, "ARC-Easy/train-*.parquet");
-        let found = expand_globs(d.path(), &dataset_globs("allenai/ai2_arc", &pat));
+        let found = expand_globs(d.path(), &dataset_globs(d.path(), "allenai/ai2_arc", &pat));
         assert_eq!(found, vec![snap.join("train-00000-of-00001.parquet")]);
+    }
+
+    #[test]
+    fn hub_cache_reads_the_revision_refs_main_names() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = d.path().join("hub/datasets--openai--gsm8k");
+        for rev in ["0aaa", "1bbb"] {
+            std::fs::create_dir_all(cache.join("snapshots").join(rev).join("main")).unwrap();
+            std::fs::write(cache.join("snapshots").join(rev).join("main/train.jsonl"), rev).unwrap();
+        }
+        let globs = || dataset_globs(d.path(), "openai/gsm8k", "main/train*.jsonl");
+        // No refs/main: every snapshot.
+        assert_eq!(expand_globs(d.path(), &globs()).len(), 2);
+        std::fs::create_dir_all(cache.join("refs")).unwrap();
+        std::fs::write(cache.join("refs/main"), "0aaa\n").unwrap();
+        assert_eq!(expand_globs(d.path(), &globs()), vec![cache.join("snapshots/0aaa/main/train.jsonl")]);
+        // A ref that is not a commit hash is not followed as a path.
+        std::fs::write(cache.join("refs/main"), "../../x").unwrap();
+        assert_eq!(expand_globs(d.path(), &globs()).len(), 2);
     }
 
     #[test]
