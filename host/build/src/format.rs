@@ -32,8 +32,9 @@ pub const RENDER_BATCH: usize = 512;
 /// A render call also closes once its items hold this many bytes of turn text (the
 /// host packs them into one text, the plugin answers with about as much again): long
 /// rows make smaller batches, so that a batch's texts stay in the CPU's cache. On the
-/// bundled ShareGPT/GSM8K samples (2.3 KB of turn text per row) batches of 64 rows
-/// rendered 18 % faster than batches of 512 (bench/RESULTS.md, ninth session).
+/// bundled ShareGPT/GSM8K samples (2.3 KB of turn text per row) batches of 64 rows took
+/// 18 % less time per row than batches of 512 (bench/RESULTS.md, ninth session; only
+/// those two sizes were measured, so the limit is not tuned).
 pub const RENDER_BATCH_BYTES: usize = 128 * 1024;
 
 /// Cut `idx` into consecutive batches of at most [`RENDER_BATCH`] items, each closed
@@ -247,18 +248,12 @@ fn render_one(
         }
     }
     let mut dpo = Vec::with_capacity(dpo_idx.len());
-    let pair_bytes = |i: usize| match &dpo_records[i].payload {
-        Payload::Dpo(p) => p.prompt.len() + p.chosen.len(),
-        _ => 0,
+    let pair = |i: usize| match &dpo_records[i].payload {
+        Payload::Dpo(p) => p,
+        _ => unreachable!("filtered to DPO records"),
     };
-    for chunk in batches(dpo_idx, pair_bytes) {
-        let pairs: Vec<&bagel_core::DpoPair> = chunk
-            .iter()
-            .map(|&i| match &dpo_records[i].payload {
-                Payload::Dpo(p) => p,
-                _ => unreachable!("filtered to DPO records"),
-            })
-            .collect();
+    for chunk in batches(dpo_idx, |i| pair(i).prompt.len() + pair(i).chosen.len()) {
+        let pairs: Vec<&bagel_core::DpoPair> = chunk.iter().map(|&i| pair(i)).collect();
         let items: Vec<(&str, &str, bool)> = pairs.iter().map(|p| (p.prompt.as_str(), p.chosen.as_str(), coins.coin(0.5))).collect();
         let rendered = job.render_dpo_prompt(bos, eos, &items)?;
         progress.inc(chunk.len() as u64);

@@ -34,7 +34,12 @@ pub enum OnPluginError {
     #[default]
     Fail,
     /// Drop that source's records (or that prompt format), record the error, and go on.
-    /// The last format left is never dropped: its failure stops the build.
+    /// A format that fails while rendering is dropped and the other formats are rendered
+    /// again over the rest; the last format left is never dropped (its failure stops the
+    /// build). A failure caused by the data (a row that trips a limit in every format) is
+    /// blamed on the first format that hits it, so such a build drops formats one by one
+    /// and then stops. A plugin that fails to load is skipped at load time; a format
+    /// requested by name that did not load then stops the build as not installed.
     Skip,
 }
 
@@ -299,12 +304,7 @@ pub fn build_with(opts: &BuildOptions, embedder: Option<&dyn bagel_decontam::Emb
         let items = run_benchmarks(opts, &rt, &benches)?;
         // Embedding is the long part (minutes on a CPU): a counter of texts embedded (how
         // many are new is known only inside, after the embedding cache is read).
-        let pb = progress(opts.progress, 0, "embed");
-        if opts.progress {
-            if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>10} {pos} texts {per_sec} {elapsed_precise}") {
-                pb.set_style(style);
-            }
-        }
+        let pb = progress_with(opts.progress, 0, "embed", "{msg:>10} {pos} texts {per_sec} {elapsed_precise}");
         let counted = embedder.map(|inner| Counted { inner, progress: pb.clone() });
         let embedder_counted = counted.as_ref().map(|c| c as &dyn bagel_decontam::Embedder);
         let (kept, gone, summary) = crate::decontam::decontaminate(std::mem::take(&mut raw.records), items, embedder_counted, &opts.decontam)?;
@@ -642,14 +642,21 @@ fn run_raw(opts: &BuildOptions, rt: &Runtime, resolved: &[Resolved], key: String
     Ok(RawStage { key, reports, records, origins, bad_rows })
 }
 
+/// A progress bar of `len` steps labelled `what` on stderr (bar, count, elapsed time), or
+/// a hidden one when `show` is false.
 fn progress(show: bool, len: u64, what: &str) -> indicatif::ProgressBar {
+    progress_with(show, len, what, "{msg:>10} [{bar:30}] {pos}/{len} {elapsed_precise}")
+}
+
+/// A progress bar on stderr with an indicatif `template`, or a hidden one.
+fn progress_with(show: bool, len: u64, what: &str, template: &str) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }
     // Set up hidden, so that nothing is drawn before the first update (the format
     // stage's length is known only once it starts).
     let pb = indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::hidden());
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {elapsed_precise}") {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
         pb.set_style(style);
     }
     pb.set_message(what.to_string());

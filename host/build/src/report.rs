@@ -136,7 +136,8 @@ pub struct BuildReport {
     pub bagel_version: String,
     /// Build seed.
     pub seed: u64,
-    /// Format names in order.
+    /// The formats rendered, in order (a format dropped under `--on-plugin-error skip` is
+    /// not listed here; it is in `format_stats` with `failed` set).
     pub formats: Vec<String>,
     /// BOS/EOS used.
     pub bos: String,
@@ -144,7 +145,8 @@ pub struct BuildReport {
     pub eos: String,
     /// Per source, in load order.
     pub sources: Vec<SourceReport>,
-    /// Per format.
+    /// Per format: the rendered ones in order, then any dropped under
+    /// `--on-plugin-error skip`, in the order they failed.
     pub format_stats: Vec<FormatReport>,
     /// Conversations dropped by multi-turn expansion (invalid role order), per source.
     pub dropped_by_expansion: BTreeMap<String, u64>,

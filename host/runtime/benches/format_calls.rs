@@ -4,9 +4,8 @@
 //! Run: `cargo xtask bench` (= build plugins, then
 //! `cargo bench -p bagel-runtime --bench format_calls`). Prints a table per workload:
 //! `synthetic` (20,000 short made-up conversations: the per-row overhead dominates) and
-//! `samples` (the bundled ShareGPT and GSM8K samples in `examples/data`, every prefix that
-//! ends in a response, as `bagel build`'s multi-turn expansion renders them: real text
-//! lengths). `BAGEL_BENCH_WORKLOADS=synthetic` runs one.
+//! `samples` (the bundled ShareGPT and GSM8K samples in `examples/data`, expanded into
+//! examples as `bagel build`'s multi-turn expansion does: real text lengths). `BAGEL_BENCH_WORKLOADS=synthetic` runs one.
 use bagel_core::refusal::RefusalMode;
 use bagel_core::{Role, Turn};
 use bagel_plugin_sdk::format::Format;
@@ -29,34 +28,34 @@ fn conversations(n: usize) -> Vec<Vec<Turn>> {
         .collect()
 }
 
-/// Conversations from the bundled samples: each ShareGPT conversation of the expected
-/// shape (optional system turn, then human/gpt pairs) expanded into every prefix that ends
-/// in a `gpt` turn, and each GSM8K row as question/answer. Repeated to at least `min` rows.
+/// Conversations from the bundled samples: each ShareGPT conversation (those with a role
+/// other than system/human/gpt are left out) expanded as `bagel build` expands it
+/// (`bagel_core::expand::expansion_prefixes`), and each GSM8K row as question/answer;
+/// examples the format refuses are left out. Repeated to at least `min` rows.
 fn samples(min: usize) -> Vec<Vec<Turn>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data");
     let mut out = Vec::new();
     let sharegpt: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("sharegpt/sharegpt_first100.json")).unwrap()).unwrap();
-    for row in sharegpt.as_array().unwrap() {
+    'rows: for row in sharegpt.as_array().unwrap() {
         let mut conv = Vec::new();
         for t in row["conversations"].as_array().unwrap() {
             let from = match t["from"].as_str().unwrap() {
                 "system" => Role::System,
                 "human" => Role::Human,
                 "gpt" => Role::Gpt,
-                _ => break,
+                _ => continue 'rows,
             };
             conv.push(Turn::new(from, t["value"].as_str().unwrap()));
         }
-        let offset = usize::from(conv.first().is_some_and(|t| t.from == Role::System));
-        let pairs = conv[offset..].chunks_exact(2).take_while(|p| p[0].from == Role::Human && p[1].from == Role::Gpt).count();
-        for k in 1..=pairs {
-            out.push(conv[..offset + 2 * k].to_vec());
-        }
+        out.extend(bagel_core::expand::expansion_prefixes(&conv).map(|len| conv[..len].to_vec()));
     }
     for line in std::fs::read_to_string(root.join("gsm8k/train.jsonl")).unwrap().lines() {
         let row: serde_json::Value = serde_json::from_str(line).unwrap();
         out.push(vec![Turn::new(Role::Human, row["question"].as_str().unwrap()), Turn::new(Role::Gpt, row["answer"].as_str().unwrap())]);
     }
+    // As in a build, examples the format refuses (e.g. a 3-turn gpt/human/gpt
+    // conversation, which the expansion keeps whole) are not rendered.
+    out.retain(|c| bagel_plugin_sdk::format::check_shape(&sdk_turns(c)).is_ok());
     let unique = out.len();
     while out.len() < min {
         out.extend_from_within(..unique.min(min - out.len()));
@@ -89,7 +88,7 @@ fn main() {
     for w in workloads {
         match w.as_str() {
             "synthetic" => bench("synthetic: 20000 made-up conversations of 1–3 turns", conversations(20_000)),
-            "samples" => bench("samples: ShareGPT + GSM8K samples in examples/data, every response prefix", samples(20_000)),
+            "samples" => bench("samples: ShareGPT + GSM8K samples in examples/data, expanded as in a build", samples(20_000)),
             other => panic!("BAGEL_BENCH_WORKLOADS: unknown workload {other:?} (synthetic, samples)"),
         }
     }
