@@ -154,10 +154,7 @@ pub fn stratified_split(examples: Vec<Example>, frac: f64, seed: u64) -> (Vec<Ex
     let (mut train, mut eval) = (Vec::new(), Vec::new());
     let mut state = seed;
     for (_, mut g) in groups {
-        for i in (1..g.len()).rev() {
-            let j = (splitmix(&mut state) % (i as u64 + 1)) as usize;
-            g.swap(i, j);
-        }
+        shuffle(&mut g, &mut state);
         let k = (frac * g.len() as f64).round() as usize;
         eval.extend(g.drain(..k.min(g.len())));
         train.extend(g);
@@ -165,20 +162,27 @@ pub fn stratified_split(examples: Vec<Example>, frac: f64, seed: u64) -> (Vec<Ex
     (train, eval)
 }
 
-/// SplitMix64 step (Steele et al. 2014).
-pub fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+/// Fisher–Yates shuffle driven by SplitMix64 (`bagel_core::rng::splitmix64`; the
+/// data-order RNG of SFT and DPO, whose state is saved in checkpoints). Unlike
+/// `bagel_core::rng::Rng::shuffle` (the dataset build's, Lemire's multiply-shift) it picks
+/// the swap index as `draw % (i + 1)`; it stays so, so that the eval splits, data orders and
+/// checkpoints of earlier runs stay valid.
+pub fn shuffle<T>(items: &mut [T], rng: &mut u64) {
+    for i in (1..items.len()).rev() {
+        let j = (bagel_core::rng::splitmix64(rng) % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
 }
 
-/// Fisher–Yates shuffle driven by [`splitmix`] (the data-order RNG of SFT and DPO; its
-/// state is saved in checkpoints).
-pub fn shuffle(order: &mut [usize], rng: &mut u64) {
-    for i in (1..order.len()).rev() {
-        let j = (splitmix(rng) % (i as u64 + 1)) as usize;
-        order.swap(i, j);
+#[cfg(test)]
+mod tests {
+    /// The data order is part of a run's identity (checkpoints save the RNG state): pinned
+    /// to values from an independent Python SplitMix64 + `draw % (i + 1)` Fisher–Yates.
+    #[test]
+    fn shuffle_order_is_pinned() {
+        let (mut items, mut rng) = ((0..8).collect::<Vec<usize>>(), 42u64);
+        super::shuffle(&mut items, &mut rng);
+        assert_eq!(items, [3, 1, 6, 2, 4, 0, 7, 5]);
+        assert_eq!(rng, 0x5384_5412_7b09_64bd);
     }
 }
