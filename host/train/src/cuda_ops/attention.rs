@@ -170,30 +170,49 @@ __device__ void bagel_swap_mid(const T* __restrict__ x, T* __restrict__ y, int a
    (G = H / KV; query head h = kv * G + g) and k [B, KV, S, D] with RoPE (HF rotate-half, f32
    tables cos, sin [S, D]: y = x cos + rot(x) sin, rot(x)_d = -x_{d+D/2} for d < D/2, x_{d-D/2}
    after), and v [B, KV, S, D] as it is. One element of x per thread, grid-stride. */
+/* The split-layout place of packed element i of x [B, S, W] (W = (H + 2 KV) D): its row (b, s),
+   head slot hh (query heads, then key heads, then value heads) and lane d, and where that head's D
+   values start in q [B, KV, S, G, D], k or v [B, KV, S, D] (G = H / KV; query head h = kv * G + g).
+   The one statement of the layout, for bagel_qkv_split and its gradient bagel_qkv_merge. */
+struct bagel_qkv_at {
+  unsigned long long bs, s, split; /* bs = b * S + s; split: offset of the head's row in q, k or v */
+  int hh, d, part;                 /* part: 0 q, 1 k, 2 v */
+};
+__device__ inline bagel_qkv_at bagel_qkv_place(unsigned long long i, int S, int H, int KV, int D) {
+  const unsigned long long W = (unsigned long long)(H + 2 * KV) * D;
+  bagel_qkv_at a;
+  const int c = (int)(i % W);
+  a.bs = i / W;
+  a.s = a.bs % S;
+  const unsigned long long b = a.bs / S;
+  a.hh = c / D;
+  a.d = c % D;
+  if (a.hh < H) {
+    const int G = H / KV;
+    a.part = 0;
+    a.split = (((b * KV + a.hh / G) * S + a.s) * G + a.hh % G) * D;
+  } else {
+    a.part = a.hh < H + KV ? 1 : 2;
+    a.split = ((b * KV + (a.hh - H - (a.part - 1) * KV)) * S + a.s) * D;
+  }
+  return a;
+}
 template <typename T>
 __device__ void bagel_qkv_split(const T* __restrict__ x, const float* __restrict__ cs, const float* __restrict__ sn, T* __restrict__ q, T* __restrict__ k,
                                 T* __restrict__ v, int S, int H, int KV, int D, unsigned long long total) {
   const unsigned long long W = (unsigned long long)(H + 2 * KV) * D;
-  const int half = D / 2, G = H / KV;
+  const int half = D / 2;
   for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < total; i += (unsigned long long)gridDim.x * blockDim.x) {
-    const int c = (int)(i % W);
-    const unsigned long long bs = i / W;
-    const unsigned long long s = bs % S, b = bs / S;
-    const int hh = c / D, d = c % D;
-    const T* xr = x + bs * W + (unsigned long long)hh * D;
+    const bagel_qkv_at a = bagel_qkv_place(i, S, H, KV, D);
+    const int d = a.d;
+    const T* xr = x + a.bs * W + (unsigned long long)a.hh * D;
     float val = bagel_load(xr + d);
-    if (hh < H + KV) {
+    if (a.part < 2) {
       const float rot = d < half ? -bagel_load(xr + d + half) : bagel_load(xr + d - half);
-      val = val * cs[s * D + d] + rot * sn[s * D + d];
+      val = val * cs[a.s * D + d] + rot * sn[a.s * D + d];
     }
-    if (hh < H) {
-      const unsigned long long kv = hh / G, g = hh % G;
-      bagel_store(q + ((((b * KV + kv) * S + s) * G + g) * D + d), val);
-    } else if (hh < H + KV) {
-      bagel_store(k + (((b * KV + (hh - H)) * S + s) * D + d), val);
-    } else {
-      bagel_store(v + (((b * KV + (hh - H - KV)) * S + s) * D + d), val);
-    }
+    T* dst = a.part == 0 ? q : a.part == 1 ? k : v;
+    bagel_store(dst + a.split + d, val);
   }
 }
 /* The gradient of bagel_qkv_split: dx [B, S, W] from dq [B, KV, S, G, D], dk, dv [B, KV, S, D], RoPE's
@@ -202,26 +221,18 @@ __device__ void bagel_qkv_split(const T* __restrict__ x, const float* __restrict
 template <typename T>
 __device__ void bagel_qkv_merge(const T* __restrict__ dq, const T* __restrict__ dk, const T* __restrict__ dv, const float* __restrict__ cs,
                                 const float* __restrict__ sn, T* __restrict__ dx, int S, int H, int KV, int D, unsigned long long total) {
-  const unsigned long long W = (unsigned long long)(H + 2 * KV) * D;
-  const int half = D / 2, G = H / KV;
+  const int half = D / 2;
   for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < total; i += (unsigned long long)gridDim.x * blockDim.x) {
-    const int c = (int)(i % W);
-    const unsigned long long bs = i / W;
-    const unsigned long long s = bs % S, b = bs / S;
-    const int hh = c / D, d = c % D;
-    const T* src;
-    if (hh < H) {
-      const unsigned long long kv = hh / G, g = hh % G;
-      src = dq + (((b * KV + kv) * S + s) * G + g) * D;
-    } else if (hh < H + KV) {
-      src = dk + ((b * KV + (hh - H)) * S + s) * D;
-    } else {
-      bagel_store(dx + i, bagel_load(dv + ((b * KV + (hh - H - KV)) * S + s) * D + d));
+    const bagel_qkv_at a = bagel_qkv_place(i, S, H, KV, D);
+    const int d = a.d;
+    if (a.part == 2) {
+      bagel_store(dx + i, bagel_load(dv + a.split + d));
       continue;
     }
-    float val = bagel_load(src + d) * cs[s * D + d];
-    if (d < half) val += bagel_load(src + d + half) * sn[s * D + d + half];
-    else val -= bagel_load(src + d - half) * sn[s * D + d - half];
+    const T* src = (a.part == 0 ? dq : dk) + a.split;
+    float val = bagel_load(src + d) * cs[a.s * D + d];
+    if (d < half) val += bagel_load(src + d + half) * sn[a.s * D + d + half];
+    else val -= bagel_load(src + d - half) * sn[a.s * D + d - half];
     bagel_store(dx + i, val);
   }
 }
